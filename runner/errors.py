@@ -1,0 +1,62 @@
+"""Turn any failure into one actionable sentence and an exit code; stack traces only with --debug."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from dlt.common.configuration.exceptions import (
+    ConfigFieldMissingException,
+    ConfigurationValueError,
+    ConfigValueCannotBeCoercedException,
+)
+
+from sources.postgres.errors import SourceError, SourceUnreachable, explain_connection_error
+
+from .exit_codes import ExitCode
+
+
+class RunnerError(Exception):
+    """An error the runner itself raises, with its exit code."""
+
+    def __init__(self, message: str, code: ExitCode = ExitCode.FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything that caused it (dlt wraps errors in step and resource errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify(exc: BaseException) -> tuple[ExitCode, str]:
+    for cause in causes(exc):
+        if isinstance(cause, RunnerError):
+            return cause.code, str(cause)
+        if isinstance(cause, SourceUnreachable):
+            return ExitCode.FAILURE, str(cause)
+        if isinstance(cause, SourceError):
+            return ExitCode.CONFIG_ERROR, str(cause)
+        if isinstance(cause, ConfigFieldMissingException):
+            keys = ", ".join(cause.fields)
+            return ExitCode.CONFIG_ERROR, (
+                f"Missing configuration: {keys} (for {cause.spec_name}). Set it in .dlt/config.toml, "
+                f".dlt/secrets.toml, an env var such as SOURCES__POSTGRES__CREDENTIALS, or Vault."
+            )
+        if isinstance(cause, ConfigValueCannotBeCoercedException):
+            return ExitCode.CONFIG_ERROR, (
+                f"Invalid configuration value for `{cause.field_name}`: expected {cause.hint}."
+            )
+        if isinstance(cause, ConfigurationValueError):
+            return ExitCode.CONFIG_ERROR, f"Invalid configuration: {cause}"
+        if isinstance(cause, sa.exc.OperationalError | sa.exc.InterfaceError):
+            explained = explain_connection_error(cause, "the source database")
+            if explained:
+                return classify(explained)
+    root = list(causes(exc))[-1]
+    return ExitCode.FAILURE, f"{type(root).__name__}: {root}"

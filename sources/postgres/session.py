@@ -1,0 +1,54 @@
+"""Connections to the source database that cannot hurt production.
+
+Every session is read-only, bounded by `statement_timeout` and `idle_in_transaction_session_timeout`,
+and named `aurora-snowflake-sync` so DBAs can see (and kill) it in `pg_stat_activity`. The text
+formats are pinned so COPY output parses the same whatever the server defaults are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from dlt.common.configuration.specs import ConnectionStringCredentials
+
+APPLICATION_NAME = "aurora-snowflake-sync"
+
+
+def session_options(statement_timeout_ms: int, read_only: bool = True) -> str:
+    settings = {
+        "default_transaction_read_only": "on" if read_only else "off",
+        "statement_timeout": str(statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(max(statement_timeout_ms, 600_000)),
+        "lock_timeout": "5000",
+        "TimeZone": "UTC",
+        "DateStyle": "ISO",
+        "IntervalStyle": "iso_8601",
+        "extra_float_digits": "3",
+        "bytea_output": "hex",
+    }
+    return " ".join(f"-c {k}={v}" for k, v in settings.items())
+
+
+def make_engine(
+    credentials: ConnectionStringCredentials | str,
+    statement_timeout_ms: int,
+    connect_timeout_s: int = 10,
+    **engine_kwargs: Any,
+) -> sa.Engine:
+    """A SQLAlchemy engine whose every connection is a read-only, time-bounded session."""
+    if isinstance(credentials, ConnectionStringCredentials):
+        url = credentials.to_native_representation()
+    else:
+        url = credentials
+    url = sa.engine.make_url(url).set(drivername="postgresql+psycopg2")
+    return sa.create_engine(
+        url,
+        connect_args={
+            "application_name": APPLICATION_NAME,
+            "connect_timeout": connect_timeout_s,
+            "options": session_options(statement_timeout_ms),
+        },
+        pool_pre_ping=True,
+        **engine_kwargs,
+    )

@@ -1,0 +1,178 @@
+# The only data sources of the root module. Both are answered without touching a real service by the
+# mock provider in tests/*.tftest.hcl, and aws_caller_identity is answered by moto in the apply test.
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+locals {
+  name_prefix = "${var.project_name}-${var.environment}"
+  account_id  = data.aws_caller_identity.current.account_id
+  partition   = data.aws_partition.current.partition
+
+  bucket_name = coalesce(var.bucket_name, "${local.name_prefix}-${local.account_id}-${var.aws_region}")
+
+  # The runner's metric namespace (Embedded Metric Format in its JSON logs).
+  metric_namespace = "AuroraSnowflakeSync"
+  modes            = ["incremental", "snapshot", "cdc"]
+  container_name   = "aurora-sync"
+  # Must match the USER of the Dockerfile (tests/infra/test_dockerfile.py checks that they agree).
+  container_user = "10001:10001"
+
+  log_group_name = "/ecs/${local.name_prefix}"
+
+  # A Vault address with a port other than 443 needs its own egress rule.
+  vault_port = try(tonumber(regex("^https://[^/:]+:([0-9]+)", var.vault_addr)[0]), 443)
+
+  # Non-secret configuration common to every task. Secrets are fetched from Vault by the runner.
+  base_environment = merge(
+    {
+      AWS_REGION                        = var.aws_region
+      AWS_DEFAULT_REGION                = var.aws_region
+      DLT_DATA_DIR                      = "/tmp/dlt"
+      VAULT_ADDR                        = var.vault_addr
+      VAULT_AUTH_METHOD                 = "aws"
+      VAULT_ROLE                        = var.vault_role
+      DESTINATION__FILESYSTEM__BUCKET_URL = "s3://${local.bucket_name}"
+      AURORA_SYNC_ENVIRONMENT           = var.environment
+    },
+    var.pipeline_environment,
+  )
+}
+
+module "kms" {
+  source = "./modules/kms"
+
+  name_prefix = local.name_prefix
+  account_id  = local.account_id
+  partition   = local.partition
+  region      = var.aws_region
+}
+
+module "storage" {
+  source = "./modules/storage"
+
+  bucket_name                 = local.bucket_name
+  name_prefix                 = local.name_prefix
+  account_id                  = local.account_id
+  partition                   = local.partition
+  pipelines                   = var.pipelines
+  archive_lifecycle           = var.archive_lifecycle
+  dead_letter_expiration_days = var.dead_letter_expiration_days
+  access_log_bucket           = var.access_log_bucket
+}
+
+module "ecr" {
+  source = "./modules/ecr"
+
+  repository_name = local.name_prefix
+  kms_key_arn     = module.kms.key_arn
+}
+
+module "network" {
+  source = "./modules/network"
+
+  name_prefix              = local.name_prefix
+  region                   = var.aws_region
+  vpc_id                   = var.vpc_id
+  subnet_ids               = var.private_subnet_ids
+  route_table_ids          = var.private_route_table_ids
+  aurora_security_group_id = var.aurora_security_group_id
+  aurora_port              = var.aurora_port
+  https_egress_cidr_blocks = var.https_egress_cidr_blocks
+  extra_egress_ports       = local.vault_port == 443 ? [] : [local.vault_port]
+  create_vpc_endpoints     = var.create_vpc_endpoints
+}
+
+module "iam" {
+  source = "./modules/iam"
+
+  name_prefix              = local.name_prefix
+  account_id               = local.account_id
+  partition                = local.partition
+  region                   = var.aws_region
+  pipelines                = var.pipelines
+  bucket_arn               = module.storage.bucket_arn
+  data_kms_key_arn         = module.storage.kms_key_arn
+  log_group_name           = local.log_group_name
+  ecr_repository_arn       = module.ecr.repository_arn
+  metric_namespace         = local.metric_namespace
+  snowflake_iam_user_arn   = var.snowflake_iam_user_arn
+  snowflake_external_id    = var.snowflake_external_id
+  github_repository        = var.github_repository
+  github_oidc_provider_arn = var.github_oidc_provider_arn
+  ecs_cluster_name         = local.name_prefix
+}
+
+module "ecs" {
+  source = "./modules/ecs"
+
+  name_prefix          = local.name_prefix
+  region               = var.aws_region
+  pipelines            = var.pipelines
+  modes                = local.modes
+  container_name       = local.container_name
+  container_user       = local.container_user
+  image                = "${module.ecr.repository_url}:${var.image_tag}"
+  canary_image         = var.canary_image_tag == null ? null : "${module.ecr.repository_url}:${var.canary_image_tag}"
+  canary_environment   = var.canary_environment
+  environment          = local.base_environment
+  task_sizes           = var.task_sizes
+  cpu_architecture     = var.cpu_architecture
+  stop_timeout_seconds = var.stop_timeout_seconds
+  task_role_arns       = module.iam.task_role_arns
+  execution_role_arn   = module.iam.execution_role_arn
+  log_group_name       = local.log_group_name
+  log_retention_days   = var.log_retention_days
+  kms_key_arn          = module.kms.key_arn
+  subnet_ids           = var.private_subnet_ids
+  security_group_ids   = [module.network.task_security_group_id]
+  cdc_follow           = var.cdc_follow
+}
+
+module "scheduling" {
+  source = "./modules/scheduling"
+
+  name_prefix          = local.name_prefix
+  account_id           = local.account_id
+  partition            = local.partition
+  region               = var.aws_region
+  schedules            = var.schedules
+  retry                = var.schedule_retry
+  cluster_arn          = module.ecs.cluster_arn
+  task_definition_arns = module.ecs.task_definition_arns
+  container_name       = local.container_name
+  pass_role_arns       = concat(values(module.iam.task_role_arns), [module.iam.execution_role_arn])
+  subnet_ids           = var.private_subnet_ids
+  security_group_ids   = [module.network.task_security_group_id]
+  kms_key_arn          = module.kms.key_arn
+}
+
+module "monitoring" {
+  source = "./modules/monitoring"
+
+  name_prefix          = local.name_prefix
+  region               = var.aws_region
+  account_id           = local.account_id
+  partition            = local.partition
+  pipelines            = var.pipelines
+  metric_namespace     = local.metric_namespace
+  kms_key_arn          = module.kms.key_arn
+  alert_subscriptions  = var.alert_subscriptions
+  staleness_minutes    = var.staleness_minutes
+  slot_wal_alarm_bytes = var.slot_wal_alarm_bytes
+  lag_alarm_seconds    = var.lag_alarm_seconds
+  task_log_group_name  = module.ecs.log_group_name
+  log_retention_days   = var.log_retention_days
+  cluster_arn          = module.ecs.cluster_arn
+  dlq_name             = module.scheduling.dead_letter_queue_name
+}
+
+module "aurora" {
+  source = "./modules/aurora"
+
+  name_prefix              = local.name_prefix
+  family                   = var.aurora_parameter_group_family
+  cluster_identifier       = var.aurora_cluster_identifier
+  max_slot_wal_keep_size_mb = var.aurora_max_slot_wal_keep_size_mb
+  check_cluster            = var.aurora_check_parameter_group
+}

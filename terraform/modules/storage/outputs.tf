@@ -1,0 +1,19 @@
+output "bucket_id" {
+  description = "Name of the staging and archive bucket."
+  value       = aws_s3_bucket.this.id
+}
+
+output "bucket_arn" {
+  description = "ARN of the staging and archive bucket."
+  value       = aws_s3_bucket.this.arn
+}
+
+output "kms_key_arn" {
+  description = "ARN of the customer-managed key that encrypts the bucket."
+  value       = aws_kms_key.data.arn
+}
+
+output "dead_letter_prefix" {
+  description = "Key prefix of dead-letter files."
+  value       = local.dead_letter_prefix
+}

@@ -1,0 +1,45 @@
+variable "bucket_name" {
+  description = "Name of the staging and archive bucket."
+  type        = string
+}
+
+variable "name_prefix" {
+  description = "Prefix of resource names."
+  type        = string
+}
+
+variable "account_id" {
+  description = "AWS account ID that owns the bucket and its key."
+  type        = string
+}
+
+variable "partition" {
+  description = "AWS partition (aws, aws-cn, aws-us-gov)."
+  type        = string
+}
+
+variable "pipelines" {
+  description = "Pipeline names; each has its own <pipeline>/ prefix and archive lifecycle rule."
+  type        = set(string)
+}
+
+variable "archive_lifecycle" {
+  description = "Transition, expiry and noncurrent-version expiry of the archive under <pipeline>/."
+  type = object({
+    transition_days            = number
+    storage_class              = string
+    expiration_days            = number
+    noncurrent_expiration_days = number
+  })
+}
+
+variable "dead_letter_expiration_days" {
+  description = "Retention of dead_letter/ objects."
+  type        = number
+}
+
+variable "access_log_bucket" {
+  description = "Bucket for S3 server access logs; null = none."
+  type        = string
+  default     = null
+}

@@ -1,0 +1,72 @@
+"""Shared fixtures: one real PostgreSQL cluster per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from local.postgres import LocalPostgres, PostgresNotAvailable
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[LocalPostgres]:
+    try:
+        server = LocalPostgres().start()
+    except PostgresNotAvailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture()
+def database(pg: LocalPostgres) -> Iterator[str]:
+    """A fresh, empty database; yields its DSN."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(pg.url())
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg.url(database=name)
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture()
+def dlt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str) -> dict[str, str]:
+    """Point dlt at the test database and a DuckDB file in tmp_path, via env vars as users would."""
+    env = {
+        "SOURCES__POSTGRES__CREDENTIALS": database,
+        "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "replica.duckdb"),
+        "DLT_DATA_DIR": str(tmp_path / "dlt"),
+        "RUNTIME__LOG_LEVEL": "WARNING",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(PROJECT_ROOT)
+    return env
+
+
+def execute(dsn: str, *statements: str) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    conn.close()
+
+
+def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
+    prefixes = ("SOURCES__", "DESTINATION__", "CUSTOMERS_ORDERS__")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(extra)
+    return env
