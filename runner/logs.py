@@ -50,13 +50,42 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class KnownDltNoise(logging.Filter):
+    """Demote dlt's 'arrow schema differs from dlt hints' warning to debug.
+
+    We send JSON columns as Arrow strings on purpose and keep dlt's reflected `json` hint; dlt warns
+    about that on every run, which would train operators to ignore warnings.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "when merging arrow schema with dlt schema" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+class RunnerHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Our stderr handler. dlt installs its own formatter on the first handler of the `dlt` logger;
+    we keep ours so dlt's lines come out in the same JSON shape as the runner's."""
+
+    def lock_formatter(self, formatter: logging.Formatter) -> None:
+        super().setFormatter(formatter)
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        pass
+
+
 def setup(debug: bool = False, json_lines: bool | None = None) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    handler = RunnerHandler(sys.stderr)
+    handler.lock_formatter(JsonFormatter() if json_lines else TextFormatter())
+    handler.addFilter(KnownDltNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    dlt_logger = logging.getLogger("dlt")
+    dlt_logger.handlers[:] = [handler]
+    dlt_logger.propagate = False
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
 

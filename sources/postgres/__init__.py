@@ -44,7 +44,7 @@ def postgres_replica(
     lookback_seconds: float = 60.0,
     cursor_timezone: str = "UTC",
     statement_timeout_ms: int = 6 * 3600 * 1000,
-    block_size_bytes: int = 16 << 20,
+    block_size_bytes: int = 4 << 20,
     mode: SyncMode = "incremental",
     only_tables: list[str] | None = None,
 ) -> Iterable[DltResource]:

@@ -44,7 +44,7 @@ class CopyTableLoader(BaseTableLoader):
         ).select_from(self.table)
         sql = self.compile_query(query)
         logger.info(f"COPY extract of {self.table.fullname}: {sql}")
-        yield from self._copy_to_arrow(sql, plans, int(options.get("block_size", 16 << 20)))
+        yield from self._copy_to_arrow(sql, plans, int(options.get("block_size", 4 << 20)))
 
     def _apply_late_commit_guard(self, options: dict[str, Any]) -> None:
         """Lower this read's start to the previous run's oldest open transaction; record a new one.
@@ -102,12 +102,18 @@ class CopyTableLoader(BaseTableLoader):
                 ),
             )
             hex_columns = [p.name for p in plans if p.decode_hex]
+            # carry NOT NULL into the Arrow schema so it agrees with the reflected dlt hints
+            not_null = {c.name for c in self.table.columns if c.nullable is False}
+            schema = pa.schema(
+                pa.field(p.name, pa.binary() if p.decode_hex else p.arrow_type, nullable=p.name not in not_null)
+                for p in plans
+            )
             for batch in reader:
                 table = pa.Table.from_batches([batch])
                 for name in hex_columns:
                     index = table.column_names.index(name)
                     table = table.set_column(index, pa.field(name, pa.binary()), decode_hex_column(table[name]))
-                yield table
+                yield table.cast(schema)
         except pa.ArrowInvalid as exc:
             producer.join()  # the producer records its error only after it closed the pipe
             if failure:

@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create the environment first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+
+.PHONY: venv tools demo demo-snowflake test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+tools: venv
+	bash .ci/install-tools.sh
+
+demo: venv
+	$(BIN)/python -m local.demo
+
+demo-snowflake: venv
+	$(BIN)/python -m local.demo_snowflake
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv tools lint
+	$(BIN)/pytest -q
+
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+bench: venv
+	$(BIN)/python -m bench.snapshot_vs_copy --rows 1000000
+
+clean:
+	rm -rf $(VENV) .venv-tools demo.duckdb .pytest_cache .ruff_cache
