@@ -8,7 +8,7 @@ local DuckDB file in development and Snowflake in production.
 from __future__ import annotations
 
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import dlt
 from dlt.common.pipeline import LoadInfo
@@ -28,10 +28,16 @@ def run(
     tables: list[str] | None = None,
     full_refresh: bool = False,
     pipelines_dir: str | None = None,
+    dead_letter_url: str | None = None,
+    only_keys: dict[str, list[dict[str, Any]]] | None = None,
 ) -> LoadInfo:
-    """Extract, normalize and load once. `full_refresh` drops the tables' data and cursors first."""
+    """Extract, normalize and load once. `full_refresh` drops the tables' data and cursors first.
+
+    Pending load packages left by a failed run are loaded first (dlt's `run` does that), so a rerun
+    completes the earlier one before extracting new changes.
+    """
     pipeline = make_pipeline(pipelines_dir)
-    source = postgres_replica(mode=mode, only_tables=tables)
+    source = postgres_replica(mode=mode, only_tables=tables, only_keys=only_keys, dead_letter_url=dead_letter_url)
     return pipeline.run(source, refresh="drop_data" if full_refresh else None)
 
 

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from types import ModuleType
 
 from . import logs
+from .commands import dlq as dlq_command
 from .commands import run as run_command
 from .errors import classify
 from .exit_codes import ExitCode
 
 # each module has `register(subparsers)` and a `main(args) -> ExitCode` set via set_defaults(func=...)
-COMMANDS: list[ModuleType] = [run_command]
+COMMANDS: list[ModuleType] = [run_command, dlq_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

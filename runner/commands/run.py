@@ -1,17 +1,25 @@
-"""`aurora-sync run`: one sync of a pipeline."""
+"""`aurora-sync run`: one sync of a pipeline, under the pipeline lock, with retries and metrics."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import time
 from typing import Any
 
+import dlt
+from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.pipeline import LoadInfo
 
-from .. import logs
-from ..errors import RunnerError
+from sources.postgres import dead_letters
+
+from .. import logs, metrics, notify
+from ..errors import RunnerError, classify
 from ..exit_codes import ExitCode
+from ..lock import pipeline_lock
+from ..retry import with_retries
+from ..settings import RunnerSettings, load_settings
 
 PIPELINES = {"customers_orders": "pipelines.customers_orders"}
 
@@ -34,25 +42,65 @@ def load_pipeline_module(name: str) -> Any:
         raise RunnerError(f"Unknown pipeline {name!r}; known: {', '.join(PIPELINES)}", ExitCode.CONFIG_ERROR) from None
 
 
-def summarize(info: LoadInfo) -> dict[str, Any]:
-    """Rows per table from dlt's own trace metrics."""
-    rows: dict[str, int] = {}
+def source_dsn() -> str:
+    """The writer DSN, resolved through dlt's providers (env, secrets.toml, Vault) like the source does."""
+    value = dlt.secrets.get("sources.postgres.credentials")
+    if not value:
+        raise RunnerError("Missing configuration: sources.postgres.credentials (the source DSN). Set it in "
+                          ".dlt/secrets.toml, SOURCES__POSTGRES__CREDENTIALS, or Vault.", ExitCode.CONFIG_ERROR)
+    return str(ConnectionStringCredentials(value).to_native_representation())
+
+
+def rows_per_table(info: LoadInfo) -> dict[str, int]:
+    """Rows per table from dlt's own trace."""
     trace = info.pipeline.last_trace
-    if trace and trace.last_normalize_info:
-        rows = dict(trace.last_normalize_info.row_counts)
-    return {t: n for t, n in rows.items() if not t.startswith("_dlt")}
+    counts = dict(trace.last_normalize_info.row_counts) if trace and trace.last_normalize_info else {}
+    return {t: n for t, n in counts.items() if not t.startswith("_dlt")}
 
 
 def main(args: argparse.Namespace) -> ExitCode:
     logs.bind(pipeline=args.pipeline, mode=args.mode)
+    settings = load_settings()
     module = load_pipeline_module(args.pipeline)
     started = time.monotonic()
     logs.event("run started", phase="run")
-    info = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh)
-    info.raise_on_failed_jobs()
+    try:
+        code = _locked_run(args, settings, module, started)
+    except Exception as exc:
+        code, message = classify(exc)
+        if code != ExitCode.LOCK_HELD:
+            metrics.emit(args.pipeline, {"RunFailures": 1}, namespace=settings.metrics_namespace)
+            notify.failure(settings, args.pipeline, message, int(code))
+        raise
+    return code
+
+
+def _locked_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, started: float) -> ExitCode:
+    def attempt() -> LoadInfo:
+        with pipeline_lock(source_dsn(), args.pipeline):
+            info: LoadInfo = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh,
+                                        dead_letter_url=settings.dead_letter_url)
+            info.raise_on_failed_jobs()
+            return info
+
+    dead_letters.DEAD_LETTERS_THIS_RUN.clear()
+    info = with_retries(settings, attempt)
     duration = round(time.monotonic() - started, 3)
-    rows = summarize(info)
+    rows = rows_per_table(info)
     for table, count in sorted(rows.items()):
         logs.event("table loaded", table=table, phase="load", rows=count)
+        metrics.emit(args.pipeline, {"RowsExtracted": count, "RowsLoaded": count}, table=table,
+                     namespace=settings.metrics_namespace)
+    dead = sum(dead_letters.DEAD_LETTERS_THIS_RUN.values())
+    metrics.emit(args.pipeline, {"RunDurationSeconds": duration, "LagSeconds": duration, "DeadLetters": dead,
+                                 "RowsLoaded": sum(rows.values())}, namespace=settings.metrics_namespace)
+    if dead and settings.dead_letter_policy == "fail":
+        tables = ", ".join(f"{t} ({n})" for t, n in sorted(dead_letters.DEAD_LETTERS_THIS_RUN.items()))
+        raise RunnerError(f"{dead} row(s) could not be converted and were dead-lettered to "
+                          f"{settings.dead_letter_url}: {tables}. The other rows were loaded. Inspect them with "
+                          "`aurora-sync dlq list`, fix the cause, then `aurora-sync dlq replay`.")
+    if dead:
+        logs.event(f"{dead} row(s) dead-lettered (policy: continue)", logging.WARNING, dead_letters=dead)
+    metrics.emit(args.pipeline, {"RunSucceeded": 1}, namespace=settings.metrics_namespace)
     logs.event("run succeeded", phase="run", rows=sum(rows.values()), duration_s=duration, outcome="succeeded")
     return ExitCode.SUCCESS

@@ -47,6 +47,8 @@ def postgres_replica(
     block_size_bytes: int = 4 << 20,
     mode: SyncMode = "incremental",
     only_tables: list[str] | None = None,
+    only_keys: dict[str, list[dict[str, Any]]] | None = None,
+    dead_letter_url: str | None = None,
 ) -> Iterable[DltResource]:
     """Every table of `schemas` that matches `include` and not `exclude`.
 
@@ -57,6 +59,9 @@ def postgres_replica(
         lookback_seconds: re-read window behind the cursor (clock skew, replica lag).
         mode: `incremental` merges rows newer than the cursor; `snapshot` re-reads and replaces.
         only_tables: restrict this run to these `schema.table` patterns (runner `--tables`).
+        only_keys: re-read just these rows, `{"schema.table": [{pk: value}, ...]}` (dead-letter replay).
+        dead_letter_url: where rows that cannot be converted go (`s3://bucket/dead_letter`; default a
+            local `dead_letter/` folder).
     """
     if isinstance(schemas, str):
         schemas = [s.strip() for s in schemas.split(",") if s.strip()]
@@ -81,9 +86,15 @@ def postgres_replica(
         specs = [s for s in specs if matches(s.qualified, only_tables)]
         if not specs:
             raise SourceConfigError(f"--tables {' '.join(only_tables)} matched no replicated table.")
+    if only_keys is not None:
+        specs = [s for s in specs if only_keys.get(s.qualified)]
 
     for spec in specs:
-        yield _table_resource(spec, reader, writer, mode, lookback_seconds, cursor_timezone, block_size_bytes)
+        resource = _table_resource(
+            spec, reader, writer, mode, lookback_seconds, cursor_timezone, block_size_bytes, dead_letter_url,
+            keys=(only_keys or {}).get(spec.qualified),
+        )
+        yield resource
 
 
 def _table_resource(
@@ -94,10 +105,17 @@ def _table_resource(
     lookback_seconds: float,
     cursor_timezone: str,
     block_size_bytes: int,
+    dead_letter_url: str | None,
+    keys: list[dict[str, Any]] | None = None,
 ) -> DltResource:
     incremental = None
     write_disposition: Any = "replace"
-    if mode == "incremental" and spec.cursor_column:
+    query_adapter = None
+    if keys:
+        # a handful of known rows (dead-letter replay): merge them, leave the cursor alone
+        write_disposition = {"disposition": "merge", "strategy": "delete-insert"}
+        query_adapter = _keys_filter(spec, keys)
+    elif mode == "incremental" and spec.cursor_column:
         # dlt's `lag` is our lookback window; it must be > 0 so dlt keeps the cursor forward-only
         # and leaves de-duplication to the merge (see copy_loader's late-commit guard)
         incremental = dlt.sources.incremental(spec.cursor_column, lag=max(lookback_seconds, 1.0))
@@ -114,7 +132,11 @@ def _table_resource(
         reflection_level="full",
         type_adapter_callback=adapt_sqlalchemy_type,
         incremental=incremental,
+        query_adapter_callback=query_adapter,
         backend_kwargs={
+            "resource_name": spec.resource_name,
+            "primary_key": list(spec.primary_key),
+            "dead_letter_url": dead_letter_url,
             "guard_engine": writer,
             "lookback_seconds": lookback_seconds,
             "cursor_timezone": cursor_timezone,
@@ -124,3 +146,12 @@ def _table_resource(
         primary_key=list(spec.primary_key),
     )
     return resource.with_name(spec.resource_name)
+
+
+def _keys_filter(spec: TableSpec, keys: list[dict[str, Any]]) -> Any:
+    def adapt(query: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+        columns = [table.c[name] for name in spec.primary_key]
+        wanted = [tuple(key[name] for name in spec.primary_key) for key in keys]
+        return query.where(sa.tuple_(*columns).in_(wanted))
+
+    return adapt

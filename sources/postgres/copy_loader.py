@@ -25,8 +25,10 @@ import sqlalchemy as sa
 from dlt.common import logger
 from dlt.sources.sql_database.helpers import BaseTableLoader
 
+from . import dead_letters
+from .conversion import RejectedRow, convert_batch, csv_parse_type
 from .late_commits import effective_start, oldest_open_transaction
-from .type_mapping import ColumnPlan, decode_hex_column, plan_column
+from .type_mapping import ColumnPlan, plan_column
 
 GUARD_STATE_KEY = "late_commit_guard"
 
@@ -44,7 +46,19 @@ class CopyTableLoader(BaseTableLoader):
         ).select_from(self.table)
         sql = self.compile_query(query)
         logger.info(f"COPY extract of {self.table.fullname}: {sql}")
-        yield from self._copy_to_arrow(sql, plans, int(options.get("block_size", 4 << 20)))
+        for table, rejected in self._copy_to_arrow(sql, plans, int(options.get("block_size", 4 << 20))):
+            if rejected:
+                path = dead_letters.write(
+                    str(options.get("dead_letter_url") or dead_letters.DEFAULT_URL),
+                    dlt.current.pipeline().pipeline_name,
+                    str(options.get("resource_name", self.table.name)),
+                    list(options.get("primary_key", [])),
+                    rejected,
+                )
+                logger.error(f"{self.table.fullname}: {len(rejected)} row(s) could not be converted; "
+                             f"dead-lettered to {path}")
+            if table.num_rows:
+                yield table
 
     def _apply_late_commit_guard(self, options: dict[str, Any]) -> None:
         """Lower this read's start to the previous run's oldest open transaction; record a new one.
@@ -72,7 +86,9 @@ class CopyTableLoader(BaseTableLoader):
             self.incremental.start_value = start
         state[GUARD_STATE_KEY] = new_guard.isoformat()
 
-    def _copy_to_arrow(self, select_sql: str, plans: list[ColumnPlan], block_size: int) -> Iterator[pa.Table]:
+    def _copy_to_arrow(
+        self, select_sql: str, plans: list[ColumnPlan], block_size: int
+    ) -> Iterator[tuple[pa.Table, list[RejectedRow]]]:
         read_fd, write_fd = os.pipe()
         raw = self.engine.raw_connection()
         failure: list[BaseException] = []
@@ -93,7 +109,7 @@ class CopyTableLoader(BaseTableLoader):
                 read_options=pa_csv.ReadOptions(column_names=[p.name for p in plans], block_size=block_size),
                 parse_options=pa_csv.ParseOptions(newlines_in_values=True),
                 convert_options=pa_csv.ConvertOptions(
-                    column_types={p.name: p.arrow_type for p in plans},
+                    column_types={p.name: csv_parse_type(p) for p in plans},
                     null_values=[""],
                     strings_can_be_null=True,
                     quoted_strings_can_be_null=False,  # "" is an empty string, unquoted empty is NULL
@@ -101,7 +117,6 @@ class CopyTableLoader(BaseTableLoader):
                     false_values=["f"],
                 ),
             )
-            hex_columns = [p.name for p in plans if p.decode_hex]
             # carry NOT NULL into the Arrow schema so it agrees with the reflected dlt hints
             not_null = {c.name for c in self.table.columns if c.nullable is False}
             schema = pa.schema(
@@ -109,11 +124,7 @@ class CopyTableLoader(BaseTableLoader):
                 for p in plans
             )
             for batch in reader:
-                table = pa.Table.from_batches([batch])
-                for name in hex_columns:
-                    index = table.column_names.index(name)
-                    table = table.set_column(index, pa.field(name, pa.binary()), decode_hex_column(table[name]))
-                yield table.cast(schema)
+                yield convert_batch(batch, plans, schema)
         except pa.ArrowInvalid as exc:
             producer.join()  # the producer records its error only after it closed the pipe
             if failure:

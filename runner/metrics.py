@@ -1,0 +1,40 @@
+"""CloudWatch metrics through the Embedded Metric Format: a metric is a JSON log line with an `_aws`
+block, so no agent and no PutMetricData permission are needed. Names match terraform/modules/monitoring.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import logs
+
+UNITS = {
+    "RowsExtracted": "Count",
+    "RowsLoaded": "Count",
+    "RunDurationSeconds": "Seconds",
+    "LagSeconds": "Seconds",
+    "SlotRetainedWalBytes": "Bytes",
+    "DeadLetters": "Count",
+    "RunFailures": "Count",
+    "RunSucceeded": "Count",
+}
+NAMESPACE = "AuroraSnowflakeSync"
+
+
+def emit(pipeline: str, values: dict[str, float], table: str | None = None, namespace: str = NAMESPACE) -> None:
+    dimensions = ["Pipeline", "Table"] if table else ["Pipeline"]
+    fields: dict[str, Any] = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": [dimensions],
+                "Metrics": [{"Name": name, "Unit": UNITS[name]} for name in values],
+            }],
+        },
+        "Pipeline": pipeline,
+        **({"Table": table} if table else {}),
+        **values,
+    }
+    logs.event("metrics", **fields)
