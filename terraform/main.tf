@@ -26,14 +26,14 @@ locals {
   # Non-secret configuration common to every task. Secrets are fetched from Vault by the runner.
   base_environment = merge(
     {
-      AWS_REGION                        = var.aws_region
-      AWS_DEFAULT_REGION                = var.aws_region
-      DLT_DATA_DIR                      = "/tmp/dlt"
-      VAULT_ADDR                        = var.vault_addr
-      VAULT_AUTH_METHOD                 = "aws"
-      VAULT_ROLE                        = var.vault_role
+      AWS_REGION                          = var.aws_region
+      AWS_DEFAULT_REGION                  = var.aws_region
+      DLT_DATA_DIR                        = "/tmp/dlt"
+      VAULT_ADDR                          = var.vault_addr
+      VAULT_AUTH_METHOD                   = "aws"
+      VAULT_ROLE                          = var.vault_role
       DESTINATION__FILESYSTEM__BUCKET_URL = "s3://${local.bucket_name}"
-      AURORA_SYNC_ENVIRONMENT           = var.environment
+      AURORA_SYNC_ENVIRONMENT             = var.environment
     },
     var.pipeline_environment,
   )
@@ -153,7 +153,6 @@ module "monitoring" {
   name_prefix          = local.name_prefix
   region               = var.aws_region
   account_id           = local.account_id
-  partition            = local.partition
   pipelines            = var.pipelines
   metric_namespace     = local.metric_namespace
   kms_key_arn          = module.kms.key_arn
@@ -170,9 +169,9 @@ module "monitoring" {
 module "aurora" {
   source = "./modules/aurora"
 
-  name_prefix              = local.name_prefix
-  family                   = var.aurora_parameter_group_family
-  cluster_identifier       = var.aurora_cluster_identifier
+  name_prefix               = local.name_prefix
+  family                    = var.aurora_parameter_group_family
+  cluster_identifier        = var.aurora_cluster_identifier
   max_slot_wal_keep_size_mb = var.aurora_max_slot_wal_keep_size_mb
-  check_cluster            = var.aurora_check_parameter_group
+  check_cluster             = var.aurora_check_parameter_group
 }

@@ -172,8 +172,8 @@ variable "pipelines" {
   default     = ["customers_orders"]
 
   validation {
-    condition     = length(var.pipelines) > 0 && alltrue([for p in var.pipelines : can(regex("^[a-z][a-z0-9_]{0,29}$", p))])
-    error_message = "pipelines must be a non-empty set of names of lowercase letters, digits and underscores (at most 30 characters, starting with a letter)."
+    condition     = length(var.pipelines) > 0 && alltrue([for p in var.pipelines : can(regex("^[a-z][a-z0-9_]{0,19}$", p))])
+    error_message = "pipelines must be a non-empty set of names of lowercase letters, digits and underscores (at most 20 characters, starting with a letter)."
   }
 }
 
@@ -401,7 +401,7 @@ variable "snowflake_external_id" {
   type        = string
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9+=,.@:/_-]{2,1224}$", var.snowflake_external_id))
+    condition     = can(regex("^[A-Za-z0-9+=,.@:/_-]+$", var.snowflake_external_id)) && length(var.snowflake_external_id) >= 2 && length(var.snowflake_external_id) <= 1224
     error_message = "snowflake_external_id must be 2-1224 characters of letters, digits and +=,.@:/_-."
   }
 }

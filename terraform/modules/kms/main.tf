@@ -7,7 +7,6 @@ locals {
 resource "aws_kms_key" "this" {
   description             = "${var.name_prefix}: logs, alerts, ECR and schedules"
   enable_key_rotation     = true
-  rotation_period_in_days = 365
   deletion_window_in_days = var.deletion_window_in_days
 
   # Key policies name the key itself as Resource "*"; that is the only form KMS accepts.

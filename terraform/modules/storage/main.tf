@@ -9,7 +9,6 @@ locals {
 resource "aws_kms_key" "data" {
   description             = "${var.name_prefix}: pipeline data in s3://${var.bucket_name}"
   enable_key_rotation     = true
-  rotation_period_in_days = 365
   deletion_window_in_days = 30
 
   # Resource "*" in a key policy means this key. The account statement delegates to IAM, where the task

@@ -1,0 +1,328 @@
+locals {
+  pipelines = sort(tolist(var.pipelines))
+  alarm_to  = [aws_sns_topic.alerts.arn]
+
+  # Per-pipeline alarms on the runner's Embedded Metric Format metrics (dimension Pipeline).
+  pipeline_alarms = merge([
+    for p in local.pipelines : {
+      "${p}-stale" = {
+        pipeline    = p
+        description = "No successful run of ${p} for ${var.staleness_minutes} minutes (Sum(RunSucceeded) < 1; no data counts as stale)."
+        metric      = "RunSucceeded"
+        statistic   = "Sum"
+        period      = var.staleness_minutes * 60
+        evaluations = 1
+        comparison  = "LessThanThreshold"
+        threshold   = 1
+        missing     = "breaching"
+      }
+      "${p}-run-failures" = {
+        pipeline    = p
+        description = "A run of ${p} failed (RunFailures >= 1)."
+        metric      = "RunFailures"
+        statistic   = "Sum"
+        period      = 300
+        evaluations = 1
+        comparison  = "GreaterThanOrEqualToThreshold"
+        threshold   = 1
+        missing     = "notBreaching"
+      }
+      "${p}-slot-wal" = {
+        pipeline    = p
+        description = "The replication slot of ${p} retains more than ${var.slot_wal_alarm_bytes} bytes of WAL: the consumer is stuck or too slow, and Aurora storage grows."
+        metric      = "SlotRetainedWalBytes"
+        statistic   = "Maximum"
+        period      = 300
+        evaluations = 2
+        comparison  = "GreaterThanThreshold"
+        threshold   = var.slot_wal_alarm_bytes
+        missing     = "notBreaching"
+      }
+      "${p}-lag" = {
+        pipeline    = p
+        description = "Replication lag of ${p} above ${var.lag_alarm_seconds} s for 15 minutes."
+        metric      = "LagSeconds"
+        statistic   = "Maximum"
+        period      = 300
+        evaluations = 3
+        comparison  = "GreaterThanThreshold"
+        threshold   = var.lag_alarm_seconds
+        missing     = "notBreaching"
+      }
+      "${p}-dead-letters" = {
+        pipeline    = p
+        description = "${p} wrote rows to dead_letter/ (DeadLetters >= 1)."
+        metric      = "DeadLetters"
+        statistic   = "Sum"
+        period      = 300
+        evaluations = 1
+        comparison  = "GreaterThanOrEqualToThreshold"
+        threshold   = 1
+        missing     = "notBreaching"
+      }
+    }
+  ]...)
+
+  failed_task_rule_name = "${var.name_prefix}-task-failed"
+}
+
+# ------------------------------------------------------------------------------------------------
+# Alerts topic
+# ------------------------------------------------------------------------------------------------
+resource "aws_sns_topic" "alerts" {
+  name              = "${var.name_prefix}-alerts"
+  kms_master_key_id = var.kms_key_arn
+}
+
+resource "aws_sns_topic_policy" "alerts" {
+  arn = aws_sns_topic.alerts.arn
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "CloudWatchAlarmsOfThisAccount"
+        Effect    = "Allow"
+        Principal = { Service = "cloudwatch.amazonaws.com" }
+        Action    = "sns:Publish"
+        Resource  = aws_sns_topic.alerts.arn
+        Condition = {
+          StringEquals = { "aws:SourceAccount" = var.account_id }
+        }
+      },
+      {
+        Sid       = "DenyInsecureTransport"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "sns:Publish"
+        Resource  = aws_sns_topic.alerts.arn
+        Condition = { Bool = { "aws:SecureTransport" = "false" } }
+      },
+    ]
+  })
+}
+
+resource "aws_sns_topic_subscription" "alerts" {
+  for_each = { for i, s in var.alert_subscriptions : "${s.protocol}-${i}" => s }
+
+  topic_arn = aws_sns_topic.alerts.arn
+  protocol  = each.value.protocol
+  endpoint  = each.value.endpoint
+}
+
+# ------------------------------------------------------------------------------------------------
+# Alarms from the pipeline's own metrics
+# ------------------------------------------------------------------------------------------------
+resource "aws_cloudwatch_metric_alarm" "pipeline" {
+  for_each = local.pipeline_alarms
+
+  alarm_name          = "${var.name_prefix}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = var.metric_namespace
+  metric_name         = each.value.metric
+  dimensions          = { Pipeline = each.value.pipeline }
+  statistic           = each.value.statistic
+  period              = each.value.period
+  evaluation_periods  = each.value.evaluations
+  comparison_operator = each.value.comparison
+  threshold           = each.value.threshold
+  treat_missing_data  = each.value.missing
+  alarm_actions       = local.alarm_to
+  ok_actions          = local.alarm_to
+}
+
+# ------------------------------------------------------------------------------------------------
+# Error log lines: the runner logs JSON with "level": "ERROR".
+# ------------------------------------------------------------------------------------------------
+resource "aws_cloudwatch_log_metric_filter" "errors" {
+  name           = "${var.name_prefix}-error-lines"
+  log_group_name = var.task_log_group_name
+  pattern        = "{ $.level = \"ERROR\" }"
+
+  metric_transformation {
+    name          = "ErrorLogLines"
+    namespace     = var.metric_namespace
+    value         = "1"
+    default_value = "0"
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "error_logs" {
+  alarm_name          = "${var.name_prefix}-error-logs"
+  alarm_description   = "At least ${var.error_log_threshold} ERROR log lines in 5 minutes (metric filter on ${var.task_log_group_name})."
+  namespace           = var.metric_namespace
+  metric_name         = aws_cloudwatch_log_metric_filter.errors.metric_transformation[0].name
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = var.error_log_threshold
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_to
+  ok_actions          = local.alarm_to
+}
+
+# ------------------------------------------------------------------------------------------------
+# Scheduler dead-letter queue depth: invocations Scheduler could not deliver after its retries.
+# ------------------------------------------------------------------------------------------------
+resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
+  alarm_name          = "${var.name_prefix}-schedules-dlq"
+  alarm_description   = "Scheduled runs that EventBridge Scheduler could not start are waiting in ${var.dlq_name}."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = var.dlq_name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = 1
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_to
+  ok_actions          = local.alarm_to
+}
+
+# ------------------------------------------------------------------------------------------------
+# Failed task runs, including those that die before they can emit a metric (configuration errors,
+# out of memory, image pull failures, SIGKILL after the stop timeout). Exit code 3 (lock held by
+# another run) is an expected skip, not a failure.
+# ------------------------------------------------------------------------------------------------
+resource "aws_cloudwatch_event_rule" "task_failed" {
+  name        = local.failed_task_rule_name
+  description = "ECS tasks of ${var.name_prefix} that stopped with an exit code other than 0 or 3, or failed to start"
+  event_pattern = jsonencode({
+    source        = ["aws.ecs"]
+    "detail-type" = ["ECS Task State Change"]
+    detail = {
+      clusterArn = [var.cluster_arn]
+      lastStatus = ["STOPPED"]
+      "$or" = [
+        { containers = { exitCode = [{ "anything-but" = [0, 3] }] } },
+        { stopCode = ["TaskFailedToStart"] },
+      ]
+    }
+  })
+}
+
+# The matched events themselves (exit code, stop reason, task ARN) are kept for the on-call engineer.
+resource "aws_cloudwatch_log_group" "task_failures" {
+  name              = "/aws/events/${var.name_prefix}-task-failures"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+}
+
+resource "aws_cloudwatch_log_resource_policy" "task_failures" {
+  policy_name = "${var.name_prefix}-task-failures"
+  policy_document = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "EventBridgeWritesTaskFailures"
+      Effect    = "Allow"
+      Principal = { Service = ["events.amazonaws.com", "delivery.logs.amazonaws.com"] }
+      Action    = ["logs:CreateLogStream", "logs:PutLogEvents"]
+      Resource  = "${aws_cloudwatch_log_group.task_failures.arn}:*"
+    }]
+  })
+}
+
+resource "aws_cloudwatch_event_target" "task_failures_log" {
+  rule      = aws_cloudwatch_event_rule.task_failed.name
+  target_id = "task-failures-log"
+  arn       = aws_cloudwatch_log_group.task_failures.arn
+}
+
+resource "aws_cloudwatch_metric_alarm" "task_failed" {
+  alarm_name          = "${var.name_prefix}-task-failed"
+  alarm_description   = "An ECS task of ${var.name_prefix} failed; details in ${aws_cloudwatch_log_group.task_failures.name}."
+  namespace           = "AWS/Events"
+  metric_name         = "MatchedEvents"
+  dimensions          = { RuleName = aws_cloudwatch_event_rule.task_failed.name }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = 1
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_to
+  ok_actions          = local.alarm_to
+}
+
+# ------------------------------------------------------------------------------------------------
+# Dashboard: rows, duration, lag, slot WAL and errors, per table where the runner reports a table.
+# SEARCH expressions pick up new tables without a Terraform change.
+# ------------------------------------------------------------------------------------------------
+locals {
+  ns = var.metric_namespace
+  dashboard_widgets = [
+    { title = "Rows extracted per table", metric = "RowsExtracted", dims = "Pipeline,Table", stat = "Sum" },
+    { title = "Rows loaded per table", metric = "RowsLoaded", dims = "Pipeline,Table", stat = "Sum" },
+    { title = "Run duration (s) per table", metric = "RunDurationSeconds", dims = "Pipeline,Table", stat = "Maximum" },
+    { title = "Run duration (s) per pipeline", metric = "RunDurationSeconds", dims = "Pipeline", stat = "Maximum" },
+    { title = "Lag (s) per table", metric = "LagSeconds", dims = "Pipeline,Table", stat = "Maximum" },
+    { title = "Replication slot retained WAL (bytes)", metric = "SlotRetainedWalBytes", dims = "Pipeline", stat = "Maximum" },
+    { title = "Dead letters per table", metric = "DeadLetters", dims = "Pipeline,Table", stat = "Sum" },
+    { title = "Run failures per pipeline", metric = "RunFailures", dims = "Pipeline", stat = "Sum" },
+  ]
+}
+
+resource "aws_cloudwatch_dashboard" "this" {
+  dashboard_name = var.name_prefix
+  dashboard_body = jsonencode({
+    widgets = concat(
+      [
+        for i, w in local.dashboard_widgets : {
+          type   = "metric"
+          x      = (i % 2) * 12
+          y      = floor(i / 2) * 6
+          width  = 12
+          height = 6
+          properties = {
+            title  = w.title
+            region = var.region
+            view   = "timeSeries"
+            period = 300
+            stat   = w.stat
+            metrics = [[{
+              expression = "SEARCH('{${local.ns},${w.dims}} MetricName=\"${w.metric}\"', '${w.stat}', 300)"
+              id         = "e${i}"
+              label      = ""
+            }]]
+          }
+        }
+      ],
+      [
+        {
+          type   = "metric"
+          x      = 0
+          y      = ceil(length(local.dashboard_widgets) / 2) * 6
+          width  = 12
+          height = 6
+          properties = {
+            title   = "ERROR log lines"
+            region  = var.region
+            view    = "timeSeries"
+            period  = 300
+            stat    = "Sum"
+            metrics = [[local.ns, "ErrorLogLines"]]
+          }
+        },
+        {
+          type   = "alarm"
+          x      = 12
+          y      = ceil(length(local.dashboard_widgets) / 2) * 6
+          width  = 12
+          height = 6
+          properties = {
+            title = "Alarms"
+            alarms = concat(
+              [for a in aws_cloudwatch_metric_alarm.pipeline : a.arn],
+              [
+                aws_cloudwatch_metric_alarm.error_logs.arn,
+                aws_cloudwatch_metric_alarm.dlq_depth.arn,
+                aws_cloudwatch_metric_alarm.task_failed.arn,
+              ],
+            )
+          }
+        },
+      ],
+    )
+  })
+}

@@ -1,0 +1,157 @@
+locals {
+  arn_prefix = "arn:${var.partition}"
+  # Task definition families may be run at any revision, in this cluster only.
+  task_definition_family_arns = sort(distinct([
+    for arn in values(var.task_definition_arns) : replace(arn, "/:[0-9]+$/", ":*")
+  ]))
+}
+
+resource "aws_scheduler_schedule_group" "this" {
+  name = var.name_prefix
+}
+
+# Invocations that Scheduler gave up on (after the retry policy) land here; monitoring alarms on depth.
+resource "aws_sqs_queue" "dead_letter" {
+  name                      = "${var.name_prefix}-schedules-dlq"
+  message_retention_seconds = 1209600 # 14 days, the SQS maximum
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_sqs_queue_policy" "dead_letter" {
+  queue_url = aws_sqs_queue.dead_letter.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "DenyInsecureTransport"
+      Effect    = "Deny"
+      Principal = "*"
+      Action    = "sqs:*"
+      Resource  = aws_sqs_queue.dead_letter.arn
+      Condition = { Bool = { "aws:SecureTransport" = "false" } }
+    }]
+  })
+}
+
+resource "aws_iam_role" "scheduler" {
+  name                 = "${var.name_prefix}-scheduler"
+  description          = "EventBridge Scheduler: run the pipeline tasks in ${var.name_prefix}"
+  max_session_duration = 3600
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "scheduler.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+      Condition = {
+        StringEquals = { "aws:SourceAccount" = var.account_id }
+        ArnLike = {
+          "aws:SourceArn" = "${local.arn_prefix}:scheduler:${var.region}:${var.account_id}:schedule/${var.name_prefix}/*"
+        }
+      }
+    }]
+  })
+}
+
+resource "aws_iam_role_policy" "scheduler" {
+  name = "run-pipeline-tasks"
+  role = aws_iam_role.scheduler.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "RunTasks"
+        Effect   = "Allow"
+        Action   = "ecs:RunTask"
+        Resource = local.task_definition_family_arns
+        Condition = {
+          ArnEquals = { "ecs:cluster" = var.cluster_arn }
+        }
+      },
+      {
+        Sid      = "TagTasks"
+        Effect   = "Allow"
+        Action   = "ecs:TagResource"
+        Resource = "${local.arn_prefix}:ecs:${var.region}:${var.account_id}:task/*"
+        Condition = {
+          StringEquals = { "ecs:CreateAction" = "RunTask" }
+        }
+      },
+      {
+        Sid      = "PassTaskRoles"
+        Effect   = "Allow"
+        Action   = "iam:PassRole"
+        Resource = var.pass_role_arns
+        Condition = {
+          StringEquals = { "iam:PassedToService" = "ecs-tasks.amazonaws.com" }
+        }
+      },
+      {
+        Sid      = "DeadLetters"
+        Effect   = "Allow"
+        Action   = "sqs:SendMessage"
+        Resource = aws_sqs_queue.dead_letter.arn
+      },
+      {
+        Sid      = "DecryptTargetInput"
+        Effect   = "Allow"
+        Action   = "kms:Decrypt"
+        Resource = var.kms_key_arn
+      },
+    ]
+  })
+}
+
+resource "aws_scheduler_schedule" "this" {
+  for_each = var.schedules
+
+  name        = each.key
+  group_name  = aws_scheduler_schedule_group.this.name
+  description = "${each.value.pipeline}: run --mode ${each.value.mode}"
+
+  schedule_expression          = each.value.expression
+  schedule_expression_timezone = each.value.timezone
+  state                        = each.value.enabled ? "ENABLED" : "DISABLED"
+  kms_key_arn                  = var.kms_key_arn
+
+  # Runs start on time: an incremental run late by a flexible window would only add lag.
+  flexible_time_window {
+    mode = "OFF"
+  }
+
+  target {
+    arn      = var.cluster_arn
+    role_arn = aws_iam_role.scheduler.arn
+
+    # RunTask overrides: the full runner command for this schedule.
+    input = jsonencode({
+      containerOverrides = [{
+        name    = var.container_name
+        command = concat(["run", "--pipeline", each.value.pipeline, "--mode", each.value.mode], each.value.args)
+      }]
+    })
+
+    ecs_parameters {
+      task_definition_arn     = var.task_definition_arns["${each.value.pipeline}/${each.value.mode}"]
+      task_count              = 1
+      launch_type             = "FARGATE"
+      platform_version        = "LATEST"
+      enable_ecs_managed_tags = true
+      propagate_tags          = "TASK_DEFINITION"
+
+      network_configuration {
+        subnets          = var.subnet_ids
+        security_groups  = var.security_group_ids
+        assign_public_ip = false
+      }
+    }
+
+    retry_policy {
+      maximum_event_age_in_seconds = var.retry.maximum_event_age_in_seconds
+      maximum_retry_attempts       = var.retry.maximum_retry_attempts
+    }
+
+    dead_letter_config {
+      arn = aws_sqs_queue.dead_letter.arn
+    }
+  }
+}

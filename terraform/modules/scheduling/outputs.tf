@@ -1,0 +1,29 @@
+output "schedule_arns" {
+  description = "ARNs of the schedules, by name."
+  value       = { for k, s in aws_scheduler_schedule.this : k => s.arn }
+}
+
+output "schedule_group_name" {
+  description = "Name of the schedule group."
+  value       = aws_scheduler_schedule_group.this.name
+}
+
+output "dead_letter_queue_arn" {
+  description = "ARN of the schedules' dead-letter queue."
+  value       = aws_sqs_queue.dead_letter.arn
+}
+
+output "dead_letter_queue_name" {
+  description = "Name of the schedules' dead-letter queue."
+  value       = aws_sqs_queue.dead_letter.name
+}
+
+output "dead_letter_queue_url" {
+  description = "URL of the schedules' dead-letter queue."
+  value       = aws_sqs_queue.dead_letter.id
+}
+
+output "scheduler_role_arn" {
+  description = "ARN of the role EventBridge Scheduler assumes."
+  value       = aws_iam_role.scheduler.arn
+}

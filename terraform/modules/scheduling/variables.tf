@@ -1,0 +1,74 @@
+variable "name_prefix" {
+  description = "Prefix of resource names; also the schedule group name."
+  type        = string
+}
+
+variable "account_id" {
+  description = "AWS account ID."
+  type        = string
+}
+
+variable "partition" {
+  description = "AWS partition."
+  type        = string
+}
+
+variable "region" {
+  description = "AWS region."
+  type        = string
+}
+
+variable "schedules" {
+  description = "Schedules by name: pipeline, expression, mode, args, timezone, enabled."
+  type = map(object({
+    pipeline   = string
+    expression = string
+    mode       = string
+    args       = optional(list(string), [])
+    timezone   = optional(string, "UTC")
+    enabled    = optional(bool, true)
+  }))
+}
+
+variable "retry" {
+  description = "Retry policy of every schedule."
+  type = object({
+    maximum_event_age_in_seconds = number
+    maximum_retry_attempts       = number
+  })
+}
+
+variable "cluster_arn" {
+  description = "ARN of the ECS cluster the tasks run in."
+  type        = string
+}
+
+variable "task_definition_arns" {
+  description = "Task definition ARNs keyed <pipeline>/<mode>."
+  type        = map(string)
+}
+
+variable "container_name" {
+  description = "Name of the container whose command the schedules override."
+  type        = string
+}
+
+variable "pass_role_arns" {
+  description = "Task and execution roles the scheduler may pass to ECS."
+  type        = list(string)
+}
+
+variable "subnet_ids" {
+  description = "Private subnets of the scheduled tasks."
+  type        = list(string)
+}
+
+variable "security_group_ids" {
+  description = "Security groups of the scheduled tasks."
+  type        = list(string)
+}
+
+variable "kms_key_arn" {
+  description = "Customer-managed key that encrypts the schedules' target input."
+  type        = string
+}

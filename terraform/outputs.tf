@@ -1,0 +1,119 @@
+output "bucket_name" {
+  description = "Staging and archive bucket (Snowflake stage URL: s3://<bucket>/<pipeline>/)."
+  value       = module.storage.bucket_id
+}
+
+output "bucket_arn" {
+  description = "ARN of the staging and archive bucket."
+  value       = module.storage.bucket_arn
+}
+
+output "data_kms_key_arn" {
+  description = "Customer-managed key of the bucket."
+  value       = module.storage.kms_key_arn
+}
+
+output "ops_kms_key_arn" {
+  description = "Customer-managed key of logs, alerts, ECR and schedules."
+  value       = module.kms.key_arn
+}
+
+output "ecr_repository_url" {
+  description = "ECR repository CI pushes to (append :<image_tag>)."
+  value       = module.ecr.repository_url
+}
+
+output "ecr_repository_arn" {
+  description = "ARN of the ECR repository."
+  value       = module.ecr.repository_arn
+}
+
+output "snowflake_storage_integration_role_arn" {
+  description = "STORAGE_AWS_ROLE_ARN of the Snowflake storage integration."
+  value       = module.iam.snowflake_role_arn
+}
+
+output "task_role_arns" {
+  description = "Task role by pipeline: bind these in Vault's AWS auth role (bound_iam_principal_arn)."
+  value       = module.iam.task_role_arns
+}
+
+output "execution_role_arn" {
+  description = "ECS task execution role."
+  value       = module.iam.execution_role_arn
+}
+
+output "ci_role_arn" {
+  description = "Role GitHub Actions assumes to push images and run the canary (null without github_repository)."
+  value       = module.iam.ci_role_arn
+}
+
+output "ecs_cluster_arn" {
+  description = "ECS cluster of all tasks."
+  value       = module.ecs.cluster_arn
+}
+
+output "ecs_cluster_name" {
+  description = "Name of the ECS cluster."
+  value       = module.ecs.cluster_name
+}
+
+output "task_definition_arns" {
+  description = "Task definitions (with revision) keyed <pipeline>/<mode>."
+  value       = module.ecs.task_definition_arns
+}
+
+output "canary_task_definition_arns" {
+  description = "Canary task definitions by pipeline (empty unless canary_image_tag is set)."
+  value       = module.ecs.canary_task_definition_arns
+}
+
+output "cdc_service_name" {
+  description = "ECS service of continuous CDC (null when disabled)."
+  value       = module.ecs.cdc_service_name
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group of the tasks."
+  value       = module.ecs.log_group_name
+}
+
+output "task_security_group_id" {
+  description = "Security group of the tasks (also needed for `aws ecs run-task`)."
+  value       = module.network.task_security_group_id
+}
+
+output "private_subnet_ids" {
+  description = "Subnets of the tasks (for `aws ecs run-task`)."
+  value       = var.private_subnet_ids
+}
+
+output "schedule_arns" {
+  description = "EventBridge Scheduler schedules by name."
+  value       = module.scheduling.schedule_arns
+}
+
+output "schedule_dead_letter_queue_url" {
+  description = "Dead-letter queue of the schedules."
+  value       = module.scheduling.dead_letter_queue_url
+}
+
+output "alerts_topic_arn" {
+  description = "SNS topic every alarm notifies."
+  value       = module.monitoring.sns_topic_arn
+}
+
+output "alarm_arns" {
+  description = "CloudWatch alarms by short name."
+  value       = module.monitoring.alarm_arns
+}
+
+output "dashboard_name" {
+  description = "CloudWatch dashboard."
+  value       = module.monitoring.dashboard_name
+}
+
+output "aurora_parameter_group_name" {
+  description = "Cluster parameter group to attach to the existing Aurora cluster (then reboot the writer)."
+  value       = module.aurora.parameter_group_name
+}
