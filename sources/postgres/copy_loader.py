@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 import dlt
 import pyarrow as pa
@@ -89,54 +89,90 @@ class CopyTableLoader(BaseTableLoader):
     def _copy_to_arrow(
         self, select_sql: str, plans: list[ColumnPlan], block_size: int
     ) -> Iterator[tuple[pa.Table, list[RejectedRow]]]:
-        read_fd, write_fd = os.pipe()
-        raw = self.engine.raw_connection()
-        failure: list[BaseException] = []
+        not_null = frozenset(c.name for c in self.table.columns if c.nullable is False)
+        yield from copy_to_arrow(
+            self.engine.raw_connection(), select_sql, plans, block_size, not_null, name=self.table.name
+        )
 
-        def produce() -> None:
-            try:
-                with os.fdopen(write_fd, "wb") as sink:
-                    raw.cursor().copy_expert(f"COPY ({select_sql}) TO STDOUT WITH (FORMAT csv)", sink, 1 << 20)
-            except BaseException as exc:  # re-raised in the consumer thread
-                failure.append(exc)
 
-        producer = threading.Thread(target=produce, name=f"copy-{self.table.name}", daemon=True)
-        producer.start()
-        source = os.fdopen(read_fd, "rb")
+def arrow_schema(plans: list[ColumnPlan], not_null: frozenset[str] = frozenset()) -> pa.Schema:
+    """The Arrow schema our CSV parsing produces; NOT NULL is carried so it agrees with dlt's hints."""
+    return pa.schema(
+        pa.field(p.name, pa.binary() if p.decode_hex else p.arrow_type, nullable=p.name not in not_null)
+        for p in plans
+    )
+
+
+def csv_to_arrow(
+    source: BinaryIO, plans: list[ColumnPlan], block_size: int, not_null: frozenset[str] = frozenset()
+) -> Iterator[tuple[pa.Table, list[RejectedRow]]]:
+    """Parse PostgreSQL's CSV text into exact Arrow types, one table per `block_size` bytes.
+
+    Shared by the COPY snapshot path and the logical-replication path (whose pgoutput text values are
+    the same output functions COPY uses), so both land in identical destination types. Unquoted empty
+    fields are NULL, quoted empty ones are empty strings.
+    """
+    reader = pa_csv.open_csv(
+        source,
+        read_options=pa_csv.ReadOptions(column_names=[p.name for p in plans], block_size=block_size),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={p.name: csv_parse_type(p) for p in plans},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # "" is an empty string, unquoted empty is NULL
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+    schema = arrow_schema(plans, not_null)
+    for batch in reader:
+        yield convert_batch(batch, plans, schema)
+
+
+def copy_to_arrow(
+    raw: Any,
+    select_sql: str,
+    plans: list[ColumnPlan],
+    block_size: int,
+    not_null: frozenset[str] = frozenset(),
+    *,
+    name: str = "copy",
+    close: bool = True,
+) -> Iterator[tuple[pa.Table, list[RejectedRow]]]:
+    """`COPY (select_sql) TO STDOUT` on the DB-API connection `raw`, parsed by `csv_to_arrow`.
+
+    `close=False` leaves the connection (and its transaction, e.g. one that imported a snapshot) open
+    for the next table.
+    """
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
         try:
-            reader = pa_csv.open_csv(
-                source,
-                read_options=pa_csv.ReadOptions(column_names=[p.name for p in plans], block_size=block_size),
-                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                convert_options=pa_csv.ConvertOptions(
-                    column_types={p.name: csv_parse_type(p) for p in plans},
-                    null_values=[""],
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,  # "" is an empty string, unquoted empty is NULL
-                    true_values=["t"],
-                    false_values=["f"],
-                ),
-            )
-            # carry NOT NULL into the Arrow schema so it agrees with the reflected dlt hints
-            not_null = {c.name for c in self.table.columns if c.nullable is False}
-            schema = pa.schema(
-                pa.field(p.name, pa.binary() if p.decode_hex else p.arrow_type, nullable=p.name not in not_null)
-                for p in plans
-            )
-            for batch in reader:
-                yield convert_batch(batch, plans, schema)
-        except pa.ArrowInvalid as exc:
-            producer.join()  # the producer records its error only after it closed the pipe
-            if failure:
-                raise failure[0] from exc
-            if "Empty CSV file" in str(exc):
-                return  # no rows matched
-            raise
-        finally:
-            if producer.is_alive():
-                raw.cancel()  # consumer stopped early or failed: stop the server-side COPY too
-            source.close()
-            producer.join()
-            raw.close()
+            with os.fdopen(write_fd, "wb") as sink:
+                raw.cursor().copy_expert(f"COPY ({select_sql}) TO STDOUT WITH (FORMAT csv)", sink, 1 << 20)
+        except BaseException as exc:  # re-raised in the consumer thread
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce, name=f"copy-{name}", daemon=True)
+    producer.start()
+    source = os.fdopen(read_fd, "rb")
+    try:
+        yield from csv_to_arrow(source, plans, block_size, not_null)
+    except pa.ArrowInvalid as exc:
+        producer.join()  # the producer records its error only after it closed the pipe
         if failure:
-            raise failure[0]
+            raise failure[0] from exc
+        if "Empty CSV file" in str(exc):
+            return  # no rows matched
+        raise
+    finally:
+        if producer.is_alive():
+            raw.cancel()  # consumer stopped early or failed: stop the server-side COPY too
+        source.close()
+        producer.join()
+        if close:
+            raw.close()
+    if failure:
+        raise failure[0]
