@@ -1,0 +1,214 @@
+"""Bridges the gaps between dlt's Snowflake destination and fakesnow 0.12.1, for tests and the local demo only.
+
+Production never imports this module: `sources/`, `pipelines/` and `runner/` talk to Snowflake through dlt and
+the real `snowflake-connector-python`. Every patch below is undone when the context manager exits, and each
+one names the fakesnow (or dlt) behaviour it works around, so that it can be dropped when fakesnow catches up:
+
+1. dlt joins several statements into one call; fakesnow parses one statement per call.
+   → dlt's Snowflake capabilities get `supports_multiple_statements = False`.
+2. dlt writes `FILE_FORMAT = (TYPE = 'PARQUET', BINARY_AS_TEXT = FALSE, ...)` with commas and
+   `MATCH_BY_COLUMN_NAME='CASE_INSENSITIVE'` quoted; fakesnow accepts neither (Snowflake accepts both).
+   → the COPY text is rewritten to the equivalent comma-free, unquoted form before fakesnow parses it.
+3. fakesnow loads a JSON COPY only into one VARIANT column, but dlt always writes its state table as jsonl
+   and loads it with MATCH_BY_COLUMN_NAME.
+   → a JSON COPY with MATCH_BY_COLUMN_NAME is run as `INSERT ... BY NAME SELECT ... FROM read_json(...)`.
+4. fakesnow's DuckDB would read `s3://` through the `httpfs` extension, which it cannot download offline.
+   → an fsspec S3 filesystem pointing at the moto endpoint is registered on fakesnow's DuckDB connections.
+5. fakesnow creates the connection's schema on connect, but dlt passes it quoted and creates it itself.
+   → `create_schema_on_connect=False`, for `fakesnow.patch` and for the HTTP server's shared instance.
+
+`fake_snowflake_server` runs fakesnow's own HTTP app (`fakesnow.server.app`) under uvicorn like
+`fakesnow.server()` does, but with WARNING logs instead of one INFO line per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+FAKESNOW_VERSION = "0.12.1"
+"""The fakesnow release these patches were written against; another one must be re-checked first."""
+
+
+class FakesnowVersionMismatch(RuntimeError):
+    """fakesnow is not the version this adapter was written for."""
+
+
+def check_version() -> str:
+    """Refuse to patch another fakesnow: the gaps (and their internals) change between releases."""
+    import fakesnow
+
+    version = getattr(fakesnow, "__version__", None) or importlib.metadata.version("fakesnow")
+    if version != FAKESNOW_VERSION:
+        raise FakesnowVersionMismatch(
+            f"local/fakesnow_adapter.py was written for fakesnow {FAKESNOW_VERSION}, found {version}: re-check "
+            "each patch against the new release (or drop it when fakesnow fixed the gap) and update FAKESNOW_VERSION."
+        )
+    return version
+
+
+# --- 2. COPY text ----------------------------------------------------------------------------------------------
+_FILE_FORMAT = re.compile(r"FILE_FORMAT\s*=\s*\(([^()]*)\)", re.IGNORECASE)
+_QUOTED_MATCH = re.compile(r"MATCH_BY_COLUMN_NAME\s*=\s*'(\w+)'", re.IGNORECASE)
+
+
+def rewrite_copy_sql(sql: str) -> str:
+    """dlt's COPY INTO, in the spelling fakesnow parses (same meaning for Snowflake)."""
+    if not sql.lstrip().upper().startswith("COPY"):
+        return sql
+    sql = _FILE_FORMAT.sub(lambda m: "FILE_FORMAT = (" + " ".join(o.strip() for o in m.group(1).split(",")) + ")", sql)
+    return _QUOTED_MATCH.sub(r"MATCH_BY_COLUMN_NAME=\1", sql)
+
+
+# --- 3. JSON COPY by column name ------------------------------------------------------------------------------
+def _copy_json_by_name(
+    duck_conn: Any, current_database: str | None, current_schema: str | None, expr: Any, table_stages: Any,
+    cparams: Any,
+) -> str:
+    """Snowflake's JSON COPY with MATCH_BY_COLUMN_NAME: each top-level key loads into the column of that name."""
+    from fakesnow import copy_into as fs_copy
+    from sqlglot import exp
+
+    table = fs_copy._extract_table(expr.this)
+    from_source = fs_copy._from_source(expr)
+    source = (
+        fs_copy.stage_url_from_var(from_source[1:], duck_conn, current_database, current_schema, table_stages, table)
+        if from_source.startswith("@") else from_source
+    )
+    urls = fs_copy._source_urls(source, cparams.files) if cparams.files else fs_copy._source_glob(source, duck_conn)
+    target_columns = fs_copy._get_table_columns(table, duck_conn, current_database, table.db or current_schema)
+    results = []
+    for url in urls:
+        read = exp.func("read_json", exp.Literal.string(url), exp.EQ(
+            this=exp.column("format"), expression=exp.Literal.string("newline_delimited")))
+        described = duck_conn.execute(f"DESCRIBE SELECT * FROM {read.sql(dialect='duckdb')}").fetchall()
+        by_upper = {str(row[0]).upper(): str(row[0]) for row in described}
+        insensitive = cparams.match_by_column_name == fs_copy.MatchByColumnName.CASE_INSENSITIVE
+        columns = [
+            exp.alias_(exp.column(exp.to_identifier(by_upper[c] if insensitive else c, quoted=True)),
+                       exp.to_identifier(c, quoted=True))
+            for c in target_columns if (c in by_upper if insensitive else c in by_upper.values())
+        ]
+        insert = exp.Insert(this=expr.this, expression=exp.select(*columns).from_(exp.Table(this=read)), by_name=True)
+        (count,) = duck_conn.execute(insert.sql(dialect="duckdb")).fetchall()[0]
+        results.append((url, int(count)))
+    values = ", ".join(f"('{url}', 'LOADED', {n}, {n}, 1, 0, NULL, NULL, NULL, NULL)" for url, n in results)
+    sql = (
+        "SELECT * FROM (VALUES " + values + ") AS t(file, status, rows_parsed, rows_loaded, error_limit, "
+        "errors_seen, first_error, first_error_line, first_error_character, first_error_column_name)"
+    )
+    duck_conn.execute(sql)
+    return sql
+
+
+def register_s3(duck_conn: Any, s3_filesystem: Any) -> None:
+    """(Re-)register the fsspec S3 filesystem on a DuckDB connection; DuckDB refuses a second `s3`."""
+    if "s3" in duck_conn.list_filesystems():
+        duck_conn.unregister_filesystem("s3")
+    duck_conn.register_filesystem(s3_filesystem)
+
+
+@contextlib.contextmanager
+def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
+
+
+@contextlib.contextmanager
+def adapter(s3_filesystem: Any | None = None) -> Iterator[None]:
+    """Apply patches 1-4 (process-wide) while the block runs; `s3_filesystem` is the fsspec S3 filesystem to use."""
+    check_version()
+    import fakesnow.cursor as fs_cursor
+    from dlt.destinations.impl.snowflake.factory import snowflake as snowflake_factory
+    from fakesnow import copy_into as fs_copy
+    from fakesnow.instance import FakeSnow
+
+    raw_capabilities = snowflake_factory._raw_capabilities
+    original_execute = fs_cursor.FakeSnowflakeCursor.execute
+    original_copy_into = fs_cursor.copy_into
+    original_init = FakeSnow.__init__
+
+    def capabilities(self: Any) -> Any:
+        caps = raw_capabilities(self)
+        caps.supports_multiple_statements = False
+        return caps
+
+    def execute(self: Any, command: str, *args: Any, **kwargs: Any) -> Any:
+        return original_execute(self, rewrite_copy_sql(command), *args, **kwargs)
+
+    def copy_into(duck_conn: Any, current_database: str | None, current_schema: str | None, expr: Any,
+                  table_stages: Any, params: Any = None) -> str:
+        cparams = fs_copy._params(expr, params, duck_conn=duck_conn, current_database=current_database,
+                                  current_schema=current_schema)
+        if isinstance(cparams.file_format, fs_copy.ReadJSON) and \
+                cparams.match_by_column_name != fs_copy.MatchByColumnName.NONE:
+            return _copy_json_by_name(duck_conn, current_database, current_schema, expr, table_stages, cparams)
+        return original_copy_into(duck_conn, current_database, current_schema, expr, table_stages, params)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        if s3_filesystem is not None:
+            register_s3(self.duck_conn, s3_filesystem)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(snowflake_factory, "_raw_capabilities", capabilities))
+        stack.enter_context(_patched(fs_cursor.FakeSnowflakeCursor, "execute", execute))
+        stack.enter_context(_patched(fs_cursor, "copy_into", copy_into))
+        stack.enter_context(_patched(FakeSnow, "__init__", init))
+        yield
+
+
+@contextlib.contextmanager
+def fake_snowflake(s3_filesystem: Any | None = None) -> Iterator[None]:
+    """In-process fakesnow (`fakesnow.patch`): `snowflake.connector.connect` returns a DuckDB-backed fake."""
+    import fakesnow
+
+    with adapter(s3_filesystem), fakesnow.patch(create_schema_on_connect=False):
+        yield
+
+
+@contextlib.contextmanager
+def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None) -> Iterator[dict[str, Any]]:
+    """fakesnow's HTTP server on 127.0.0.1, for the real connector; yields `host`, `port`, `protocol`."""
+    import uvicorn
+
+    from local.postgres import free_port
+
+    with adapter(s3_filesystem):
+        import fakesnow.server as fs_server
+
+        shared = fs_server.shared_fs
+        if s3_filesystem is not None:
+            register_s3(shared.duck_conn, s3_filesystem)
+        port = port or free_port()
+        config = uvicorn.Config(fs_server.app, host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="fakesnow-server", daemon=True)
+        previous_level = fs_server.logger.level
+        fs_server.logger.setLevel(logging.WARNING)
+        with _patched(shared, "create_schema_on_connect", False):
+            thread.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not server.started:
+                    if not thread.is_alive() or time.monotonic() > deadline:
+                        raise RuntimeError("fakesnow server did not start")
+                    time.sleep(0.05)
+                yield {"host": "127.0.0.1", "port": port, "protocol": "http"}
+            finally:
+                server.should_exit = True
+                thread.join(timeout=30)
+                fs_server.logger.setLevel(previous_level)
+                if s3_filesystem is not None:
+                    with contextlib.suppress(Exception):
+                        shared.duck_conn.unregister_filesystem("s3")
