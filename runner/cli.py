@@ -12,14 +12,17 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from . import logs
+from . import logs, vault
 from .commands import dlq as dlq_command
+from .commands import doctor as doctor_command
 from .commands import run as run_command
+from .commands import status as status_command
+from .commands import verify as verify_command
 from .errors import classify
 from .exit_codes import ExitCode
 
 # each module has `register(subparsers)` and a `main(args) -> ExitCode` set via set_defaults(func=...)
-COMMANDS: list[ModuleType] = [run_command, dlq_command]
+COMMANDS: list[ModuleType] = [run_command, status_command, doctor_command, dlq_command, verify_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(debug=args.debug, json_lines=args.json_logs)
     handler: Callable[[argparse.Namespace], ExitCode] = args.func
     try:
-        return int(handler(args))
+        # secrets from Vault when configured (docs/secrets.md); leases are revoked when the command ends
+        with vault.activate():
+            return int(handler(args))
     except KeyboardInterrupt:
         logs.event("interrupted", logging.ERROR)
         return int(ExitCode.FAILURE)

@@ -148,3 +148,38 @@ def test_continue_policy_exits_zero_but_counts_dead_letters(env: dict[str, str])
     result = aurora_sync({**env, "RUNNER__DEAD_LETTER_POLICY": "continue"}, "run")
     assert result.returncode == ExitCode.SUCCESS, result.stderr
     assert [e["DeadLetters"] for e in events(result) if "DeadLetters" in e] == [1]
+
+
+def test_status_reports_runs_positions_and_lag_from_the_destination(env: dict[str, str], tmp_path: Path) -> None:
+    assert aurora_sync(env, "run").returncode == ExitCode.SUCCESS
+    # a fresh machine (empty DLT_DATA_DIR) still sees history and cursors: they live in the destination
+    fresh = {**env, "DLT_DATA_DIR": str(tmp_path / "fresh")}
+    result = aurora_sync(fresh, "status", "--json")
+    assert result.returncode == ExitCode.SUCCESS, result.stderr
+    status = json.loads(result.stdout)
+    assert status["last_runs"][0]["outcome"] == "succeeded"
+    assert status["last_runs"][0]["rows"] == {"app__items": 100}
+    assert status["positions"]["app__items"]["cursor"] == "updated_at"
+    assert status["positions"]["app__items"]["last_value"]
+    assert 0 <= status["lag_seconds"] < 120
+    assert status["packages"] == {"pending": [], "failed_jobs": {}}
+
+
+def test_doctor_names_what_is_missing_and_how_to_fix_it(env: dict[str, str]) -> None:
+    dsn = env["SOURCES__POSTGRES__CREDENTIALS"]
+    execute(dsn, "CREATE ROLE limited LOGIN PASSWORD 'limited-pw'", "GRANT USAGE ON SCHEMA app TO limited")
+    limited = dsn.replace("postgres:", "limited:", 1).split("@", 1)
+    limited_dsn = f"postgresql://limited:limited-pw@{limited[1]}"
+    result = aurora_sync({**env, "SOURCES__POSTGRES__CREDENTIALS": limited_dsn}, "doctor", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == ExitCode.CONFIG_ERROR and report["ok"] is False
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["source: SELECT privilege"]["status"] == "fail"
+    assert "app.items" in checks["source: SELECT privilege"]["detail"]
+    assert "GRANT SELECT" in checks["source: SELECT privilege"]["fix"]
+    assert checks["source: replication privilege"]["status"] == "warn"
+    assert checks["source: pg_read_all_stats"]["status"] == "warn"
+    assert "limited-pw" not in result.stdout + result.stderr
+
+    healthy = aurora_sync(env, "doctor", "--json")
+    assert healthy.returncode == ExitCode.SUCCESS, healthy.stdout

@@ -14,7 +14,7 @@ from dlt.common.pipeline import LoadInfo
 
 from sources.postgres import dead_letters
 
-from .. import logs, metrics, notify
+from .. import history, logs, metrics, notify
 from ..errors import RunnerError, classify
 from ..exit_codes import ExitCode
 from ..lock import pipeline_lock
@@ -76,17 +76,31 @@ def main(args: argparse.Namespace) -> ExitCode:
 
 
 def _locked_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, started: float) -> ExitCode:
-    def attempt() -> LoadInfo:
-        with pipeline_lock(source_dsn(), args.pipeline):
-            info: LoadInfo = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh,
-                                        dead_letter_url=settings.dead_letter_url)
-            info.raise_on_failed_jobs()
-            return info
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record = {"pipeline": args.pipeline, "mode": args.mode, "started_at": started_at}
 
-    dead_letters.DEAD_LETTERS_THIS_RUN.clear()
-    info = with_retries(settings, attempt)
+    def attempt() -> tuple[LoadInfo, dict[str, int]]:
+        with pipeline_lock(source_dsn(), args.pipeline):
+            dead_letters.DEAD_LETTERS_THIS_RUN.clear()
+            try:
+                info: LoadInfo = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh,
+                                            dead_letter_url=settings.dead_letter_url)
+                info.raise_on_failed_jobs()
+            except Exception as exc:
+                code, message = classify(exc)
+                history.record(module.make_pipeline(), {**record, "outcome": "failed", "exit_code": int(code),
+                                                        "error": message, "rows": {},
+                                                        "duration_s": round(time.monotonic() - started, 3)})
+                raise
+            dead = sum(dead_letters.DEAD_LETTERS_THIS_RUN.values())
+            rows = rows_per_table(info)  # before history.record replaces the pipeline's last trace
+            history.record(info.pipeline, {
+                **record, "outcome": "dead_letters" if dead else "succeeded", "exit_code": 0, "error": None,
+                "rows": rows, "duration_s": round(time.monotonic() - started, 3)})
+            return info, rows
+
+    _, rows = with_retries(settings, attempt)
     duration = round(time.monotonic() - started, 3)
-    rows = rows_per_table(info)
     for table, count in sorted(rows.items()):
         logs.event("table loaded", table=table, phase="load", rows=count)
         metrics.emit(args.pipeline, {"RowsExtracted": count, "RowsLoaded": count}, table=table,

@@ -1,0 +1,170 @@
+"""`aurora-sync doctor`: check every prerequisite and say how to fix each failing one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import dlt
+import sqlalchemy as sa
+from rich.console import Console
+from rich.table import Table
+
+from sources.postgres.catalog import discover_tables
+from sources.postgres.errors import describe_url, explain_connection_error
+from sources.postgres.session import make_engine
+
+from ..exit_codes import ExitCode
+from .run import PIPELINES, load_pipeline_module, source_dsn
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail | skip
+    detail: str
+    fix: str = ""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("doctor", help="check every prerequisite and how to fix it")
+    parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=main)
+
+
+def _setting(conn: sa.Connection, name: str) -> str | None:
+    return conn.execute(sa.text("SELECT current_setting(:n, true)"), {"n": name}).scalar()
+
+
+def source_checks(dsn: str) -> list[Check]:
+    checks: list[Check] = []
+    engine = make_engine(dsn, statement_timeout_ms=30_000)
+    try:
+        with engine.connect() as conn:
+            version = int(_setting(conn, "server_version_num") or 0)
+            checks.append(Check("source: connection", "ok", f"connected to {describe_url(engine)}"))
+            checks.append(Check("source: PostgreSQL version", "ok" if version >= 130000 else "warn",
+                                f"{version // 10000}.{version % 10000}", "" if version >= 130000 else
+                                "PostgreSQL 13+ (Aurora PostgreSQL v2 is 13+) is what this tool is tested on"))
+            wal_level = _setting(conn, "wal_level")
+            rds_logical = _setting(conn, "rds.logical_replication")
+            ok = wal_level == "logical"
+            checks.append(Check("source: wal_level", "ok" if ok else "warn",
+                                f"wal_level={wal_level}" + (f", rds.logical_replication={rds_logical}"
+                                                            if rds_logical is not None else ""),
+                                "" if ok else "CDC needs logical decoding: on Aurora set rds.logical_replication=1 "
+                                "in the cluster parameter group and reboot; elsewhere wal_level=logical"))
+            keep = _setting(conn, "max_slot_wal_keep_size")
+            checks.append(Check("source: max_slot_wal_keep_size", "ok" if keep not in (None, "-1") else "warn",
+                                f"max_slot_wal_keep_size={keep}", "" if keep not in (None, "-1") else
+                                "unlimited: a stalled consumer can fill the disk; set a cap (see docs/aurora.md)"))
+            replication = conn.execute(sa.text(
+                "SELECT rolreplication OR rolsuper OR pg_has_role(current_user, 'rds_replication', 'member') "
+                "FROM pg_roles WHERE rolname = current_user") if _role_exists(conn, "rds_replication") else sa.text(
+                "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")).scalar()
+            checks.append(Check("source: replication privilege", "ok" if replication else "warn",
+                                "granted" if replication else "missing",
+                                "" if replication else "CDC needs it: GRANT rds_replication TO <user> (Aurora) "
+                                "or ALTER ROLE <user> REPLICATION"))
+            stats = conn.execute(sa.text(
+                "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'member') "
+                "FROM pg_roles WHERE rolname = current_user")).scalar()
+            checks.append(Check("source: pg_read_all_stats", "ok" if stats else "warn",
+                                "granted" if stats else "missing",
+                                "" if stats else "the late-commit guard cannot see other sessions' open "
+                                "transactions: GRANT pg_monitor TO <user> (only the lookback window protects now)"))
+        schemas = dlt.config.get("sources.postgres.schemas", list) or []
+        overrides = dlt.config.get("sources.postgres.tables", dict) or {}
+        specs = discover_tables(engine, schemas, dlt.config.get("sources.postgres.include", list) or ["*"],
+                                dlt.config.get("sources.postgres.exclude", list) or [],
+                                dlt.config.get("sources.postgres.cursor_column", str) or "updated_at", overrides)
+        checks.append(Check("source: tables and keys", "ok", f"{len(specs)} table(s) in {', '.join(schemas)}, "
+                            "each with a primary key"))
+        with engine.connect() as conn:
+            denied = [s.qualified for s in specs if not conn.execute(
+                sa.text("SELECT has_table_privilege(:t, 'SELECT')"), {"t": s.qualified}).scalar()]
+        checks.append(Check("source: SELECT privilege", "fail" if denied else "ok",
+                            f"missing on {', '.join(denied)}" if denied else "granted on every table",
+                            "GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <user>" if denied else ""))
+        no_cursor = [s.qualified for s in specs if not s.cursor_column]
+        if no_cursor:
+            checks.append(Check("source: cursor columns", "warn", f"no cursor column on {', '.join(no_cursor)}",
+                                "these tables are re-read in full each incremental run; add updated_at or use CDC"))
+    except Exception as exc:
+        explained = explain_connection_error(exc, describe_url(engine))
+        checks.append(Check("source", "fail", str(explained or exc).splitlines()[0],
+                            "see the message; `aurora-sync --debug doctor` shows details"))
+    finally:
+        engine.dispose()
+    return checks
+
+
+def _role_exists(conn: sa.Connection, role: str) -> bool:
+    return bool(conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar())
+
+
+def destination_checks(pipeline: dlt.Pipeline) -> list[Check]:
+    checks: list[Check] = []
+    name = pipeline.destination.destination_name if pipeline.destination else "none"
+    try:
+        with pipeline.sql_client() as client:
+            client.execute_sql("SELECT 1")
+        checks.append(Check(f"destination: {name}", "ok", f"connected; dataset {pipeline.dataset_name}"))
+    except Exception as exc:
+        checks.append(Check(f"destination: {name}", "fail", f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                            f"check destination.{name}.credentials"))
+    bucket = dlt.config.get("destination.filesystem.bucket_url")
+    if bucket and str(bucket).startswith("s3://"):
+        checks.append(_s3_check(str(bucket)))
+    return checks
+
+
+def _s3_check(bucket_url: str) -> Check:
+    """Write, read back and delete a probe object under the staging prefix."""
+    import fsspec
+
+    probe = f"{bucket_url.rstrip('/')}/_doctor/{uuid.uuid4().hex}.txt"
+    try:
+        fs, path = fsspec.core.url_to_fs(probe)
+        with fs.open(path, "w") as fh:
+            fh.write("aurora-sync doctor probe")
+        with fs.open(path) as fh:
+            assert fh.read() == b"aurora-sync doctor probe"
+        fs.rm(path)
+        return Check("staging: S3 write/read", "ok", f"wrote, read and deleted a probe under {bucket_url}")
+    except Exception as exc:
+        return Check("staging: S3 write/read", "fail", f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                     "the task role needs s3:PutObject/GetObject/DeleteObject on the prefix and kms:GenerateDataKey")
+
+
+def run_checks(pipeline_name: str, extra: list[Callable[[], list[Check]]] | None = None) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        checks += source_checks(source_dsn())
+    except Exception as exc:
+        checks.append(Check("source: configuration", "fail", str(exc), "set sources.postgres.credentials"))
+    checks += destination_checks(load_pipeline_module(pipeline_name).make_pipeline())
+    for producer in extra or []:
+        checks += producer()
+    return checks
+
+
+def main(args: argparse.Namespace) -> ExitCode:
+    checks = run_checks(args.pipeline)
+    failed = any(c.status == "fail" for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        table = Table(title=f"aurora-sync doctor: {args.pipeline}")
+        for column in ("check", "status", "detail", "how to fix"):
+            table.add_column(column)
+        colours = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+        for c in checks:
+            table.add_row(c.name, f"[{colours[c.status]}]{c.status}[/]", c.detail, c.fix)
+        Console().print(table)
+    return ExitCode.CONFIG_ERROR if failed else ExitCode.SUCCESS

@@ -1,0 +1,112 @@
+"""`aurora-sync status`: last runs, pending or failed load packages, cursor positions and lag."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import dlt
+from dlt.pipeline.state_sync import load_pipeline_state_from_destination
+from rich.console import Console
+from rich.table import Table
+
+from .. import history
+from ..exit_codes import ExitCode
+from .run import PIPELINES, load_pipeline_module
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("status", help="show last runs, pending packages, cursors and lag")
+    parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=main)
+
+
+def _state(pipeline: dlt.Pipeline) -> dict[str, Any]:
+    """Local state when this machine ran the pipeline, else the state committed in the destination."""
+    if pipeline.first_run is False or pipeline.state.get("_state_version", 0) > 0:
+        local = dict(pipeline.state)
+        if local.get("sources"):
+            return local
+    with pipeline.destination_client() as client:
+        remote = load_pipeline_state_from_destination(pipeline.pipeline_name, client)  # type: ignore[arg-type]
+    return dict(remote or {})
+
+
+def cursors(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    positions: dict[str, dict[str, Any]] = {}
+    for source in state.get("sources", {}).values():
+        for resource, resource_state in source.get("resources", {}).items():
+            for cursor, inc in resource_state.get("incremental", {}).items():
+                positions[resource] = {"cursor": cursor, "last_value": inc.get("last_value"),
+                                       "late_commit_guard": resource_state.get("late_commit_guard")}
+            for key in ("confirmed_lsn", "lsn"):
+                if key in resource_state:
+                    positions.setdefault(resource, {})[key] = resource_state[key]
+        for key in ("confirmed_lsn", "slot_name", "replication"):
+            if key in source:
+                positions.setdefault("_replication", {})[key] = source[key]
+    return positions
+
+
+def packages(pipeline: dlt.Pipeline) -> dict[str, Any]:
+    pending = [*pipeline.list_extracted_load_packages(), *pipeline.list_normalized_load_packages()]
+    failed = {load_id: [j.job_file_info.file_name() for j in pipeline.list_failed_jobs_in_package(load_id)]
+              for load_id in pipeline.list_completed_load_packages()}
+    return {"pending": pending, "failed_jobs": {k: v for k, v in failed.items() if v}}
+
+
+def collect(pipeline_name: str) -> dict[str, Any]:
+    module = load_pipeline_module(pipeline_name)
+    pipeline: dlt.Pipeline = module.make_pipeline()
+    runs = history.recent(pipeline)
+    for run in runs:
+        if isinstance(run.get("rows"), str):
+            run["rows"] = json.loads(run["rows"])
+    last_success = next((r for r in runs if r["outcome"] == "succeeded"), None)
+    lag = None
+    if last_success and last_success.get("started_at"):
+        started = last_success["started_at"]
+        if not isinstance(started, datetime):
+            started = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        lag = round((datetime.now(UTC) - started).total_seconds(), 1)
+    return {
+        "pipeline": pipeline_name,
+        "destination": pipeline.destination.destination_name if pipeline.destination else None,
+        "dataset": pipeline.dataset_name,
+        "lag_seconds": lag,
+        "last_runs": runs[:10],
+        "packages": packages(pipeline),
+        "positions": cursors(_state(pipeline)),
+    }
+
+
+def main(args: argparse.Namespace) -> ExitCode:
+    status = collect(args.pipeline)
+    if args.json:
+        print(json.dumps(status, default=str, indent=2))
+        return ExitCode.SUCCESS
+    console = Console()
+    console.print(f"[bold]{status['pipeline']}[/bold] → {status['destination']}:{status['dataset']}   "
+                  f"lag: {status['lag_seconds']} s (since the start of the last successful run)")
+    runs = Table(title="Last runs")
+    for column in ("started", "mode", "outcome", "duration s", "rows per table", "error"):
+        runs.add_column(column)
+    for run in status["last_runs"]:
+        rows = run.get("rows") or {}
+        runs.add_row(str(run["started_at"]), str(run["mode"]), str(run["outcome"]), str(run["duration_s"]),
+                     ", ".join(f"{t}={n}" for t, n in sorted(rows.items())), str(run["error"] or "")[:80])
+    console.print(runs)
+    positions = Table(title="Positions")
+    for column in ("table", "cursor / lsn", "value", "late-commit guard"):
+        positions.add_column(column)
+    for table, pos in sorted(status["positions"].items()):
+        positions.add_row(table, str(pos.get("cursor", "lsn")), str(pos.get("last_value", pos.get("confirmed_lsn"))),
+                          str(pos.get("late_commit_guard") or ""))
+    console.print(positions)
+    pkgs = status["packages"]
+    console.print(f"Pending load packages: {len(pkgs['pending'])} {pkgs['pending'] or ''}")
+    console.print(f"Packages with failed jobs: {len(pkgs['failed_jobs'])} {pkgs['failed_jobs'] or ''}")
+    return ExitCode.SUCCESS
