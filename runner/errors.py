@@ -14,6 +14,7 @@ from dlt.common.configuration.exceptions import (
 from sources.postgres.errors import SourceError, SourceUnreachable, explain_connection_error
 
 from .exit_codes import ExitCode
+from .vault.errors import VaultError
 
 
 class RunnerError(Exception):
@@ -36,6 +37,8 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
 
 def classify(exc: BaseException) -> tuple[ExitCode, str]:
     for cause in causes(exc):
+        if isinstance(cause, VaultError):  # names the path and auth method, never a value
+            return cause.code, str(cause)
         if isinstance(cause, RunnerError):
             return cause.code, str(cause)
         if isinstance(cause, SourceUnreachable):
