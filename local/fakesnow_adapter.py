@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 FAKESNOW_VERSION = "0.12.1"
@@ -124,8 +125,22 @@ def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
         setattr(target, name, original)
 
 
+@dataclass
+class FakeSnowflake:
+    """What a test gets: every SQL text fakesnow received (to check what dlt sent), and the server's address."""
+
+    executed: list[str] = field(default_factory=list)
+    host: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+
+    def connect_params(self) -> dict[str, Any]:
+        """Extra `snowflake.connector.connect` arguments for the HTTP server (empty in-process)."""
+        return {"host": self.host, "port": self.port, "protocol": self.protocol} if self.port else {}
+
+
 @contextlib.contextmanager
-def adapter(s3_filesystem: Any | None = None) -> Iterator[None]:
+def adapter(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
     """Apply patches 1-4 (process-wide) while the block runs; `s3_filesystem` is the fsspec S3 filesystem to use."""
     check_version()
     import fakesnow.cursor as fs_cursor
@@ -143,7 +158,10 @@ def adapter(s3_filesystem: Any | None = None) -> Iterator[None]:
         caps.supports_multiple_statements = False
         return caps
 
+    fake = FakeSnowflake()
+
     def execute(self: Any, command: str, *args: Any, **kwargs: Any) -> Any:
+        fake.executed.append(command)
         return original_execute(self, rewrite_copy_sql(command), *args, **kwargs)
 
     def copy_into(duck_conn: Any, current_database: str | None, current_schema: str | None, expr: Any,
@@ -160,31 +178,34 @@ def adapter(s3_filesystem: Any | None = None) -> Iterator[None]:
         if s3_filesystem is not None:
             register_s3(self.duck_conn, s3_filesystem)
 
+    sqlglot_logger = logging.getLogger("sqlglot")
     with contextlib.ExitStack() as stack:
+        # sqlglot warns once per dlt column COMMENT it cannot transpile to DuckDB: noise, not a failure
+        stack.enter_context(_patched(sqlglot_logger, "level", max(sqlglot_logger.level, logging.ERROR)))
         stack.enter_context(_patched(snowflake_factory, "_raw_capabilities", capabilities))
         stack.enter_context(_patched(fs_cursor.FakeSnowflakeCursor, "execute", execute))
         stack.enter_context(_patched(fs_cursor, "copy_into", copy_into))
         stack.enter_context(_patched(FakeSnow, "__init__", init))
-        yield
+        yield fake
 
 
 @contextlib.contextmanager
-def fake_snowflake(s3_filesystem: Any | None = None) -> Iterator[None]:
+def fake_snowflake(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
     """In-process fakesnow (`fakesnow.patch`): `snowflake.connector.connect` returns a DuckDB-backed fake."""
     import fakesnow
 
-    with adapter(s3_filesystem), fakesnow.patch(create_schema_on_connect=False):
-        yield
+    with adapter(s3_filesystem) as fake, fakesnow.patch(create_schema_on_connect=False):
+        yield fake
 
 
 @contextlib.contextmanager
-def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None) -> Iterator[dict[str, Any]]:
-    """fakesnow's HTTP server on 127.0.0.1, for the real connector; yields `host`, `port`, `protocol`."""
+def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None) -> Iterator[FakeSnowflake]:
+    """fakesnow's HTTP server on 127.0.0.1, for the real connector (`fake.connect_params()`: host, port, http)."""
     import uvicorn
 
     from local.postgres import free_port
 
-    with adapter(s3_filesystem):
+    with adapter(s3_filesystem) as fake:
         import fakesnow.server as fs_server
 
         shared = fs_server.shared_fs
@@ -204,7 +225,8 @@ def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = N
                     if not thread.is_alive() or time.monotonic() > deadline:
                         raise RuntimeError("fakesnow server did not start")
                     time.sleep(0.05)
-                yield {"host": "127.0.0.1", "port": port, "protocol": "http"}
+                fake.host, fake.port, fake.protocol = "127.0.0.1", port, "http"
+                yield fake
             finally:
                 server.should_exit = True
                 thread.join(timeout=30)

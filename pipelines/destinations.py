@@ -27,6 +27,7 @@ import posixpath
 from typing import Any
 
 from dlt.common.destination.client import LoadJob, PreparedTableSchema
+from dlt.common.schema.utils import get_merge_strategy, get_write_disposition
 from dlt.destinations import filesystem
 from dlt.destinations.impl.filesystem.filesystem import FilesystemClient
 
@@ -54,8 +55,12 @@ def archive_table_path(
 ARCHIVE_PLACEHOLDERS: dict[str, Any] = {"table_name": archive_table_path}
 
 
-def table_manifest(table: PreparedTableSchema, load_id: str) -> dict[str, Any]:
-    """What a restore needs to know about one table in one load, besides the rows."""
+def table_manifest(table: PreparedTableSchema, load_id: str, schema_tables: dict[str, Any]) -> dict[str, Any]:
+    """What a restore needs to know about one table in one load, besides the rows.
+
+    The write disposition comes from the dlt schema: as a staging destination, dlt hands the filesystem
+    every table as `append`, whereas the restore must know a full `replace` from a `merge` of changes.
+    """
     columns = table.get("columns", {})
 
     def with_hint(hint: str) -> list[str]:
@@ -64,8 +69,8 @@ def table_manifest(table: PreparedTableSchema, load_id: str) -> dict[str, Any]:
     return {
         "load_id": load_id,
         "table": table["name"],
-        "write_disposition": table.get("write_disposition"),
-        "merge_strategy": table.get("x-merge-strategy"),  # type: ignore[typeddict-item]
+        "write_disposition": get_write_disposition(schema_tables, table["name"]),
+        "merge_strategy": get_merge_strategy(schema_tables, table["name"]),
         "primary_key": with_hint("primary_key"),
         "hard_delete": with_hint("hard_delete"),
         "dedup_sort": with_hint("dedup_sort"),
@@ -89,7 +94,8 @@ class ArchiveFilesystemClient(FilesystemClient):
             if self.is_local_filesystem:
                 self.fs_client.makedirs(posixpath.dirname(path), exist_ok=True)
             # several files of one table may write it concurrently: the content is identical
-            self.fs_client.write_text(path, json.dumps(table_manifest(table, load_id), indent=1), encoding="utf-8")
+            manifest = table_manifest(table, load_id, self.schema.tables)
+            self.fs_client.write_text(path, json.dumps(manifest, indent=1), encoding="utf-8")
         return job
 
 
