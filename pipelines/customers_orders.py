@@ -13,6 +13,7 @@ from typing import Any, Literal
 import dlt
 from dlt.common.pipeline import LoadInfo
 
+from pipelines.progress import collector_for
 from sources.postgres import postgres_replica
 
 PIPELINE_NAME = "customers_orders"
@@ -20,7 +21,8 @@ Mode = Literal["incremental", "snapshot"]
 
 
 def make_pipeline(pipelines_dir: str | None = None) -> dlt.Pipeline:
-    return dlt.pipeline(pipeline_name=PIPELINE_NAME, pipelines_dir=pipelines_dir, progress=None)
+    return dlt.pipeline(pipeline_name=PIPELINE_NAME, pipelines_dir=pipelines_dir,
+                        progress=collector_for(interactive=sys.stderr.isatty()))
 
 
 def run(
@@ -33,10 +35,12 @@ def run(
 ) -> LoadInfo:
     """Extract, normalize and load once. `full_refresh` drops the tables' data and cursors first.
 
-    Pending load packages left by a failed run are loaded first (dlt's `run` does that), so a rerun
-    completes the earlier one before extracting new changes.
+    Load packages left by an interrupted run are finished first. dlt's `run` does that, but then
+    returns without extracting: we call it again so one rerun both repairs and catches up.
     """
     pipeline = make_pipeline(pipelines_dir)
+    if pipeline.has_pending_data:
+        pipeline.run()
     source = postgres_replica(mode=mode, only_tables=tables, only_keys=only_keys, dead_letter_url=dead_letter_url)
     return pipeline.run(source, refresh="drop_data" if full_refresh else None)
 

@@ -25,6 +25,8 @@ def bind(**fields: Any) -> None:
 
 
 class JsonFormatter(logging.Formatter):
+    show_tracebacks = False  # only with --debug: operators get one sentence, not a stack
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
@@ -34,18 +36,22 @@ class JsonFormatter(logging.Formatter):
             **_context,
             **getattr(record, "fields", {}),
         }
-        if record.exc_info:
+        if record.exc_info and self.show_tracebacks:
             payload["exception"] = self.formatException(record.exc_info)
+        elif record.exc_info and record.exc_info[1] is not None:
+            payload["exception"] = f"{type(record.exc_info[1]).__name__}: {str(record.exc_info[1]).splitlines()[0]}"
         return json.dumps(payload, default=str)
 
 
 class TextFormatter(logging.Formatter):
+    show_tracebacks = False
+
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "_aws")
         line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} " \
                f"{record.getMessage()}{'  ' + extra if extra else ''}"
-        if record.exc_info:
+        if record.exc_info and self.show_tracebacks:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
@@ -79,7 +85,9 @@ def setup(debug: bool = False, json_lines: bool | None = None) -> None:
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     handler = RunnerHandler(sys.stderr)
-    handler.lock_formatter(JsonFormatter() if json_lines else TextFormatter())
+    formatter = JsonFormatter() if json_lines else TextFormatter()
+    formatter.show_tracebacks = debug
+    handler.lock_formatter(formatter)
     handler.addFilter(KnownDltNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -12,6 +12,7 @@ import dlt
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.pipeline import LoadInfo
 
+from pipelines.progress import crash_at
 from sources.postgres import dead_letters
 
 from .. import history, logs, metrics, notify
@@ -86,6 +87,7 @@ def _locked_run(args: argparse.Namespace, settings: RunnerSettings, module: Any,
                 info: LoadInfo = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh,
                                             dead_letter_url=settings.dead_letter_url)
                 info.raise_on_failed_jobs()
+                crash_at("after_load")
             except Exception as exc:
                 code, message = classify(exc)
                 history.record(module.make_pipeline(), {**record, "outcome": "failed", "exit_code": int(code),

@@ -1,0 +1,89 @@
+"""Observers of a dlt run, plugged in through dlt's progress `Collector` interface (a public seam
+that sees every step and every table's row counts).
+
+- `TableProgress`: one live progress line per table on a terminal, for long snapshots.
+- `Failpoints`: kills the process at a named point of the run (`AURORA_SYNC_FAILPOINT=load_mid`).
+  Inert unless that variable is set. It exists so the fault tests can crash a *real* sync process
+  exactly mid-extract, mid-normalize or mid-load and prove the next run repairs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from dlt.common.runtime.collector import Collector
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+FAILPOINT_ENV = "AURORA_SYNC_FAILPOINT"
+FAILPOINTS = ("extract_start", "extract_mid", "normalize_start", "normalize_mid", "load_start", "load_mid",
+              "after_load")
+
+
+def crash_at(point: str) -> None:
+    """A failpoint outside dlt's steps (e.g. `after_load`: loaded, but before the runner finished)."""
+    if os.environ.get(FAILPOINT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Failpoints(Collector):
+    def __init__(self, point: str) -> None:
+        if point not in FAILPOINTS:
+            raise ValueError(f"{FAILPOINT_ENV}={point!r}; known: {', '.join(FAILPOINTS)}")
+        self.point = point
+        self.step = ""
+
+    def _crash_if(self, point: str) -> None:
+        if point == self.point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _start(self, step: str) -> None:
+        self.step = step.split(" ", 1)[0].lower()  # "Extract postgres_replica" -> "extract"
+        self._crash_if(f"{self.step}_start")
+
+    def update(self, name: str, inc: int = 1, total: int | None = None, inc_total: int | None = None,
+               message: str | None = None, label: str | None = None) -> None:
+        counts_work = inc > 0 and name != "Resources"
+        if counts_work and (self.step != "load" or name == "Jobs"):
+            self._crash_if(f"{self.step}_mid")
+
+    def _stop(self) -> None:
+        pass
+
+
+class TableProgress(Collector):
+    """Rows per table as they stream, on a TTY (dlt's own bars need tqdm/enlighten)."""
+
+    def __init__(self) -> None:
+        self.progress: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def _start(self, step: str) -> None:
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                 TextColumn("{task.completed:>12,.0f} rows"), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=False)
+        self.progress.start()
+        self.tasks = {}
+        self.step = step
+
+    def update(self, name: str, inc: int = 1, total: int | None = None, inc_total: int | None = None,
+               message: str | None = None, label: str | None = None) -> None:
+        if self.progress is None or not self.step.startswith("Extract") or name == "Resources":
+            return
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(f"extract {name}", total=None)
+        self.progress.update(self.tasks[name], advance=inc)
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def collector_for(interactive: bool) -> Collector | None:
+    point = os.environ.get(FAILPOINT_ENV)
+    if point:
+        return Failpoints(point)
+    return TableProgress() if interactive else None
