@@ -15,6 +15,8 @@ from types import ModuleType
 from . import logs, vault
 from .commands import dlq as dlq_command
 from .commands import doctor as doctor_command
+from .commands import resync as resync_command
+from .commands import rollback as rollback_command
 from .commands import run as run_command
 from .commands import status as status_command
 from .commands import verify as verify_command
@@ -22,7 +24,9 @@ from .errors import classify
 from .exit_codes import ExitCode
 
 # each module has `register(subparsers)` and a `main(args) -> ExitCode` set via set_defaults(func=...)
-COMMANDS: list[ModuleType] = [run_command, status_command, doctor_command, dlq_command, verify_command]
+COMMANDS: list[ModuleType] = [
+    run_command, status_command, doctor_command, dlq_command, verify_command, resync_command, rollback_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import psycopg2
 import pytest
 
@@ -183,3 +184,29 @@ def test_doctor_names_what_is_missing_and_how_to_fix_it(env: dict[str, str]) -> 
 
     healthy = aurora_sync(env, "doctor", "--json")
     assert healthy.returncode == ExitCode.SUCCESS, healthy.stdout
+
+
+def test_resync_replaces_one_table_from_the_source(env: dict[str, str]) -> None:
+    dsn, duck = env["SOURCES__POSTGRES__CREDENTIALS"], env["DESTINATION__DUCKDB__CREDENTIALS"]
+    assert aurora_sync(env, "run").returncode == ExitCode.SUCCESS
+    # damage the replica behind the pipeline's back, and delete at the source (invisible to cursors)
+    con = duckdb.connect(duck)
+    con.execute(f"UPDATE {DATASET}.app__items SET price = -1 WHERE id <= 10")
+    con.close()
+    execute(dsn, "DELETE FROM app.items WHERE id > 90")
+    result = aurora_sync(env, "resync", "--table", "app.items")
+    assert result.returncode == ExitCode.SUCCESS, result.stderr
+    assert duck_rows(duck, f"SELECT count(*), min(price) FROM {DATASET}.app__items") == [(90, Decimal("1.5"))]
+
+
+def test_rollback_prints_time_travel_statements_and_refuses_non_snowflake(env: dict[str, str]) -> None:
+    from runner.commands.rollback import rollback_sql
+
+    statements = rollback_sql('"RAW"."CUSTOMERS_ORDERS"', "ORDERS__ORDERS", "2026-11-27T09:00:00Z", "20261127")
+    assert statements[0] == ('CREATE TABLE "RAW"."CUSTOMERS_ORDERS".ORDERS__ORDERS__restored_20261127 CLONE '
+                             '"RAW"."CUSTOMERS_ORDERS".ORDERS__ORDERS AT (TIMESTAMP => '
+                             "'2026-11-27T09:00:00Z'::TIMESTAMP_TZ)")
+    assert statements[1].startswith('ALTER TABLE "RAW"."CUSTOMERS_ORDERS".ORDERS__ORDERS SWAP WITH')
+    result = aurora_sync(env, "rollback", "--table", "app.items", "--at", "2026-11-27T09:00:00Z")
+    assert result.returncode == ExitCode.CONFIG_ERROR
+    assert aurora_sync(env, "rollback", "--table", "app.items", "--at", "x'; DROP").returncode == ExitCode.CONFIG_ERROR
