@@ -41,6 +41,8 @@ from .leases import LeaseManager
 from .settings import SecretRef, VaultSettings
 
 PROVIDER_NAME = "Vault"
+# fields of dlt's ConnectionStringCredentials (and its subclasses) that may be configured beside a secret
+CONNECTION_FIELDS = ("drivername", "host", "port", "database", "query")
 
 
 @dataclass
@@ -148,9 +150,9 @@ class VaultConfigProvider(ConfigProvider):
             value = self.store.value(ref, mapped_key)
             if isinstance(value, dict):
                 # a whole secret (say {username, password}) lands on the fields configured for the same
-                # key elsewhere (host, port, database in config.toml), so code that reads the key as one
+                # key elsewhere (host, port, database from env vars), so code that reads the key as one
                 # value (`dlt.secrets.get("sources.postgres.credentials")`) gets complete credentials
-                value = {**self._configured(key, pipeline_name, sections), **value}
+                value = {**self._configured(key, pipeline_name, sections, value), **value}
             return value, full_key
         if ref.key is not None:
             return None, full_key  # one value is mapped, not an object with fields
@@ -161,18 +163,25 @@ class VaultConfigProvider(ConfigProvider):
             node = node[field_name]
         return node, full_key
 
-    def _configured(self, key: str, pipeline_name: str | None, sections: tuple[str, ...]) -> dict[str, Any]:
-        """The table other providers hold at this key (earlier providers win), else {}."""
+    def _configured(self, key: str, pipeline_name: str | None, sections: tuple[str, ...],
+                    have: Mapping[str, Any]) -> dict[str, Any]:
+        """Connection fields other providers hold for this key (a table, or per field such as the env var
+        SOURCES__POSTGRES__CREDENTIALS__HOST), earlier providers winning; fields Vault has are skipped."""
         merged: dict[str, Any] = {}
+        wanted = [f for f in CONNECTION_FIELDS if f not in have]
         for provider in reversed(Container()[PluggableRunContext].providers.providers):
-            if provider is self or provider.is_empty:
+            if provider is self or provider.is_empty or not provider.supports_sections:
                 continue
             try:
-                value, _ = provider.get_value(key, AnyType, pipeline_name, *sections)
+                table, _ = provider.get_value(key, AnyType, pipeline_name, *sections)
+                if isinstance(table, Mapping):
+                    merged.update({str(k): v for k, v in table.items() if not isinstance(v, Mapping)})
+                for name in wanted:
+                    value, _ = provider.get_value(name, AnyType, pipeline_name, *sections, key)
+                    if value is not None:
+                        merged[name] = value
             except Exception:
-                continue
-            if isinstance(value, Mapping):
-                merged.update({str(k): v for k, v in value.items() if not isinstance(v, Mapping)})
+                continue  # a provider that cannot answer (or refuses a secret) adds nothing
         return merged
 
     def get_value_location(self, key: str, pipeline_name: str | None, *sections: str) -> str:
