@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Configure Vault (or OpenBao) for aurora-snowflake-sync: engines, policies, the Aurora dynamic role,
+# AppRole and AWS IAM auth roles. Idempotent: re-running updates roles and config in place.
+# Run by an operator with an admin token (VAULT_ADDR, VAULT_TOKEN); see docs/secrets.md.
+#
+# Required:
+#   VAULT_ADDR, VAULT_TOKEN            an operator token allowed to mount engines and write policies
+#   PG_HOST PG_DATABASE PG_ADMIN_USER  the Aurora writer endpoint and the role Vault manages users with
+#   PG_ADMIN_PASSWORD                  (first run, or PG_RECONFIGURE=1) read from this env var and sent to
+#                                      Vault on stdin, never in argv; rotated by Vault unless ROTATE_ROOT=0
+#   TASK_ROLE_ARN                      the ECS task role ARN (unless ENABLE_AWS_AUTH=0)
+# Optional (defaults in brackets):
+#   PG_PORT [5432]  PG_SSLMODE [require]  PG_SCHEMAS ["customers orders"]
+#   PG_CREATION_STATEMENTS / PG_REVOCATION_STATEMENTS   override the generated SQL (';'-separated)
+#   PG_PASSWORD_AUTHENTICATION [scram-sha-256]  PG_RECONFIGURE [0]
+#   DB_DEFAULT_TTL [1h]  DB_MAX_TTL [24h]  TOKEN_TTL [1h]  TOKEN_MAX_TTL [24h]
+#   ENABLE_APPROLE [1]  ENABLE_AWS_AUTH [1]  ROTATE_ROOT [1]
+#   AWS_STS_REGION [us-east-1]  AWS_STS_ENDPOINT [global]  AWS_IAM_SERVER_ID (X-Vault-AWS-IAM-Server-ID)
+#   VAULT_BIN [vault, else bao]
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VAULT_BIN="${VAULT_BIN:-$(command -v vault || command -v bao || true)}"
+[[ -n "${VAULT_BIN}" ]] || { echo "error: neither vault nor bao is on PATH (set VAULT_BIN)" >&2; exit 1; }
+: "${VAULT_ADDR:?set VAULT_ADDR}" "${VAULT_TOKEN:?set VAULT_TOKEN (operator token)}"
+: "${PG_HOST:?}" "${PG_DATABASE:?}" "${PG_ADMIN_USER:?}"
+export VAULT_ADDR VAULT_TOKEN
+
+PG_PORT="${PG_PORT:-5432}"
+PG_SSLMODE="${PG_SSLMODE:-require}"
+PG_SCHEMAS="${PG_SCHEMAS:-customers orders}"
+DB_DEFAULT_TTL="${DB_DEFAULT_TTL:-1h}"
+DB_MAX_TTL="${DB_MAX_TTL:-24h}"
+TOKEN_TTL="${TOKEN_TTL:-1h}"
+TOKEN_MAX_TTL="${TOKEN_MAX_TTL:-24h}"
+ENABLE_APPROLE="${ENABLE_APPROLE:-1}"
+ENABLE_AWS_AUTH="${ENABLE_AWS_AUTH:-1}"
+ROTATE_ROOT="${ROTATE_ROOT:-1}"
+AWS_STS_REGION="${AWS_STS_REGION:-us-east-1}"
+# names the policy in vault/policies/aurora-sync.hcl refers to: change both together
+KV_MOUNT=kv DB_MOUNT=database DB_CONNECTION=aurora ROLE=aurora-sync
+
+v() { "${VAULT_BIN}" "$@"; }
+mounted() { v "$1" list -format=json | grep -q "\"$2/\""; }  # $1: secrets|auth
+
+schemas_sql="$(for s in ${PG_SCHEMAS//,/ }; do printf '"%s", ' "$s"; done)"
+schemas_sql="${schemas_sql%, }"
+# Aurora PostgreSQL (rds_replication exists on every supported Aurora PostgreSQL version): logical
+# replication for CDC plus SELECT on the replicated schemas, nothing else. On Aurora PostgreSQL 16+
+# the admin role needs `GRANT rds_replication TO <admin> WITH ADMIN OPTION` to hand it out.
+# (plain `if`s, not ${VAR:-default}: the first `}` of `{{name}}` would end the expansion)
+if [[ -z "${PG_CREATION_STATEMENTS:-}" ]]; then
+  PG_CREATION_STATEMENTS="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+GRANT rds_replication TO \"{{name}}\";
+GRANT USAGE ON SCHEMA ${schemas_sql} TO \"{{name}}\";
+GRANT SELECT ON ALL TABLES IN SCHEMA ${schemas_sql} TO \"{{name}}\";"
+fi
+if [[ -z "${PG_REVOCATION_STATEMENTS:-}" ]]; then
+  PG_REVOCATION_STATEMENTS="REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA ${schemas_sql} FROM \"{{name}}\";
+REVOKE USAGE ON SCHEMA ${schemas_sql} FROM \"{{name}}\";
+DROP ROLE IF EXISTS \"{{name}}\";"
+fi
+
+echo "== secrets engines"
+mounted secrets "${KV_MOUNT}" || v secrets enable -path="${KV_MOUNT}" -version=2 kv
+mounted secrets "${DB_MOUNT}" || v secrets enable -path="${DB_MOUNT}" database
+
+configure_connection() {
+  : "${PG_ADMIN_PASSWORD:?set PG_ADMIN_PASSWORD (sent on stdin)}"
+  # scram-sha-256: Vault hashes the password itself, so no plaintext password reaches PostgreSQL's
+  # statement log or pgaudit when it creates a user
+  printf '%s' "${PG_ADMIN_PASSWORD}" | v write "${DB_MOUNT}/config/${DB_CONNECTION}" \
+    plugin_name=postgresql-database-plugin \
+    connection_url="postgresql://{{username}}:{{password}}@${PG_HOST}:${PG_PORT}/${PG_DATABASE}?sslmode=${PG_SSLMODE}" \
+    username="${PG_ADMIN_USER}" password=- \
+    password_authentication="${PG_PASSWORD_AUTHENTICATION:-scram-sha-256}" \
+    allowed_roles="${ROLE}" verify_connection=true >/dev/null
+  if [[ "${ROTATE_ROOT}" == "1" ]]; then
+    # from now on only Vault knows the admin password
+    v write -force "${DB_MOUNT}/rotate-root/${DB_CONNECTION}" >/dev/null
+  fi
+}
+
+echo "== database connection ${DB_MOUNT}/config/${DB_CONNECTION}"
+if v read "${DB_MOUNT}/config/${DB_CONNECTION}" >/dev/null 2>&1 && [[ "${PG_RECONFIGURE:-0}" != "1" ]]; then
+  # after rotate-root only Vault knows the admin password: rewriting needs a new one (PG_RECONFIGURE=1)
+  echo "   exists, kept (PG_RECONFIGURE=1 rewrites it with PG_ADMIN_PASSWORD)"
+else
+  configure_connection
+fi
+
+echo "== dynamic role ${DB_MOUNT}/roles/${ROLE} (ttl ${DB_DEFAULT_TTL}, max ${DB_MAX_TTL})"
+v write "${DB_MOUNT}/roles/${ROLE}" \
+  db_name="${DB_CONNECTION}" \
+  creation_statements="${PG_CREATION_STATEMENTS}" \
+  revocation_statements="${PG_REVOCATION_STATEMENTS}" \
+  default_ttl="${DB_DEFAULT_TTL}" max_ttl="${DB_MAX_TTL}" >/dev/null
+
+echo "== policies"
+for policy in "${HERE}"/policies/*.hcl; do
+  v policy write "$(basename "${policy}" .hcl)" "${policy}" >/dev/null
+done
+
+token_settings=(token_policies="${ROLE}" token_no_default_policy=true token_type=service
+                token_ttl="${TOKEN_TTL}" token_max_ttl="${TOKEN_MAX_TTL}")
+
+if [[ "${ENABLE_APPROLE}" == "1" ]]; then
+  echo "== approle auth role ${ROLE}"
+  mounted auth approle || v auth enable approle
+  # secret_id_num_uses=0: follow mode logs in again when its token reaches token_max_ttl
+  v write "auth/approle/role/${ROLE}" "${token_settings[@]}" \
+    secret_id_ttl="${SECRET_ID_TTL:-24h}" secret_id_num_uses=0 >/dev/null
+fi
+
+if [[ "${ENABLE_AWS_AUTH}" == "1" ]]; then
+  : "${TASK_ROLE_ARN:?set TASK_ROLE_ARN to the ECS task role ARN}"
+  echo "== aws auth role ${ROLE} bound to ${TASK_ROLE_ARN}"
+  mounted auth aws || v auth enable aws
+  client_config=(sts_region="${AWS_STS_REGION}")
+  if [[ -n "${AWS_STS_ENDPOINT:-}" ]]; then client_config+=(sts_endpoint="${AWS_STS_ENDPOINT}"); fi
+  if [[ -n "${AWS_IAM_SERVER_ID:-}" ]]; then client_config+=(iam_server_id_header_value="${AWS_IAM_SERVER_ID}"); fi
+  v write auth/aws/config/client "${client_config[@]}" >/dev/null
+  v write "auth/aws/role/${ROLE}" auth_type=iam bound_iam_principal_arn="${TASK_ROLE_ARN}" \
+    resolve_aws_unique_ids=true "${token_settings[@]}" >/dev/null
+fi
+
+echo "done: KV v2 at ${KV_MOUNT}/, ${DB_MOUNT}/creds/${ROLE}, policies $(cd "${HERE}/policies" && ls -- *.hcl | tr '\n' ' ')"
