@@ -209,7 +209,7 @@ def rebuild(con: duckdb.DuckDBPyConnection, restore_plan: RestorePlan) -> pa.Tab
     """The table as of the plan: latest version per key (load order, then LSN), deleted keys removed."""
     seq = ", ".join(f"({_literal(f.url)}, {i})" for i, f in enumerate(sorted(
         restore_plan.files, key=lambda f: (f.loaded_at, f.url))))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _restore_rows AS {_read_sql(restore_plan.files)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _restore_rows AS {_read_sql(restore_plan.files)}").fetchall()
     columns = [r[0] for r in con.execute("DESCRIBE _restore_rows").fetchall()]
     missing = [c for c in restore_plan.primary_key if c not in columns]
     if missing:
@@ -234,7 +234,7 @@ def rebuild(con: duckdb.DuckDBPyConnection, restore_plan: RestorePlan) -> pa.Tab
 
 
 def _connect(archive: Archive) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"timezone": "UTC"})
+    con = duckdb.connect()
     if not archive.is_local:
         # DuckDB's httpfs would need a download and its own credentials: read through the same fsspec filesystem
         if archive.scheme in con.list_filesystems():
@@ -320,19 +320,20 @@ def write_duckdb(url: str, schema: str, table: str, data: pa.Table, if_exists: s
     path = path[1:] if path.startswith("/") and url.startswith("duckdb:////") else path
     con = duckdb.connect(path)
     try:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+        # DuckDB 2 refuses new work while a result is unread: every statement is fetched to the end
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}").fetchall()
         target = f"{_quote(schema)}.{_quote(table)}"
         exists = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, table]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if exists and if_exists == "fail":
             raise RestoreError(f"{schema}.{table} already exists in the target: pass --if-exists replace|truncate.")
         con.register("_restored", data)
         if exists and if_exists == "truncate":
-            con.execute(f"DELETE FROM {target}")
-            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM _restored")
+            con.execute(f"DELETE FROM {target}").fetchall()
+            con.execute(f"INSERT INTO {target} BY NAME SELECT * FROM _restored").fetchall()
         else:
-            con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _restored")
+            con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _restored").fetchall()
     finally:
         con.close()
 

@@ -1,0 +1,74 @@
+"""The real `snowflake-connector-python` against fakesnow's HTTP server: dlt's credentials URL carries
+host/port/protocol as query parameters, and the connector signs in with the key pair (a JWT), as in production."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.fakesnow_adapter import FakeSnowflake, fake_snowflake_server
+from local.moto_s3 import LocalS3
+from local.seed import seed
+from pipelines import customers_orders
+from tests.helpers import pg_rows
+from tests.snowflake.conftest import DATABASE, DATASET, Bucket, bootstrap
+
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+
+@pytest.fixture()
+def server(s3: LocalS3) -> Iterator[FakeSnowflake]:
+    with fake_snowflake_server(s3.s3fs()) as fake:
+        yield fake
+
+
+def query(fake: FakeSnowflake, sql: str) -> list[tuple[Any, ...]]:
+    import snowflake.connector
+
+    conn = snowflake.connector.connect(user="analyst", password="unused-by-the-fake", account="fakeaccount",
+                                       database=DATABASE, network_timeout=30, **fake.connect_params())
+    try:
+        with conn.cursor() as cur:
+            return list(cur.execute(sql).fetchall())
+    finally:
+        conn.close()
+
+
+def test_customers_orders_through_the_http_server_with_key_pair_auth(
+    sf_env: dict[str, str], server: FakeSnowflake, bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snowflake.connector.auth.keypair import AuthByKeyPair
+
+    endpoint = f"host={server.host}&port={server.port}&protocol={server.protocol}"
+    monkeypatch.setenv("DESTINATION__SNOWFLAKE__CREDENTIALS",
+                       f"snowflake://AURORA_SYNC_LOADER@fakeaccount/{DATABASE}?warehouse=AURORA_SYNC_LOAD_WH"
+                       f"&role=AURORA_SYNC_LOADER&{endpoint}")
+    monkeypatch.setenv("SNOWFLAKE_BOOTSTRAP__CREDENTIALS", f"snowflake://admin:unused-by-the-fake@fakeaccount/?{endpoint}")
+    jwt_logins: list[str] = []
+    prepare = AuthByKeyPair.prepare
+
+    def counting_prepare(self: AuthByKeyPair, *args: Any, **kwargs: Any) -> Any:
+        jwt_logins.append(kwargs.get("account") or "")
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuthByKeyPair, "prepare", counting_prepare)
+
+    dsn = sf_env["SOURCES__POSTGRES__CREDENTIALS"]
+    seed(dsn, customers=50, orders=120)
+    assert bootstrap() == 0
+    info = customers_orders.run(pipelines_dir=str(tmp_path / "p"))
+    info.raise_on_failed_jobs()
+    assert jwt_logins, "dlt should have signed in with the private key (JWT), not a password"
+
+    expected = pg_rows(dsn, "SELECT id, email, full_name, country, preferences::text, updated_at "
+                            "FROM customers.customers ORDER BY id")
+    actual = query(server, f"SELECT id, email, full_name, country, preferences, updated_at "
+                           f"FROM {DATASET}.CUSTOMERS__CUSTOMERS ORDER BY id")
+    assert [(*r[:4], json.loads(r[4]), r[5]) for r in actual] == [(*r[:4], json.loads(r[4]), r[5]) for r in expected]
+    assert query(server, f"SELECT id, status, total FROM {DATASET}.ORDERS__ORDERS ORDER BY id") == pg_rows(
+        dsn, "SELECT id, status::text, total FROM orders.orders ORDER BY id")
+    assert any(s.startswith("COPY INTO") and "@AURORA_SYNC.RAW.ARCHIVE_STAGE" in s for s in server.executed)
