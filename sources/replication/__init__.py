@@ -1,0 +1,214 @@
+"""Change data capture from PostgreSQL's write-ahead log (logical replication, pgoutput) as dlt sources.
+
+The driver (`pipelines.cdc.run_cdc`) reads bounded batches from the slot and loads each one with
+`cdc_batch()`; the initial copy of a table goes through `cdc_snapshot()`. Both write to the same
+tables as the snapshot/incremental source (`<schema>__<table>`), merging on the primary key, with two
+extra columns: `_lsn` (commit LSN, the merge's dedup_sort) and `_deleted` (dlt `hard_delete`) or
+`_deleted_at` (soft deletes keep the row).
+
+Configuration: `sources.postgres.replication.<key>`, falling back to `sources.postgres.<key>`, so the
+DSN (`credentials`), `schemas`, `include`, `exclude` and per-table `tables` overrides are shared with
+the snapshot source and only CDC settings live in `[sources.postgres.replication]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dlt
+import pyarrow as pa
+import sqlalchemy as sa
+from dlt.common.configuration import with_config
+from dlt.common.configuration.specs import ConnectionStringCredentials
+from dlt.extract import DltResource
+
+from sources.postgres.errors import SourceConfigError
+
+from .batch import DeleteMode, system_hints
+from .columns import ColumnSpec
+from .errors import ReplicationError
+
+MERGE = {"disposition": "merge", "strategy": "delete-insert"}
+STATE_KEY = "cdc"
+SECTIONS = ("sources", "postgres", "replication")
+
+__all__ = ["ReplicationError", "ReplicationSettings", "cdc_batch", "cdc_snapshot", "replication_settings"]
+
+
+@dataclass
+class ReplicationSettings:
+    """Resolved CDC configuration (see `replication_settings` for each key)."""
+
+    credentials: ConnectionStringCredentials
+    schemas: list[str]
+    include: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
+    tables: dict[str, Any] = field(default_factory=dict)
+    slot_name: str | None = None
+    publication_name: str | None = None
+    delete_mode: DeleteMode = "hard"
+    truncate_mode: Literal["apply", "fail"] = "apply"
+    on_slot_lost: Literal["fail", "resnapshot"] = "fail"
+    max_batch_rows: int = 100_000
+    max_batch_bytes: int = 32 << 20
+    max_batch_seconds: float = 5.0
+    heartbeat_seconds: float = 60.0
+    status_interval_seconds: float = 10.0
+    idle_ack_bytes: int = 16 << 20
+    retained_wal_warn_bytes: int = 1 << 30
+    retained_wal_fail_bytes: int = 20 << 30
+    auto_add_tables: bool = True
+    new_table_check_seconds: float = 300.0
+    statement_timeout_ms: int = 6 * 3600 * 1000
+    block_size_bytes: int = 4 << 20
+    dead_letter_url: str = "dead_letter"
+
+    @property
+    def dsn(self) -> str:
+        url = sa.engine.make_url(self.credentials.to_native_representation())
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def validate(self) -> ReplicationSettings:
+        def one_of(key: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, key) not in allowed:
+                raise SourceConfigError(f"`sources.postgres.replication.{key}` must be one of "
+                                        f"{', '.join(map(repr, allowed))}; got {getattr(self, key)!r}.")
+
+        def positive(key: str, minimum: float) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+                raise SourceConfigError(f"`sources.postgres.replication.{key}` must be a number >= {minimum}; "
+                                        f"got {value!r}.")
+
+        if isinstance(self.schemas, str):
+            self.schemas = [s.strip() for s in self.schemas.split(",") if s.strip()]
+        if not self.schemas:
+            raise SourceConfigError("`sources.postgres.schemas` is empty: name at least one schema to replicate.")
+        one_of("delete_mode", ("hard", "soft"))
+        one_of("truncate_mode", ("apply", "fail"))
+        one_of("on_slot_lost", ("fail", "resnapshot"))
+        positive("max_batch_rows", 1)
+        positive("max_batch_bytes", 1 << 16)
+        positive("max_batch_seconds", 0.1)
+        positive("heartbeat_seconds", 0)
+        positive("status_interval_seconds", 1)
+        positive("idle_ack_bytes", 0)
+        positive("retained_wal_warn_bytes", 0)
+        positive("retained_wal_fail_bytes", 0)
+        positive("new_table_check_seconds", 1)
+        positive("block_size_bytes", 1 << 16)
+        return self
+
+
+@with_config(sections=SECTIONS)
+def replication_settings(
+    credentials: ConnectionStringCredentials = dlt.secrets.value,
+    schemas: list[str] = dlt.config.value,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    tables: dict[str, Any] | None = None,
+    slot_name: str | None = None,
+    publication_name: str | None = None,
+    delete_mode: str = "hard",
+    truncate_mode: str = "apply",
+    on_slot_lost: str = "fail",
+    max_batch_rows: int = 100_000,
+    max_batch_bytes: int = 32 << 20,
+    max_batch_seconds: float = 5.0,
+    heartbeat_seconds: float = 60.0,
+    status_interval_seconds: float = 10.0,
+    idle_ack_bytes: int = 16 << 20,
+    retained_wal_warn_bytes: int = 1 << 30,
+    retained_wal_fail_bytes: int = 20 << 30,
+    auto_add_tables: bool = True,
+    new_table_check_seconds: float = 300.0,
+    statement_timeout_ms: int = 6 * 3600 * 1000,
+    block_size_bytes: int = 4 << 20,
+    dead_letter_url: str = "dead_letter",
+) -> ReplicationSettings:
+    """Resolve CDC settings from dlt config (`sources.postgres.replication.*` then `sources.postgres.*`).
+
+    Args:
+        credentials: writer DSN (logical decoding runs on the writer only; Aurora readers cannot).
+        slot_name / publication_name: default `aurora_sync_<pipeline>`.
+        delete_mode: `hard` removes deleted rows (dlt `hard_delete` on `_deleted`); `soft` keeps them with
+            `_deleted_at` set.
+        truncate_mode: `apply` empties the destination table; `fail` stops before confirming it.
+        on_slot_lost: `fail` stops with an error when the slot is missing, invalidated or ahead of our
+            state; `resnapshot` recreates it and copies every table again.
+        max_batch_rows / max_batch_bytes / max_batch_seconds: a batch is loaded when any is reached;
+            `max_batch_seconds` is also the follow-mode flush interval.
+        heartbeat_seconds: follow mode writes a `pg_logical_emit_message` this often when idle, so the slot
+            advances on a quiet database of a busy cluster (0 disables).
+        idle_ack_bytes: when idle, confirm the slot position (a state-only load) once it lags this much.
+        retained_wal_warn_bytes / retained_wal_fail_bytes: slot lag (`pg_current_wal_lsn() -
+            confirmed_flush_lsn`) that warns, or fails the run when still exceeded after it.
+        auto_add_tables: add newly configured/created tables to the publication and snapshot them alone.
+    """
+    return ReplicationSettings(
+        credentials=credentials, schemas=schemas, include=list(include or ["*"]), exclude=list(exclude or []),
+        tables=dict(tables or {}), slot_name=slot_name, publication_name=publication_name,
+        delete_mode=delete_mode,  # type: ignore[arg-type]
+        truncate_mode=truncate_mode,  # type: ignore[arg-type]
+        on_slot_lost=on_slot_lost,  # type: ignore[arg-type]
+        max_batch_rows=max_batch_rows, max_batch_bytes=max_batch_bytes, max_batch_seconds=max_batch_seconds,
+        heartbeat_seconds=heartbeat_seconds, status_interval_seconds=status_interval_seconds,
+        idle_ack_bytes=idle_ack_bytes, retained_wal_warn_bytes=retained_wal_warn_bytes,
+        retained_wal_fail_bytes=retained_wal_fail_bytes, auto_add_tables=auto_add_tables,
+        new_table_check_seconds=new_table_check_seconds, statement_timeout_ms=statement_timeout_ms,
+        block_size_bytes=block_size_bytes, dead_letter_url=dead_letter_url,
+    ).validate()
+
+
+def table_hints(columns: list[ColumnSpec], delete_mode: DeleteMode, merge: bool = True) -> dict[str, Any]:
+    """Column hints of a replicated table; `merge=False` (snapshot loads) leaves out the merge-only
+    hints, which the table keeps from earlier merges anyway."""
+    hints: dict[str, Any] = {c.name: dict(c.hint) for c in columns}
+    for name, hint in system_hints(delete_mode).items():
+        hints[name] = hint if merge else {k: v for k, v in hint.items() if k not in ("dedup_sort", "hard_delete")}
+    return hints
+
+
+def _state_resource(update: Callable[[dict[str, Any]], None]) -> DltResource:
+    """Commits CDC state (confirmed LSN, snapshotted tables) in the same load package as the data."""
+
+    def position() -> Iterator[Any]:
+        update(dlt.current.source_state().setdefault(STATE_KEY, {}))
+        yield from ()
+
+    return dlt.resource(position, name="_cdc_state")
+
+
+@dlt.source(name="replication", section="replication", max_table_nesting=0, root_key=False)
+def cdc_batch(
+    tables: list[tuple[str, list[str], dict[str, Any], pa.Table]],
+    update_state: Callable[[dict[str, Any]], None],
+) -> Iterable[DltResource]:
+    """One batch of changes: a merge (delete-insert on the primary key) resource per table.
+
+    `tables`: (resource name, primary key, column hints, rows) — at most one row per key.
+    """
+    for name, primary_key, hints, rows in tables:
+        yield dlt.resource([rows], name=name, table_name=name, write_disposition=MERGE, primary_key=primary_key,
+                           columns=hints)
+    yield _state_resource(update_state)
+
+
+@dlt.source(name="replication", section="replication", max_table_nesting=0, root_key=False)
+def cdc_snapshot(
+    name: str,
+    primary_key: list[str],
+    hints: dict[str, Any],
+    rows: Callable[[], Iterator[pa.Table]],
+    update_state: Callable[[dict[str, Any]], None],
+) -> Iterable[DltResource]:
+    """The initial copy of one table: replaces the destination table (an empty source table empties it)."""
+
+    def copy() -> Iterator[pa.Table]:
+        yield from rows()
+
+    yield dlt.resource(copy, name=name, table_name=name, write_disposition="replace", primary_key=primary_key,
+                       columns=hints)
+    yield _state_resource(update_state)

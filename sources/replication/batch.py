@@ -1,0 +1,299 @@
+"""Bounded batches of decoded changes: one row per primary key, converted to typed Arrow tables.
+
+A batch never holds more than `max_batch_rows` changes or `max_batch_bytes` of values, whatever the
+size of the transactions it came from. Within a batch the latest change of a key wins (its values
+completed from the earlier ones when the server left a TOASTed value unchanged), so the destination
+merges one row per key; `_lsn` (the commit LSN) is also the merge's `dedup_sort` for safety.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sources.postgres.conversion import RejectedRow
+from sources.postgres.copy_loader import csv_to_arrow
+from sources.postgres.type_mapping import ColumnPlan
+
+from .columns import ColumnSpec
+from .pgoutput import UNCHANGED, Relation, Value
+
+DeleteMode = Literal["hard", "soft"]
+LSN_COLUMN = "_lsn"
+DELETED_COLUMN = "_deleted"
+DELETED_AT_COLUMN = "_deleted_at"
+_ROW = ColumnPlan("_aurora_sync_row", "", pa.int64())
+ROW_OVERHEAD_BYTES = 96  # Python objects per change beyond the value bytes (measured order of magnitude)
+
+
+def system_hints(delete_mode: DeleteMode) -> dict[str, dict[str, object]]:
+    """dlt hints of the columns CDC adds: `_lsn` orders versions, `_deleted(_at)` marks deletes."""
+    hints: dict[str, dict[str, object]] = {
+        LSN_COLUMN: {"name": LSN_COLUMN, "data_type": "bigint", "nullable": True, "dedup_sort": "desc"},
+    }
+    if delete_mode == "hard":
+        hints[DELETED_COLUMN] = {"name": DELETED_COLUMN, "data_type": "bool", "nullable": True, "hard_delete": True}
+    else:
+        hints[DELETED_AT_COLUMN] = {"name": DELETED_AT_COLUMN, "data_type": "timestamp", "timezone": True,
+                                    "nullable": True}
+    return hints
+
+
+def system_columns(delete_mode: DeleteMode, lsns: list[int], deleted: list[datetime | None]) -> dict[str, pa.Array]:
+    columns = {LSN_COLUMN: pa.array(lsns, pa.int64())}
+    if delete_mode == "hard":
+        columns[DELETED_COLUMN] = pa.array([True if d is not None else None for d in deleted], pa.bool_())
+    else:
+        columns[DELETED_AT_COLUMN] = pa.array(deleted, pa.timestamp("us", tz="UTC"))
+    return columns
+
+
+@dataclass
+class LiveTable:
+    """A replicated table as the stream currently sees it (one version of its columns)."""
+
+    qualified: str
+    resource_name: str
+    primary_key: tuple[str, ...]
+    relation: Relation
+    columns: list[ColumnSpec]
+    key_positions: tuple[int, ...]
+
+    def shape(self) -> tuple[tuple[str, int, int], ...]:
+        return tuple((c.name, c.type_oid, c.typmod) for c in self.columns)
+
+    def key(self, values: list[Value]) -> tuple[Value, ...]:
+        return tuple(values[i] for i in self.key_positions)
+
+
+@dataclass(slots=True)
+class RowChange:
+    op: str  # I, U, D
+    lsn: int  # commit LSN of the transaction
+    commit_time: datetime
+    values: list[Value]  # relation column order; UNCHANGED = take the destination's current value
+    lookup_key: tuple[Value, ...]  # destination key holding those values (the old key if the key changed)
+
+
+@dataclass
+class TableChanges:
+    table: LiveTable
+    rows: dict[tuple[Value, ...], RowChange] = field(default_factory=dict)
+    inserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+
+
+def _value_bytes(values: list[Value]) -> int:
+    return ROW_OVERHEAD_BYTES + sum(len(v) for v in values if isinstance(v, bytes))
+
+
+class ChangeBatch:
+    """Changes of one or more (possibly partial) transactions, bounded by rows and bytes."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, TableChanges] = {}
+        self.changes = 0
+        self.bytes = 0
+        self.started: float | None = None  # monotonic time of the first change
+        self.safe_lsn: int | None = None  # end LSN of the last complete transaction in the batch
+        self.newest_commit_time: datetime | None = None
+
+    def __bool__(self) -> bool:
+        return self.changes > 0
+
+    def _table(self, table: LiveTable) -> TableChanges:
+        changes = self.tables.get(table.qualified)
+        if changes is None:
+            changes = self.tables[table.qualified] = TableChanges(table)
+        return changes
+
+    def _put(self, changes: TableChanges, key: tuple[Value, ...], row: RowChange, now: float) -> None:
+        previous = changes.rows.pop(key, None)
+        if previous is not None:
+            self.bytes -= _value_bytes(previous.values)
+        changes.rows[key] = row
+        self.bytes += _value_bytes(row.values)
+        self.changes += 1
+        if self.started is None:
+            self.started = now
+        if self.newest_commit_time is None or row.commit_time > self.newest_commit_time:
+            self.newest_commit_time = row.commit_time
+
+    def insert(self, table: LiveTable, new: list[Value], lsn: int, at: datetime, now: float) -> None:
+        changes = self._table(table)
+        changes.inserts += 1
+        key = table.key(new)
+        self._put(changes, key, RowChange("I", lsn, at, new, key), now)
+
+    def update(self, table: LiveTable, old: list[Value] | None, new: list[Value], lsn: int, at: datetime,
+               now: float) -> None:
+        changes = self._table(table)
+        changes.updates += 1
+        key = table.key(new)
+        old_key = table.key(old) if old is not None else key
+        previous = changes.rows.get(old_key)
+        lookup_key = old_key
+        if previous is not None and previous.op != "D":
+            # complete unchanged TOAST values from the version earlier in this batch
+            new = [p if v is UNCHANGED else v for v, p in zip(new, previous.values, strict=True)]
+            lookup_key = previous.lookup_key
+        if old_key != key:  # the primary key changed: the old row goes away
+            self._put(changes, old_key, RowChange("D", lsn, at, self._tombstone(table, old, previous), old_key),
+                      now)
+        self._put(changes, key, RowChange("U", lsn, at, new, lookup_key), now)
+
+    def delete(self, table: LiveTable, old: list[Value], lsn: int, at: datetime, now: float) -> None:
+        changes = self._table(table)
+        changes.deletes += 1
+        key = table.key(old)
+        previous = changes.rows.get(key)
+        lookup_key = previous.lookup_key if previous is not None and previous.op != "D" else key
+        self._put(changes, key, RowChange("D", lsn, at, self._tombstone(table, old, previous), lookup_key), now)
+
+    @staticmethod
+    def _tombstone(table: LiveTable, old: list[Value] | None, previous: RowChange | None) -> list[Value]:
+        """The last known values of a deleted row (soft deletes keep them); unknown ones UNCHANGED."""
+        if previous is not None and previous.op != "D":
+            return list(previous.values)
+        if old is not None and table.relation.replica_identity == "f":
+            return list(old)  # REPLICA IDENTITY FULL sent the whole row
+        values: list[Value] = [UNCHANGED] * len(table.columns)
+        for i in table.key_positions:
+            values[i] = old[i] if old is not None else None
+        return values
+
+
+@dataclass
+class PreparedTable:
+    """One table of a batch as typed Arrow, plus what still has to come from the destination."""
+
+    table: LiveTable
+    arrow: pa.Table  # one row per key: relation columns + system columns
+    fill_masks: dict[str, pa.Array]  # column → rows whose value is the destination's current value
+    fill_keys: pa.Table | None  # typed lookup keys of the rows to fill, aligned with `arrow`, nulls elsewhere
+    rejected: list[RejectedRow]
+    inserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+
+
+ArrayConverter = Callable[[ColumnSpec, list[bytes]], list[bytes | None]]
+
+
+def _csv(rows: list[list[Value]]) -> bytes:
+    """PostgreSQL text values as CSV: NULL/UNCHANGED unquoted-empty, everything else quoted."""
+    lines = []
+    for index, values in enumerate(rows):
+        fields = [b'"' + v.replace(b'"', b'""') + b'"' if isinstance(v, bytes) else b"" for v in values]
+        fields.append(str(index).encode())
+        lines.append(b",".join(fields))
+    return b"\n".join(lines) + b"\n"
+
+
+def _parse(plans: list[ColumnPlan], rows: list[list[Value]], not_null: frozenset[str] = frozenset()) -> tuple[
+        pa.Table, list[RejectedRow]]:
+    data = _csv(rows)
+    tables, rejected = [], []
+    block = max(1 << 20, min(len(data) + 1, 1 << 30))
+    for table, bad in csv_to_arrow(io.BytesIO(data), [*plans, _ROW], block, not_null):
+        tables.append(table)
+        rejected += bad
+    return pa.concat_tables(tables), rejected
+
+
+def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: ArrayConverter) -> PreparedTable:
+    table = changes.table
+    rows = list(changes.rows.values())
+    keyset = set(table.key_positions)
+    values_rows: list[list[Value]] = []
+    for row in rows:
+        if row.op == "D" and delete_mode == "hard":
+            values_rows.append([v if i in keyset else None for i, v in enumerate(row.values)])
+        else:
+            values_rows.append(list(row.values))
+    for j, column in enumerate(table.columns):
+        if column.is_bytea:
+            for values in values_rows:
+                v = values[j]
+                if isinstance(v, bytes) and v.startswith(b"\\x"):
+                    values[j] = v[2:]
+        elif column.is_array:
+            positions = [i for i, values in enumerate(values_rows) if isinstance(values[j], bytes)]
+            if positions:
+                converted = convert_arrays(column, [values_rows[i][j] for i in positions])  # type: ignore[misc]
+                for i, v in zip(positions, converted, strict=True):
+                    values_rows[i][j] = v
+    arrow, rejected = _parse([c.plan for c in table.columns], values_rows, frozenset(table.primary_key))
+    order = arrow[_ROW.name].to_pylist()
+    arrow = arrow.drop_columns([_ROW.name])
+    kept = [rows[i] for i in order]
+    deleted = [r.commit_time if r.op == "D" else None for r in kept]
+    for name, column in system_columns(delete_mode, [r.lsn for r in kept], deleted).items():
+        arrow = arrow.append_column(name, column)
+
+    masks: dict[str, pa.Array] = {}
+    needs_fill = [any(v is UNCHANGED for v in values_rows[i]) for i in order]
+    if any(needs_fill):
+        for j, column in enumerate(table.columns):
+            mask = [values_rows[i][j] is UNCHANGED for i in order]
+            if any(mask):
+                masks[column.name] = pa.array(mask, pa.bool_())
+    fill_keys = None
+    if masks:
+        key_plans = [table.columns[i].plan for i in table.key_positions]
+        key_rows: list[list[Value]] = [
+            list(kept[n].lookup_key) if needs_fill[n] else [None] * len(key_plans) for n in range(len(kept))
+        ]
+        fill_keys, _ = _parse(key_plans, key_rows)
+        fill_keys = fill_keys.drop_columns([_ROW.name])
+    return PreparedTable(table, arrow, masks, fill_keys, rejected,
+                         changes.inserts, changes.updates, changes.deletes)
+
+
+def apply_fill(prepared: PreparedTable, current: pa.Table | None, delete_mode: DeleteMode) -> tuple[pa.Table, int]:
+    """Replace UNCHANGED cells by the destination's current values (`current`: key columns + the
+    masked columns). Soft-delete tombstones of rows the destination never had are dropped.
+
+    Returns the completed table and the number of rows whose unchanged values could not be found.
+    """
+    arrow = prepared.arrow
+    if not prepared.fill_masks:
+        return arrow, 0
+    assert prepared.fill_keys is not None
+    key_names = list(prepared.fill_keys.column_names)
+    found: dict[tuple[object, ...], int] = {}
+    if current is not None and current.num_rows:
+        for index, key in enumerate(zip(*(current[k].to_pylist() for k in key_names), strict=True)):
+            found[key] = index
+    lookup = list(zip(*(prepared.fill_keys[k].to_pylist() for k in key_names), strict=True))
+    masks = list(prepared.fill_masks.values())
+    any_mask = masks[0]
+    for mask in masks[1:]:
+        any_mask = pc.or_(any_mask, mask)
+    wanted = any_mask.to_pylist()
+    take = [found.get(key) if want else None for key, want in zip(lookup, wanted, strict=True)]
+    missing = [want and index is None for want, index in zip(wanted, take, strict=True)]
+    indices = pa.array(take, pa.int64())
+    for name, mask in prepared.fill_masks.items():
+        position = arrow.column_names.index(name)
+        target = arrow.schema.field(name).type
+        if current is not None and name in current.column_names and current.num_rows:
+            filled = current[name].combine_chunks().take(indices).cast(target)
+        else:
+            filled = pa.nulls(arrow.num_rows, target)
+        arrow = arrow.set_column(position, arrow.schema.field(name), pc.if_else(mask, filled, arrow[name]))
+    unresolved = 0
+    if any(missing):
+        deletes = arrow[DELETED_AT_COLUMN].is_valid().to_pylist() if delete_mode == "soft" else [False] * len(missing)
+        drop = [m and d for m, d in zip(missing, deletes, strict=True)]
+        unresolved = sum(1 for m, d in zip(missing, deletes, strict=True) if m and not d)
+        if any(drop):
+            arrow = arrow.filter(pa.array([not d for d in drop]))
+    return arrow, unresolved

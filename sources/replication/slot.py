@@ -1,0 +1,303 @@
+"""Source-side objects of CDC: prerequisites, the publication, the slot and its health.
+
+Everything here that writes to the source catalog (CREATE/ALTER PUBLICATION, creating and dropping
+the slot) happens in `aurora-sync setup`/`teardown` or when a newly configured table is added; the
+data path never writes. Markers and heartbeats are `pg_logical_emit_message` WAL records: no table,
+no row, and they work on Aurora without extra grants.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from sources.postgres.catalog import TableSpec
+from sources.postgres.errors import explain_connection_error
+from sources.postgres.session import APPLICATION_NAME, session_options
+
+from .errors import PrerequisiteMissing, PublicationError, ReplicationError, SlotInUse, SlotMissing
+from .lsn import format_lsn, parse_lsn
+from .walstream import WALSENDER_OPTIONS
+
+NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MARKER_PREFIX = "aurora-sync"
+
+
+def object_name(pipeline_name: str) -> str:
+    """Default slot and publication name for a pipeline: `aurora_sync_<pipeline>`, a safe identifier."""
+    name = "aurora_sync_" + re.sub(r"[^a-z0-9_]", "_", pipeline_name.lower())
+    return name[:63]
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise PrerequisiteMissing(f"{kind} name {name!r} must be a lowercase identifier of at most 63 characters "
+                                  "([a-z0-9_], not starting with a digit).")
+    return name
+
+
+def connect(dsn: str, *, read_only: bool = True, statement_timeout_ms: int = 600_000, where: str = "") -> Any:
+    """An autocommit psycopg2 session with the same pinned settings as the snapshot source's sessions."""
+    try:
+        conn = psycopg2.connect(dsn, application_name=APPLICATION_NAME, connect_timeout=10,
+                                options=session_options(statement_timeout_ms, read_only=read_only))
+    except psycopg2.OperationalError as exc:
+        raise (explain_connection_error(exc, where or "the source database") or exc) from None
+    conn.autocommit = True
+    return conn
+
+
+def query(conn: Any, statement: str | sql.Composable, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def qualified_identifier(spec: TableSpec) -> sql.Composable:
+    return sql.Identifier(spec.schema, spec.name)
+
+
+# -- health -------------------------------------------------------------------------------------
+@dataclass
+class SlotHealth:
+    slot_name: str
+    active: bool
+    active_pid: int | None
+    restart_lsn: int | None
+    confirmed_flush_lsn: int | None
+    wal_status: str | None  # reserved | extended | unreserved | lost
+    safe_wal_size: int | None
+    current_lsn: int
+
+    @property
+    def retained_wal_bytes(self) -> int:
+        """WAL written since the last confirmed position: how far behind the consumer is."""
+        return max(0, self.current_lsn - (self.confirmed_flush_lsn or self.current_lsn))
+
+    @property
+    def pinned_wal_bytes(self) -> int:
+        """WAL the server keeps for this slot (from restart_lsn): what fills the disk."""
+        return max(0, self.current_lsn - (self.restart_lsn or self.current_lsn))
+
+    def as_fields(self) -> dict[str, Any]:
+        fields = asdict(self)
+        for key in ("restart_lsn", "confirmed_flush_lsn", "current_lsn"):
+            fields[key] = format_lsn(fields[key])
+        fields["retained_wal_bytes"] = self.retained_wal_bytes
+        fields["pinned_wal_bytes"] = self.pinned_wal_bytes
+        return fields
+
+
+def slot_health(conn: Any, slot: str) -> SlotHealth | None:
+    version = int(query(conn, "SHOW server_version_num")[0][0])
+    columns = "wal_status, safe_wal_size" if version >= 130000 else "NULL, NULL"
+    rows = query(conn, f"""
+        SELECT slot_name, active, active_pid, restart_lsn::text, confirmed_flush_lsn::text, {columns},
+               pg_current_wal_lsn()::text, plugin, database = current_database()
+        FROM pg_replication_slots WHERE slot_name = %s""", (slot,))
+    if not rows:
+        return None
+    r = rows[0]
+    if r[8] != "pgoutput" or not r[9]:
+        raise PrerequisiteMissing(f"Replication slot {slot!r} exists but is not a pgoutput slot of this database: "
+                                  "choose another `slot_name` or drop it.")
+    return SlotHealth(r[0], bool(r[1]), r[2], parse_lsn(r[3]), parse_lsn(r[4]), r[5], r[6], parse_lsn(r[7]) or 0)
+
+
+def current_wal_lsn(conn: Any) -> int:
+    return parse_lsn(query(conn, "SELECT pg_current_wal_lsn()::text")[0][0]) or 0
+
+
+def emit_marker(conn: Any, content: str) -> int:
+    """A non-transactional logical message: the stream delivers it after every transaction committed
+    before it, so receiving it proves we are caught up to its LSN (and it advances an idle slot)."""
+    return parse_lsn(query(conn, "SELECT pg_logical_emit_message(false, %s, %s)::text",
+                           (MARKER_PREFIX, content))[0][0]) or 0
+
+
+def wal_sender_timeout_seconds(conn: Any) -> float:
+    value = query(conn, "SELECT setting::float / 1000 FROM pg_settings WHERE name = 'wal_sender_timeout'")
+    return float(value[0][0]) if value else 60.0
+
+
+def server_version(conn: Any) -> int:
+    return int(query(conn, "SHOW server_version_num")[0][0])
+
+
+# -- prerequisites --------------------------------------------------------------------------------
+def check_prerequisites(conn: Any, tables: Iterable[TableSpec], slot: str, slot_needed: bool) -> list[str]:
+    """Every missing prerequisite, named with its fix (an empty list means ready)."""
+    problems: list[str] = []
+    settings = dict(query(conn, """SELECT name, setting FROM pg_settings
+        WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'rds.logical_replication',
+                       'server_version_num')"""))
+    aurora = "rds.logical_replication" in settings
+    if settings.get("wal_level") != "logical":
+        problems.append(
+            "wal_level is {!r}, logical replication needs 'logical': {}".format(
+                settings.get("wal_level"),
+                "set rds.logical_replication = 1 in the cluster parameter group and reboot the writer"
+                if aurora else "set wal_level = logical and restart PostgreSQL"))
+    if int(settings.get("server_version_num", "0")) < 100000:
+        problems.append("PostgreSQL 10 or later is needed for the pgoutput plugin.")
+    role = query(conn, """
+        SELECT r.rolsuper, r.rolreplication,
+               EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication'
+                       AND pg_has_role(current_user, g.oid, 'member')), current_user
+        FROM pg_roles r WHERE r.rolname = current_user""")[0]
+    if not (role[0] or role[1] or role[2]):
+        problems.append(f"Role {role[3]!r} may not use replication: "
+                        + (f"GRANT rds_replication TO {role[3]}" if aurora else f"ALTER ROLE {role[3]} REPLICATION"))
+    if slot_needed:
+        used = int(query(conn, "SELECT count(*) FROM pg_replication_slots")[0][0])
+        if used >= int(settings.get("max_replication_slots", "0")):
+            problems.append(f"All {settings.get('max_replication_slots')} replication slots are used "
+                            "(max_replication_slots): raise it or drop an unused slot.")
+    for spec in tables:
+        rows = query(conn, """
+            SELECT c.relreplident, has_table_privilege(c.oid, 'SELECT'),
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = %s""", (spec.schema, spec.name))
+        if not rows:
+            problems.append(f"Table {spec.qualified} does not exist.")
+            continue
+        identity, can_select, has_pk = rows[0]
+        if not can_select:
+            problems.append(f"GRANT SELECT ON {spec.qualified} TO {role[3]} (needed for the snapshot).")
+        if identity == "n" or (identity == "d" and not has_pk):
+            problems.append(
+                f"Table {spec.qualified} has no primary key or replica identity, so PostgreSQL cannot replicate "
+                f"its updates and deletes: add a primary key (or ALTER TABLE {spec.qualified} REPLICA IDENTITY FULL "
+                "and configure `primary_key` for it).")
+    return problems
+
+
+# -- publication -----------------------------------------------------------------------------------
+def publication_exists(conn: Any, name: str) -> bool:
+    return bool(query(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)))
+
+
+def publication_tables(conn: Any, name: str) -> set[str]:
+    return {f"{s}.{t}" for s, t in query(
+        conn, "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
+
+
+def _publication_failure(exc: psycopg2.Error, statement: str) -> PublicationError:
+    return PublicationError(
+        f"Cannot change the publication ({exc.pgerror.strip() if exc.pgerror else exc}); a table owner or "
+        f"administrator must run: {statement}")
+
+
+def ensure_publication(conn: Any, name: str, tables: list[TableSpec], drop_extra: bool = False) -> tuple[
+        list[str], list[str]]:
+    """Create the publication for `tables`, or add the missing ones (and drop the others if asked).
+
+    This writes to the source's catalog, once per setup or new table, which is unavoidable for logical
+    replication. Adding a table needs ownership of it (PostgreSQL's rule).
+    """
+    check_name("Publication", name)
+    if not publication_exists(conn, name):
+        statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+            sql.Identifier(name), sql.SQL(", ").join(qualified_identifier(t) for t in tables))
+        try:
+            query(conn, statement)
+        except psycopg2.Error as exc:
+            raise _publication_failure(exc, statement.as_string(conn)) from None
+        return [t.qualified for t in tables], []
+    present = publication_tables(conn, name)
+    wanted = {t.qualified: t for t in tables}
+    added = [q for q in wanted if q not in present]
+    removed = sorted(present - set(wanted)) if drop_extra else []
+    if added:
+        statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(name), sql.SQL(", ").join(qualified_identifier(wanted[q]) for q in added))
+        try:
+            query(conn, statement)
+        except psycopg2.Error as exc:
+            raise _publication_failure(exc, statement.as_string(conn)) from None
+    if removed:
+        statement = sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+            sql.Identifier(name),
+            sql.SQL(", ").join(sql.Identifier(*q.split(".", 1)) for q in removed))
+        try:
+            query(conn, statement)
+        except psycopg2.Error as exc:
+            raise _publication_failure(exc, statement.as_string(conn)) from None
+    return added, removed
+
+
+def drop_publication(conn: Any, name: str) -> bool:
+    if not publication_exists(conn, name):
+        return False
+    query(conn, sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(check_name("Publication", name))))
+    return True
+
+
+# -- slots ------------------------------------------------------------------------------------------
+@dataclass
+class ExportedSnapshot:
+    slot: str
+    consistent_lsn: int  # the snapshot sees exactly the transactions that committed before this LSN
+    snapshot_name: str
+
+
+@contextmanager
+def create_slot(dsn: str, slot: str, *, temporary: bool = False) -> Iterator[ExportedSnapshot]:
+    """Create a pgoutput slot on a replication connection and export its snapshot.
+
+    The snapshot stays importable (SET TRANSACTION SNAPSHOT) while this context is open; a temporary
+    slot disappears when it closes. Creation waits for transactions already running to finish.
+    """
+    check_name("Slot", slot)
+    conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                            application_name=APPLICATION_NAME, connect_timeout=10, options=WALSENDER_OPTIONS)
+    try:
+        version = conn.server_version
+        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+        export = "(SNAPSHOT 'export')" if version >= 150000 else "EXPORT_SNAPSHOT"
+        cur = conn.cursor()
+        try:
+            cur.execute(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput {export}")
+        except psycopg2.Error as exc:
+            text = str(exc)
+            if "already exists" in text:
+                raise ReplicationError(f"Replication slot {slot!r} already exists.") from None
+            if "permission denied" in text.lower() or "must be superuser or replication" in text.lower():
+                raise PrerequisiteMissing(f"Cannot create replication slot {slot!r}: {text.strip()} "
+                                          "(grant rds_replication on Aurora, REPLICATION elsewhere).") from None
+            raise ReplicationError(f"Cannot create replication slot {slot!r}: {text.strip()}") from None
+        name, consistent_point, snapshot_name, _ = cur.fetchone()
+        yield ExportedSnapshot(name, parse_lsn(consistent_point) or 0, snapshot_name)
+    finally:
+        conn.close()
+
+
+def drop_slot(conn: Any, slot: str) -> bool:
+    health = slot_health(conn, check_name("Slot", slot))
+    if health is None:
+        return False
+    if health.active:
+        raise SlotInUse(f"Replication slot {slot!r} is in use by PID {health.active_pid}: stop that sync first.")
+    try:
+        query(conn, "SELECT pg_drop_replication_slot(%s)", (slot,))
+    except psycopg2.errors.UndefinedObject:
+        return False
+    return True
+
+
+def require_slot(conn: Any, slot: str) -> SlotHealth:
+    health = slot_health(conn, slot)
+    if health is None:
+        raise SlotMissing(f"Replication slot {slot!r} does not exist: run `aurora-sync setup` first (after a "
+                          "failover the new writer has no slot: resnapshot with `aurora-sync setup --resnapshot`).")
+    return health

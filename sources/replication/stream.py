@@ -1,0 +1,234 @@
+"""The change stream: pgoutput messages from the slot, cut into bounded batches.
+
+`ChangeStream.events()` yields, in WAL order:
+- `BatchReady`: changes to load. Its `safe_lsn` is the end of the last *complete* transaction in it
+  (None if it holds only part of one); the caller confirms that LSN after the destination committed.
+  Batches are cut by rows, bytes and time, so a transaction of any size passes in bounded memory: a
+  cut inside a transaction is safe because the server resends the whole transaction from its start
+  after a restart and the merge is idempotent.
+- `TruncateEvent`: after every change before it was yielded.
+- `IdleEvent`: nothing pending and caught up to `lsn` (every transaction committed before it has been
+  yielded); confirming it lets an idle slot advance.
+The generator ends in drain mode once the stream reached the WAL position of the start of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sources.postgres.catalog import TableSpec
+
+from .batch import ChangeBatch, LiveTable
+from .columns import TypeResolver
+from .errors import ReplicationError, TruncateRefused
+from .lsn import format_lsn
+from .pgoutput import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Relation,
+    Truncate,
+    Update,
+    decode,
+)
+from .slot import MARKER_PREFIX
+from .walstream import WalStream
+
+log = logging.getLogger("aurora_sync.cdc")
+
+
+@dataclass
+class TrackedTable:
+    spec: TableSpec
+    snapshot_lsn: int  # transactions that committed before it are already in the snapshot
+
+
+@dataclass
+class BatchReady:
+    batch: ChangeBatch
+    reason: str  # rows | bytes | time | schema | truncate | end
+
+
+@dataclass
+class TruncateEvent:
+    tables: list[LiveTable]
+    lsn: int
+    commit_time: datetime
+
+
+@dataclass
+class IdleEvent:
+    lsn: int
+
+
+Event = BatchReady | TruncateEvent | IdleEvent
+
+
+@dataclass
+class Limits:
+    max_batch_rows: int = 100_000
+    max_batch_bytes: int = 32 << 20
+    max_batch_seconds: float = 5.0
+    heartbeat_seconds: float = 60.0
+    idle_event_seconds: float = 1.0
+
+
+class ChangeStream:
+    def __init__(
+        self,
+        wal: WalStream,
+        tracked: dict[str, TrackedTable],
+        resolver: TypeResolver,
+        emit_marker: Callable[[str], int] | None,
+        limits: Limits,
+        truncate_mode: str,
+        start_lsn: int,
+    ) -> None:
+        self.wal = wal
+        self.tracked = tracked
+        self.resolver = resolver
+        self.emit_marker = emit_marker
+        self.limits = limits
+        self.truncate_mode = truncate_mode
+        self.relations: dict[int, Relation] = {}
+        self._live: dict[int, LiveTable | None] = {}
+        self.safe_lsn = start_lsn  # every transaction committed before it has been yielded or skipped
+        self.messages_seen = 0
+        self.truncates: dict[str, int] = {}
+
+    # -- tables --------------------------------------------------------------------------------
+    def track(self, table: TrackedTable) -> None:
+        """Start applying changes of a (newly snapshotted) table."""
+        self.tracked[table.spec.qualified] = table
+        self._live.clear()
+
+    def _live_table(self, relid: int) -> LiveTable | None:
+        if relid in self._live:
+            return self._live[relid]
+        relation = self.relations.get(relid)
+        live: LiveTable | None = None
+        if relation is not None and relation.qualified in self.tracked:
+            spec = self.tracked[relation.qualified].spec
+            columns = [self.resolver.column(c.name, c.type_oid, c.typmod, c.name in spec.primary_key)
+                       for c in relation.columns]
+            names = [c.name for c in relation.columns]
+            missing = [k for k in spec.primary_key if k not in names]
+            if missing:
+                raise ReplicationError(
+                    f"Primary key column(s) {missing} of {spec.qualified} are no longer in the table.")
+            live = LiveTable(spec.qualified, spec.resource_name, spec.primary_key, relation, columns,
+                             tuple(names.index(k) for k in spec.primary_key))
+        self._live[relid] = live
+        return live
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def events(self, *, follow: bool, stop: threading.Event | None = None, target_lsn: int = 0,
+               marker: str | None = None) -> Iterator[Event]:
+        limits = self.limits
+        batch = ChangeBatch()
+        txn: Begin | None = None
+        last_heartbeat = time.monotonic()
+        last_idle_event = 0.0
+        reported_idle = 0
+        while True:
+            if stop is not None and stop.is_set():
+                break
+            now = time.monotonic()
+            wait = 0.5
+            if batch.started is not None:
+                wait = max(0.0, min(wait, batch.started + limits.max_batch_seconds - now))
+            item = self.wal.read(wait)
+            now = time.monotonic()
+            if item is None:
+                if batch and batch.started is not None and now - batch.started >= limits.max_batch_seconds:
+                    yield BatchReady(batch, "time")
+                    batch = ChangeBatch()
+                if txn is None and self.wal.server_wal_end > self.safe_lsn:
+                    self.safe_lsn = self.wal.server_wal_end
+                if not follow and txn is None and target_lsn and self.safe_lsn >= target_lsn:
+                    break
+                if follow and txn is None and not batch:
+                    heartbeat_due = limits.heartbeat_seconds and now - last_heartbeat >= limits.heartbeat_seconds
+                    if self.emit_marker and heartbeat_due:
+                        self.emit_marker("heartbeat")
+                        last_heartbeat = now
+                    if self.safe_lsn > reported_idle and now - last_idle_event >= limits.idle_event_seconds:
+                        reported_idle, last_idle_event = self.safe_lsn, now
+                        yield IdleEvent(self.safe_lsn)
+                continue
+
+            self.messages_seen += 1
+            message = decode(item[1])
+            if isinstance(message, Insert | Update | Delete):
+                if txn is None:
+                    continue
+                table = self._live_table(message.relid)
+                if table is None or txn.final_lsn < self.tracked[table.qualified].snapshot_lsn:
+                    continue
+                if isinstance(message, Insert):
+                    batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now)
+                elif isinstance(message, Update):
+                    batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now)
+                else:
+                    batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now)
+                if batch.changes >= limits.max_batch_rows or batch.bytes >= limits.max_batch_bytes:
+                    yield BatchReady(batch, "rows" if batch.changes >= limits.max_batch_rows else "bytes")
+                    batch = ChangeBatch()
+            elif isinstance(message, Begin):
+                txn = message
+            elif isinstance(message, Commit):
+                txn = None
+                self.safe_lsn = max(self.safe_lsn, message.end_lsn)
+                batch.safe_lsn = message.end_lsn
+                if not follow and target_lsn and message.end_lsn >= target_lsn:
+                    break
+                if batch and batch.started is not None and now - batch.started >= limits.max_batch_seconds:
+                    yield BatchReady(batch, "time")
+                    batch = ChangeBatch()
+            elif isinstance(message, Relation):
+                previous = self._live_table(message.relid) if message.relid in self.relations else None
+                self.relations[message.relid] = message
+                self._live.pop(message.relid, None)
+                current = self._live_table(message.relid)
+                if previous is not None and current is not None and previous.shape() != current.shape():
+                    log.info(f"{current.qualified}: columns changed at {format_lsn(txn.final_lsn if txn else 0)}",
+                             extra={"fields": {"table": current.qualified, "phase": "cdc"}})
+                    if current.qualified in batch.tables:  # one batch holds one shape per table
+                        yield BatchReady(batch, "schema")
+                        batch = ChangeBatch()
+            elif isinstance(message, Truncate):
+                assert txn is not None
+                tables = []
+                for relid in message.relids:
+                    table = self._live_table(relid)
+                    if table is not None and txn.final_lsn >= self.tracked[table.qualified].snapshot_lsn:
+                        tables.append(table)
+                if tables:
+                    names = ", ".join(t.qualified for t in tables)
+                    if self.truncate_mode == "fail":
+                        raise TruncateRefused(
+                            f"TRUNCATE of {names} (transaction committed at {format_lsn(txn.final_lsn)}) and "
+                            "`truncate_mode = \"fail\"`: nothing after it was confirmed. Resnapshot the table(s) "
+                            "or set truncate_mode = \"apply\" and rerun.")
+                    if batch:
+                        yield BatchReady(batch, "truncate")
+                        batch = ChangeBatch()
+                    for table in tables:
+                        self.truncates[table.qualified] = self.truncates.get(table.qualified, 0) + 1
+                    yield TruncateEvent(tables, txn.final_lsn, txn.commit_time)
+            elif isinstance(message, Message) and not message.transactional and message.prefix == MARKER_PREFIX:
+                if txn is None:
+                    self.safe_lsn = max(self.safe_lsn, message.lsn)
+                if not follow and marker is not None and message.content == marker.encode():
+                    break
+            # TypeInfo and Origin need no action: types are looked up by OID
+        if batch:
+            yield BatchReady(batch, "end")
+        yield IdleEvent(self.safe_lsn)
