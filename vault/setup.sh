@@ -41,7 +41,8 @@ AWS_STS_REGION="${AWS_STS_REGION:-us-east-1}"
 KV_MOUNT=kv DB_MOUNT=database DB_CONNECTION=aurora ROLE=aurora-sync
 
 v() { "${VAULT_BIN}" "$@"; }
-mounted() { v "$1" list -format=json | grep -q "\"$2/\""; }  # $1: secrets|auth
+# $1: secrets|auth. No `| grep -q`: with pipefail, grep exiting early fails the pipeline (SIGPIPE)
+mounted() { local list; list="$(v "$1" list -format=json)"; [[ "${list}" == *"\"$2/\""* ]]; }
 
 schemas_sql="$(for s in ${PG_SCHEMAS//,/ }; do printf '"%s", ' "$s"; done)"
 schemas_sql="${schemas_sql%, }"
