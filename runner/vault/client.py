@@ -224,8 +224,14 @@ def unwrap_secret_id(client: hvac.Client, settings: VaultSettings) -> str:
     """Unwrap a response-wrapped secret_id after checking where the wrapping token came from."""
     wrapping_token = settings.wrapped_secret_id or ""
     path = "sys/wrapping/unwrap"
-    with translate(settings, "sys/wrapping/lookup", login=True):
-        info = client.adapter.post("/v1/sys/wrapping/lookup", json={"token": wrapping_token})["data"]
+    try:
+        with translate(settings, "sys/wrapping/lookup", login=True):
+            info = client.adapter.post("/v1/sys/wrapping/lookup", json={"token": wrapping_token})["data"]
+    except VaultAuthFailed:
+        raise VaultAuthFailed(
+            f"The wrapped secret_id (VAULT_WRAPPED_SECRET_ID) is invalid, expired or already used, checked at "
+            f"{describe(settings, 'sys/wrapping/lookup')}: a wrapping token unwraps once; issue a new one.",
+            path, settings.method) from None
     creation_path = str(info.get("creation_path", ""))
     if not (creation_path.startswith(f"auth/{settings.mount}/role/") and creation_path.endswith("/secret-id")):
         raise VaultAuthFailed(

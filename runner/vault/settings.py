@@ -115,10 +115,10 @@ class VaultSettings:
             raise VaultConfigError("Vault auth method `aws` needs the Vault role: VAULT_ROLE or `vault.role`.")
 
     @classmethod
-    def from_config(cls, environ: Mapping[str, str] | None = None) -> VaultSettings:
+    def from_config(cls, environ: Mapping[str, str] | None = None, use_dlt: bool = True) -> VaultSettings:
         """Read settings from env vars and dlt config (call before the Vault provider is registered)."""
         env = os.environ if environ is None else environ
-        look = _Lookup(env)
+        look = _Lookup(env, use_dlt)
         kv_mount = look.text("kv_mount", "VAULT_KV_MOUNT") or "kv"
         return cls(
             addr=look.text("addr", "VAULT_ADDR"),
@@ -166,12 +166,15 @@ def parse_mapping(configured: Mapping[str, Any] | None, env: Mapping[str, str], 
 class _Lookup:
     """Conventional env var first, then dlt's providers under the `vault` section."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], use_dlt: bool = True) -> None:
         self.env = env
+        self.use_dlt = use_dlt
 
     def raw(self, key: str, env_name: str | None, secret: bool = False) -> Any:
         if env_name and self.env.get(env_name):
             return self.env[env_name]
+        if not self.use_dlt:
+            return None
         import dlt
 
         accessor = dlt.secrets if secret else dlt.config
@@ -205,6 +208,8 @@ class _Lookup:
                 value = json.loads(text)
             except json.JSONDecodeError:
                 raise VaultConfigError("VAULT_SECRETS must be a JSON object of dlt key -> Vault path.") from None
+        elif not self.use_dlt:
+            return None
         else:
             import dlt
 
