@@ -107,6 +107,7 @@ class CdcSummary:
     snapshots: dict[str, int] = field(default_factory=dict)  # rows copied per table (initial/added tables)
     pending_tables: list[str] = field(default_factory=list)  # configured but not yet replicated
     dead_lettered: int = 0
+    filled_rows: int = 0  # rows completed from the destination (unchanged TOAST values, soft-delete tombstones)
     unresolved_toast_rows: int = 0
     warnings: list[str] = field(default_factory=list)
     stopped_by: str = "drained"  # drained | stop
@@ -527,6 +528,7 @@ def _load_batch(cdc: _Cdc, wal: WalStream, batch: ChangeBatch, reason: str, posi
                                lambda column, values: arrays_to_json(cdc.query, column, values))
             arrow = prepared.arrow
             if prepared.fill_masks:
+                summary.filled_rows += prepared.fill_rows
                 arrow, unresolved = apply_fill(prepared, cdc.current_rows(prepared), settings.delete_mode)
                 if unresolved:
                     summary.unresolved_toast_rows += unresolved

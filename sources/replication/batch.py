@@ -182,6 +182,7 @@ class PreparedTable:
     inserts: int = 0
     updates: int = 0
     deletes: int = 0
+    fill_rows: int = 0
 
 
 ArrayConverter = Callable[[ColumnSpec, list[bytes]], list[bytes | None]]
@@ -254,7 +255,7 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
         fill_keys, _ = _parse(key_plans, key_rows)
         fill_keys = fill_keys.drop_columns([_ROW.name])
     return PreparedTable(table, arrow, masks, fill_keys, rejected,
-                         changes.inserts, changes.updates, changes.deletes)
+                         changes.inserts, changes.updates, changes.deletes, sum(needs_fill) if masks else 0)
 
 
 def apply_fill(prepared: PreparedTable, current: pa.Table | None, delete_mode: DeleteMode) -> tuple[pa.Table, int]:
