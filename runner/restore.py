@@ -230,7 +230,7 @@ def rebuild(con: duckdb.DuckDBPyConnection, restore_plan: RestorePlan) -> pa.Tab
         )
         SELECT {output} FROM versions WHERE {_RN_COL} = 1{keep} ORDER BY {key}
     """
-    return con.execute(sql).to_arrow_table()
+    return con.sql(sql).to_arrow_table()
 
 
 def _connect(archive: Archive) -> duckdb.DuckDBPyConnection:
