@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,23 @@ class AuthInfo:
     renewable: bool
     policies: list[str] = field(default_factory=list)
     own_token: bool = True  # we created it (aws/approle) and may revoke it; a VAULT_TOKEN we never revoke
+
+
+LEASE_URL = re.compile(r"(/v1/sys/leases/(?:renew|revoke)/(?:[^\s\"/]+/)*)[^\s\"/]+")  # last segment: the id
+
+
+class _RedactLeaseIds(logging.Filter):
+    """urllib3 logs request URLs at DEBUG; ours carry lease ids (`sys/leases/renew/<lease_id>`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any("/v1/sys/leases/" in str(a) for a in record.args):
+            record.args = tuple(LEASE_URL.sub(r"\1…", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+_URLLIB3_LOGGER = logging.getLogger("urllib3.connectionpool")
+if not any(isinstance(f, _RedactLeaseIds) for f in _URLLIB3_LOGGER.filters):
+    _URLLIB3_LOGGER.addFilter(_RedactLeaseIds())
 
 
 def make_client(settings: VaultSettings, warn: bool = True) -> hvac.Client:
