@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg2
 import sqlalchemy as sa
 from dlt.common.configuration.exceptions import (
     ConfigFieldMissingException,
@@ -57,7 +58,7 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
             )
         if isinstance(cause, ConfigurationValueError):
             return ExitCode.CONFIG_ERROR, f"Invalid configuration: {cause}"
-        if isinstance(cause, sa.exc.OperationalError | sa.exc.InterfaceError):
+        if isinstance(cause, sa.exc.OperationalError | sa.exc.InterfaceError | psycopg2.OperationalError):
             explained = explain_connection_error(cause, "the source database")
             if explained:
                 return classify(explained)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import psycopg2
 
+from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import APPLICATION_NAME, session_options
 
 from .errors import RunnerError
@@ -27,7 +28,11 @@ def lock_key(pipeline_name: str) -> int:
 
 @contextmanager
 def pipeline_lock(dsn: str, pipeline_name: str) -> Iterator[None]:
-    conn = psycopg2.connect(dsn, application_name=f"{APPLICATION_NAME} lock", options=session_options(10_000))
+    try:
+        conn = psycopg2.connect(dsn, application_name=f"{APPLICATION_NAME} lock", options=session_options(10_000),
+                                connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        raise (explain_connection_error(exc, describe_url(dsn)) or exc) from None
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
