@@ -93,6 +93,11 @@ output "schedule_arns" {
   value       = module.scheduling.schedule_arns
 }
 
+output "schedule_task_definitions" {
+  description = "Task definition (with revision) that each schedule runs, by schedule name."
+  value       = module.scheduling.schedule_task_definitions
+}
+
 output "schedule_dead_letter_queue_url" {
   description = "Dead-letter queue of the schedules."
   value       = module.scheduling.dead_letter_queue_url

@@ -126,6 +126,7 @@ resource "aws_cloudwatch_metric_alarm" "pipeline" {
   comparison_operator = each.value.comparison
   threshold           = each.value.threshold
   treat_missing_data  = each.value.missing
+  actions_enabled     = true
   alarm_actions       = local.alarm_to
   ok_actions          = local.alarm_to
 }
@@ -157,6 +158,7 @@ resource "aws_cloudwatch_metric_alarm" "error_logs" {
   comparison_operator = "GreaterThanOrEqualToThreshold"
   threshold           = var.error_log_threshold
   treat_missing_data  = "notBreaching"
+  actions_enabled     = true
   alarm_actions       = local.alarm_to
   ok_actions          = local.alarm_to
 }
@@ -176,6 +178,7 @@ resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
   comparison_operator = "GreaterThanOrEqualToThreshold"
   threshold           = 1
   treat_missing_data  = "notBreaching"
+  actions_enabled     = true
   alarm_actions       = local.alarm_to
   ok_actions          = local.alarm_to
 }
@@ -241,6 +244,7 @@ resource "aws_cloudwatch_metric_alarm" "task_failed" {
   comparison_operator = "GreaterThanOrEqualToThreshold"
   threshold           = 1
   treat_missing_data  = "notBreaching"
+  actions_enabled     = true
   alarm_actions       = local.alarm_to
   ok_actions          = local.alarm_to
 }

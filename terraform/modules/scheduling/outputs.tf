@@ -27,3 +27,8 @@ output "scheduler_role_arn" {
   description = "ARN of the role EventBridge Scheduler assumes."
   value       = aws_iam_role.scheduler.arn
 }
+
+output "schedule_task_definitions" {
+  description = "Task definition ARN each schedule runs, by schedule name."
+  value       = { for k, s in aws_scheduler_schedule.this : k => s.target[0].ecs_parameters[0].task_definition_arn }
+}

@@ -11,7 +11,6 @@ provider "aws" {
   skip_credentials_validation = true
   skip_metadata_api_check     = true
   skip_region_validation      = true
-  skip_requesting_account_id  = true
 
   endpoints {
     cloudwatch = var.moto_endpoint

@@ -1,0 +1,500 @@
+# The whole root configuration under the mock provider: module wiring, outputs and every variable
+# validation. Module internals are asserted in the per-module files next to this one.
+
+mock_provider "aws" {
+  source = "./tests/mocks"
+}
+
+variables {
+  aws_region                = "eu-west-1"
+  environment               = "prod"
+  vpc_id                    = "vpc-0123456789abcdef0"
+  private_subnet_ids        = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+  private_route_table_ids   = ["rtb-0123456789abcdef0"]
+  aurora_cluster_identifier = "orders-db"
+  aurora_security_group_id  = "sg-0123456789abcdef0"
+  image_tag                 = "3f2c1ab"
+  vault_addr                = "https://vault.example.com:8200"
+  snowflake_iam_user_arn    = "arn:aws:iam::999988887777:user/abcd-s-v2st1234"
+  snowflake_external_id     = "AB12345_SFCRole=2_abcdefghijklmnopqrstuvwxyz0="
+  schedules = {
+    customers_orders-incremental = {
+      pipeline   = "customers_orders"
+      expression = "rate(15 minutes)"
+      mode       = "incremental"
+    }
+    customers_orders-weekly-snapshot = {
+      pipeline   = "customers_orders"
+      expression = "cron(0 3 ? * SUN *)"
+      mode       = "snapshot"
+      args       = ["--tables", "customers.accounts"]
+    }
+  }
+}
+
+run "defaults_apply" {
+  command = apply
+
+  # Distinct ARNs per task definition, so that "the schedule runs the right one" can fail.
+  override_resource {
+    target = module.ecs.aws_ecs_task_definition.this["customers_orders/incremental"]
+    values = { arn = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-incremental:7" }
+  }
+  override_resource {
+    target = module.ecs.aws_ecs_task_definition.this["customers_orders/snapshot"]
+    values = { arn = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:4" }
+  }
+  override_resource {
+    target = module.ecs.aws_ecs_task_definition.this["customers_orders/cdc"]
+    values = { arn = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-cdc:9" }
+  }
+
+  assert {
+    condition     = output.schedule_task_definitions["customers_orders-incremental"] == output.task_definition_arns["customers_orders/incremental"]
+    error_message = "The incremental schedule must run the incremental task definition."
+  }
+
+  assert {
+    condition     = output.schedule_task_definitions["customers_orders-weekly-snapshot"] == "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:4"
+    error_message = "The snapshot schedule must run the snapshot task definition."
+  }
+
+  assert {
+    condition     = length(output.task_definition_arns) == 3 && length(distinct(values(output.task_definition_arns))) == 3
+    error_message = "One task definition per mode (incremental, snapshot, cdc) is expected."
+  }
+
+  assert {
+    condition     = output.cdc_service_name == "customers_orders-cdc-follow"
+    error_message = "The continuous CDC service must exist by default."
+  }
+
+  assert {
+    condition     = length(output.alarm_arns) == 8 && alltrue([for k in ["customers_orders-stale", "customers_orders-slot-wal", "customers_orders-lag", "customers_orders-run-failures", "customers_orders-dead-letters", "error-logs", "schedules-dlq", "task-failed"] : contains(keys(output.alarm_arns), k)])
+    error_message = "Expected staleness, slot WAL, lag, run failure, dead letter, error log, DLQ and failed task alarms."
+  }
+
+  assert {
+    condition     = output.canary_task_definition_arns == {} && output.ci_role_arn == null
+    error_message = "No canary and no CI role unless asked for."
+  }
+
+  assert {
+    condition     = keys(output.task_role_arns) == ["customers_orders"]
+    error_message = "One task role per pipeline."
+  }
+
+  assert {
+    condition     = output.aurora_parameter_group_name == "aurora-snowflake-sync-prod-logical-replication"
+    error_message = "Unexpected parameter group name."
+  }
+}
+
+run "canary_and_ci" {
+  command = apply
+
+  variables {
+    canary_image_tag         = "4a5b6c7"
+    canary_environment       = { DESTINATION__SNOWFLAKE__CREDENTIALS__DATABASE = "SYNC_SHADOW" }
+    github_repository        = "example-org/aurora-snowflake-sync"
+    github_oidc_provider_arn = "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
+    cdc_follow               = { enabled = false, pipeline = "customers_orders" }
+  }
+
+  assert {
+    condition     = keys(output.canary_task_definition_arns) == ["customers_orders"]
+    error_message = "canary_image_tag must add one canary task definition per pipeline."
+  }
+
+  assert {
+    condition     = output.ci_role_arn != null
+    error_message = "github_repository must create the CI role."
+  }
+
+  assert {
+    condition     = output.cdc_service_name == null
+    error_message = "cdc_follow.enabled = false must remove the CDC service."
+  }
+}
+
+# --------------------------------------------------------------------------------------------------
+# One expect_failures run per validation rule.
+# --------------------------------------------------------------------------------------------------
+run "invalid_aws_region" {
+  command = plan
+  variables {
+    aws_region = "Europe"
+  }
+  expect_failures = [var.aws_region]
+}
+
+run "invalid_allowed_account_ids" {
+  command = plan
+  variables {
+    allowed_account_ids = ["1234"]
+  }
+  expect_failures = [var.allowed_account_ids]
+}
+
+run "invalid_project_name" {
+  command = plan
+  variables {
+    project_name = "Aurora_Sync"
+  }
+  expect_failures = [var.project_name]
+}
+
+run "invalid_environment" {
+  command = plan
+  variables {
+    environment = "production"
+  }
+  expect_failures = [var.environment]
+}
+
+run "invalid_tags" {
+  command = plan
+  variables {
+    tags = { for i in range(41) : "k${i}" => "v" }
+  }
+  expect_failures = [var.tags]
+}
+
+run "invalid_vpc_id" {
+  command = plan
+  variables {
+    vpc_id = "vpc-xyz"
+  }
+  expect_failures = [var.vpc_id]
+}
+
+run "invalid_private_subnet_ids" {
+  command = plan
+  variables {
+    private_subnet_ids = ["subnet-0123456789abcdef0"]
+  }
+  expect_failures = [var.private_subnet_ids]
+}
+
+run "invalid_private_route_table_ids" {
+  command = plan
+  variables {
+    private_route_table_ids = []
+  }
+  expect_failures = [var.private_route_table_ids]
+}
+
+run "invalid_https_egress_cidr_blocks" {
+  command = plan
+  variables {
+    https_egress_cidr_blocks = ["snowflake.example.com"]
+  }
+  expect_failures = [var.https_egress_cidr_blocks]
+}
+
+run "invalid_aurora_cluster_identifier" {
+  command = plan
+  variables {
+    aurora_cluster_identifier = "orders--db-"
+  }
+  expect_failures = [var.aurora_cluster_identifier]
+}
+
+run "invalid_aurora_security_group_id" {
+  command = plan
+  variables {
+    aurora_security_group_id = "aurora-sg"
+  }
+  expect_failures = [var.aurora_security_group_id]
+}
+
+run "invalid_aurora_port" {
+  command = plan
+  variables {
+    aurora_port = 80
+  }
+  expect_failures = [var.aurora_port]
+}
+
+run "invalid_aurora_parameter_group_family" {
+  command = plan
+  variables {
+    aurora_parameter_group_family = "postgres16"
+  }
+  expect_failures = [var.aurora_parameter_group_family]
+}
+
+run "invalid_aurora_max_slot_wal_keep_size_mb" {
+  command = plan
+  variables {
+    aurora_max_slot_wal_keep_size_mb = 10
+  }
+  expect_failures = [var.aurora_max_slot_wal_keep_size_mb]
+}
+
+run "invalid_pipelines" {
+  command = plan
+  variables {
+    pipelines  = ["Customers-Orders"]
+    cdc_follow = { enabled = true, pipeline = "Customers-Orders" }
+    schedules = {
+      hourly = { pipeline = "Customers-Orders", expression = "rate(1 hour)", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.pipelines]
+}
+
+run "invalid_image_tag_latest" {
+  command = plan
+  variables {
+    image_tag = "latest"
+  }
+  expect_failures = [var.image_tag]
+}
+
+run "invalid_canary_image_tag" {
+  command = plan
+  variables {
+    canary_image_tag = "latest"
+  }
+  expect_failures = [var.canary_image_tag]
+}
+
+run "invalid_canary_environment_secret" {
+  command = plan
+  variables {
+    canary_environment = { "DESTINATION__SNOWFLAKE__CREDENTIALS__PASSWORD" = "not-allowed" }
+  }
+  expect_failures = [var.canary_environment]
+}
+
+run "invalid_pipeline_environment_secret" {
+  command = plan
+  variables {
+    pipeline_environment = { "SOURCES__POSTGRES__CREDENTIALS__PASSWORD" = "not-allowed" }
+  }
+  expect_failures = [var.pipeline_environment]
+}
+
+run "invalid_task_sizes" {
+  command = plan
+  variables {
+    task_sizes = {
+      incremental = { cpu = 1000, memory = 4096 }
+      snapshot    = { cpu = 2048, memory = 8192 }
+      cdc         = { cpu = 512, memory = 2048 }
+    }
+  }
+  expect_failures = [var.task_sizes]
+}
+
+run "invalid_cpu_architecture" {
+  command = plan
+  variables {
+    cpu_architecture = "arm64"
+  }
+  expect_failures = [var.cpu_architecture]
+}
+
+run "invalid_stop_timeout_seconds" {
+  command = plan
+  variables {
+    stop_timeout_seconds = 30
+  }
+  expect_failures = [var.stop_timeout_seconds]
+}
+
+run "invalid_cdc_follow_pipeline" {
+  command = plan
+  variables {
+    cdc_follow = { enabled = true, pipeline = "unknown_pipeline" }
+  }
+  expect_failures = [var.cdc_follow]
+}
+
+run "invalid_schedule_name" {
+  command = plan
+  variables {
+    schedules = {
+      "bad name!" = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_mode" {
+  command = plan
+  variables {
+    schedules = {
+      nightly = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "full" }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_expression" {
+  command = plan
+  variables {
+    schedules = {
+      nightly = { pipeline = "customers_orders", expression = "every 5 minutes", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_pipeline" {
+  command = plan
+  variables {
+    schedules = {
+      nightly = { pipeline = "unknown_pipeline", expression = "rate(1 day)", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_follow" {
+  command = plan
+  variables {
+    schedules = {
+      cdc = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "cdc", args = ["--follow"] }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_retry" {
+  command = plan
+  variables {
+    schedule_retry = { maximum_event_age_in_seconds = 30, maximum_retry_attempts = 3 }
+  }
+  expect_failures = [var.schedule_retry]
+}
+
+run "invalid_vault_addr" {
+  command = plan
+  variables {
+    vault_addr = "http://vault.example.com:8200"
+  }
+  expect_failures = [var.vault_addr]
+}
+
+run "invalid_vault_role" {
+  command = plan
+  variables {
+    vault_role = "role with spaces"
+  }
+  expect_failures = [var.vault_role]
+}
+
+run "invalid_snowflake_iam_user_arn" {
+  command = plan
+  variables {
+    snowflake_iam_user_arn = "arn:aws:iam::999988887777:role/not-a-user"
+  }
+  expect_failures = [var.snowflake_iam_user_arn]
+}
+
+run "invalid_snowflake_external_id" {
+  command = plan
+  variables {
+    snowflake_external_id = "x"
+  }
+  expect_failures = [var.snowflake_external_id]
+}
+
+run "invalid_bucket_name" {
+  command = plan
+  variables {
+    bucket_name = "Invalid_Bucket"
+  }
+  expect_failures = [var.bucket_name]
+}
+
+run "invalid_archive_storage_class" {
+  command = plan
+  variables {
+    archive_lifecycle = { transition_days = 30, storage_class = "REDUCED_REDUNDANCY", expiration_days = 400, noncurrent_expiration_days = 30 }
+  }
+  expect_failures = [var.archive_lifecycle]
+}
+
+run "invalid_archive_days" {
+  command = plan
+  variables {
+    archive_lifecycle = { transition_days = 60, storage_class = "GLACIER_IR", expiration_days = 30, noncurrent_expiration_days = 30 }
+  }
+  expect_failures = [var.archive_lifecycle]
+}
+
+run "invalid_dead_letter_expiration_days" {
+  command = plan
+  variables {
+    dead_letter_expiration_days = 1
+  }
+  expect_failures = [var.dead_letter_expiration_days]
+}
+
+run "invalid_alert_subscriptions" {
+  command = plan
+  variables {
+    alert_subscriptions = [{ protocol = "sms", endpoint = "+15555550100" }]
+  }
+  expect_failures = [var.alert_subscriptions]
+}
+
+run "invalid_staleness_minutes" {
+  command = plan
+  variables {
+    staleness_minutes = 2
+  }
+  expect_failures = [var.staleness_minutes]
+}
+
+run "invalid_slot_wal_alarm_bytes" {
+  command = plan
+  variables {
+    slot_wal_alarm_bytes = 1024
+  }
+  expect_failures = [var.slot_wal_alarm_bytes]
+}
+
+run "invalid_lag_alarm_seconds" {
+  command = plan
+  variables {
+    lag_alarm_seconds = 10
+  }
+  expect_failures = [var.lag_alarm_seconds]
+}
+
+run "invalid_log_retention_days" {
+  command = plan
+  variables {
+    log_retention_days = 100
+  }
+  expect_failures = [var.log_retention_days]
+}
+
+run "invalid_github_repository" {
+  command = plan
+  variables {
+    github_repository        = "not a repo"
+    github_oidc_provider_arn = "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
+  }
+  expect_failures = [var.github_repository]
+}
+
+run "invalid_github_oidc_provider_arn" {
+  command = plan
+  variables {
+    github_oidc_provider_arn = "arn:aws:iam::111122223333:oidc-provider/accounts.google.com"
+  }
+  expect_failures = [var.github_oidc_provider_arn]
+}
+
+run "missing_github_oidc_provider_arn" {
+  command = plan
+  variables {
+    github_repository = "example-org/aurora-snowflake-sync"
+  }
+  expect_failures = [var.github_oidc_provider_arn]
+}

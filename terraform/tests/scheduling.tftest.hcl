@@ -1,0 +1,95 @@
+# modules/scheduling: each schedule runs the task definition of its mode, with retries and a DLQ.
+
+mock_provider "aws" {
+  source = "./tests/mocks"
+}
+
+variables {
+  name_prefix = "aurora-snowflake-sync-prod"
+  account_id  = "111122223333"
+  partition   = "aws"
+  region      = "eu-west-1"
+  schedules = {
+    customers_orders-incremental = { pipeline = "customers_orders", expression = "rate(15 minutes)", mode = "incremental" }
+    customers_orders-snapshot    = { pipeline = "customers_orders", expression = "cron(0 3 ? * SUN *)", mode = "snapshot", args = ["--tables", "customers.accounts"], timezone = "Europe/Paris" }
+    customers_orders-paused      = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "cdc", enabled = false }
+  }
+  retry       = { maximum_event_age_in_seconds = 3600, maximum_retry_attempts = 3 }
+  cluster_arn = "arn:aws:ecs:eu-west-1:111122223333:cluster/aurora-snowflake-sync-prod"
+  task_definition_arns = {
+    "customers_orders/incremental" = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-incremental:7"
+    "customers_orders/snapshot"    = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:4"
+    "customers_orders/cdc"         = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-cdc:9"
+  }
+  container_name     = "aurora-sync"
+  pass_role_arns     = ["arn:aws:iam::111122223333:role/task", "arn:aws:iam::111122223333:role/execution"]
+  subnet_ids         = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+  security_group_ids = ["sg-0123456789abcdef0"]
+  kms_key_arn        = "arn:aws:kms:eu-west-1:111122223333:key/aaaaaaaa-0000-0000-0000-000000000002"
+}
+
+run "scheduling" {
+  command = apply
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  override_resource {
+    target = aws_sqs_queue.dead_letter
+    values = { arn = "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" }
+  }
+
+  assert {
+    condition = alltrue([
+      for name, s in aws_scheduler_schedule.this :
+      one(one(s.target).ecs_parameters).task_definition_arn == var.task_definition_arns["${var.schedules[name].pipeline}/${var.schedules[name].mode}"]
+    ])
+    error_message = "Every schedule must run the task definition of its own pipeline and mode."
+  }
+
+  assert {
+    condition     = one(one(aws_scheduler_schedule.this["customers_orders-snapshot"].target).ecs_parameters).task_definition_arn == "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:4"
+    error_message = "The snapshot schedule must run the snapshot task definition."
+  }
+
+  assert {
+    condition     = jsondecode(one(aws_scheduler_schedule.this["customers_orders-snapshot"].target).input).containerOverrides[0].command == ["run", "--pipeline", "customers_orders", "--mode", "snapshot", "--tables", "customers.accounts"]
+    error_message = "The schedule's args must reach the runner's command line."
+  }
+
+  assert {
+    condition = alltrue([
+      for s in aws_scheduler_schedule.this :
+      one(s.flexible_time_window).mode == "OFF" &&
+      one(one(s.target).retry_policy).maximum_retry_attempts == 3 &&
+      one(one(s.target).dead_letter_config).arn == "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" &&
+      one(s.target).arn == var.cluster_arn &&
+      one(one(one(s.target).ecs_parameters).network_configuration).assign_public_ip == false
+    ])
+    error_message = "Schedules need the flexible window off, the retry policy, the DLQ and private networking."
+  }
+
+  assert {
+    condition = (
+      aws_scheduler_schedule.this["customers_orders-paused"].state == "DISABLED" &&
+      aws_scheduler_schedule.this["customers_orders-incremental"].state == "ENABLED" &&
+      aws_scheduler_schedule.this["customers_orders-snapshot"].schedule_expression_timezone == "Europe/Paris"
+    )
+    error_message = "enabled and timezone must be honoured."
+  }
+
+  assert {
+    condition = (
+      jsondecode(aws_iam_role_policy.scheduler.policy).Statement[0].Action == "ecs:RunTask" &&
+      contains(jsondecode(aws_iam_role_policy.scheduler.policy).Statement[0].Resource, "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:*") &&
+      jsondecode(aws_iam_role_policy.scheduler.policy).Statement[0].Condition.ArnEquals["ecs:cluster"] == var.cluster_arn
+    )
+    error_message = "The scheduler may run only these task definition families, only in this cluster."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.dead_letter.sqs_managed_sse_enabled
+    error_message = "The dead-letter queue must be encrypted."
+  }
+}
