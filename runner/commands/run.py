@@ -8,7 +8,8 @@ import logging
 import time
 from typing import Any
 
-import dlt
+from dlt.common.configuration import resolve_configuration
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.pipeline import LoadInfo
 
@@ -44,12 +45,16 @@ def load_pipeline_module(name: str) -> Any:
 
 
 def source_dsn() -> str:
-    """The writer DSN, resolved through dlt's providers (env, secrets.toml, Vault) like the source does."""
-    value = dlt.secrets.get("sources.postgres.credentials")
-    if not value:
+    """The writer DSN, resolved through dlt's providers (env, secrets.toml, Vault) exactly as the source's
+    `credentials` argument is, whether given whole or field by field."""
+    try:
+        credentials = resolve_configuration(
+            ConnectionStringCredentials(), sections=("sources", "postgres", "credentials"))
+    except ConfigFieldMissingException:
         raise RunnerError("Missing configuration: sources.postgres.credentials (the source DSN). Set it in "
-                          ".dlt/secrets.toml, SOURCES__POSTGRES__CREDENTIALS, or Vault.", ExitCode.CONFIG_ERROR)
-    return str(ConnectionStringCredentials(value).to_native_representation())
+                          ".dlt/secrets.toml, SOURCES__POSTGRES__CREDENTIALS, or Vault.",
+                          ExitCode.CONFIG_ERROR) from None
+    return str(credentials.to_native_representation())
 
 
 def rows_per_table(info: LoadInfo) -> dict[str, int]:
