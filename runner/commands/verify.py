@@ -1,0 +1,112 @@
+"""`aurora-sync verify`: is the replica complete and current? One table per line, exit 4 on drift.
+
+The reconciliation itself is in `runner.verify`; this module parses options and prints the answer,
+as a rich table for people or as JSON (`--json`) for alarms and scripts. Logs go to stderr, the answer
+to stdout, so `--json` output can be piped as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .. import logs
+from ..exit_codes import ExitCode
+from ..verify import TableReport, VerifyOptions, VerifyReport, verify
+from .run import PIPELINES, load_pipeline_module
+
+STATUS_STYLE = {"ok": "green", "drift": "bold red", "error": "bold yellow"}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    defaults = VerifyOptions()
+    parser = subparsers.add_parser(
+        "verify", help="reconcile source and destination: row counts, checksums, drifting key ranges",
+        description="Compare every replicated table in the source and the destination. Exit 0 when all match, "
+                    "4 when any drift is found, 1 when a table could not be verified.")
+    parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
+    parser.add_argument("--tables", nargs="+", metavar="SCHEMA.TABLE", help="only these tables (patterns allowed)")
+    parser.add_argument("--checksum", action="store_true",
+                        help="also compare a checksum of every row's key and values (reads every row on both sides)")
+    parser.add_argument("--json", action="store_true", help="print a JSON report instead of a table")
+    parser.add_argument("--chunk-rows", type=positive_int, default=defaults.chunk_rows,
+                        help=f"target rows per compared key range (default {defaults.chunk_rows})")
+    parser.add_argument("--narrow-rows", type=positive_int, default=defaults.narrow_rows,
+                        help=f"bisect drifting ranges down to this many rows, then list keys "
+                             f"(default {defaults.narrow_rows})")
+    parser.add_argument("--max-ranges", type=positive_int, default=defaults.max_ranges,
+                        help=f"drifting ranges narrowed and reported per table (default {defaults.max_ranges})")
+    parser.add_argument("--statement-timeout-ms", type=positive_int, default=defaults.statement_timeout_ms,
+                        help=f"statement_timeout of each source query (default {defaults.statement_timeout_ms})")
+    parser.set_defaults(func=main)
+
+
+def render(report: VerifyReport, console: Console) -> None:
+    table = Table(title=f"verify {report.pipeline} → {report.dataset}", title_justify="left")
+    for name, justify in (("table", "left"), ("source rows", "right"), ("destination rows", "right"),
+                          ("chunks", "right"), ("checksum", "center"), ("status", "left"), ("drift", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for t in report.tables:
+        table.add_row(t.table, _n(t.source_rows), _n(t.destination_rows), str(t.chunks),
+                      {"ok": "ok", "mismatch": "[red]mismatch[/]"}.get(t.checksum, "—"),
+                      f"[{STATUS_STYLE[t.status]}]{t.status}[/]", _drift_text(t))
+    console.print(table)
+    summary = report.as_json()["summary"]
+    console.print(f"{summary['in_sync']}/{summary['tables']} table(s) in sync, {summary['drift']} with drift, "
+                  f"{summary['errors']} not verified" + ("" if report.checksum else " (counts only; add --checksum "
+                                                         "to compare values)"))
+
+
+def _n(value: int | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _drift_text(t: TableReport) -> str:
+    lines = [t.error] if t.error else []
+    lines += t.problems
+    if t.missing_columns:
+        lines.append(f"columns missing in destination: {', '.join(t.missing_columns)}")
+    lines += [f"{t.key_column} {r.describe()}" for r in t.ranges]
+    if t.drifting_chunks > len(t.ranges):
+        lines.append(f"{t.drifting_chunks} drifting chunk(s) in total")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> ExitCode:
+    logs.bind(pipeline=args.pipeline)
+    pipeline = load_pipeline_module(args.pipeline).make_pipeline()
+    options = VerifyOptions(checksum=args.checksum, chunk_rows=args.chunk_rows, narrow_rows=args.narrow_rows,
+                            max_ranges=args.max_ranges, statement_timeout_ms=args.statement_timeout_ms)
+    logs.event("verify started", phase="verify", checksum=args.checksum)
+
+    def logged(t: TableReport) -> None:
+        logs.event("table verified", phase="verify", table=t.table, status=t.status, source_rows=t.source_rows,
+                   destination_rows=t.destination_rows, checksum=t.checksum, drift_ranges=len(t.ranges),
+                   duration_s=t.duration_s)
+
+    report = verify(pipeline, args.tables, options, on_table=logged)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+    else:
+        console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+        render(report, console)
+    code = report.exit_code
+    summary = report.as_json()["summary"]
+    logs.event("verify finished", phase="verify", outcome={0: "in_sync", 4: "drift"}.get(int(code), "failed"),
+               exit_code=int(code), **summary)
+    return code

@@ -1,0 +1,225 @@
+"""`aurora-sync verify` against a real PostgreSQL and the DuckDB file the pipeline loaded.
+
+Drift is made by tampering with the DuckDB file only, so the source stays the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from local.postgres import free_port
+from local.seed import seed
+from pipelines import customers_orders
+from runner import cli
+from runner.exit_codes import ExitCode
+from runner.verify import canonical, canonical_json, row_hash
+from tests.conftest import PROJECT_ROOT, execute, subprocess_env
+from tests.helpers import DATASET
+
+AURORA_SYNC = str(Path(sys.executable).parent / "aurora-sync")
+
+
+def load(tmp_path: Path) -> None:
+    customers_orders.run(pipelines_dir=str(tmp_path / "pipelines")).raise_on_failed_jobs()
+
+
+def tamper(duck_file: str, *statements: str) -> None:
+    con = duckdb.connect(duck_file)
+    try:
+        for statement in statements:
+            con.execute(statement)
+    finally:
+        con.close()
+
+
+def verify(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = cli.main(["--json-logs", "verify", "--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def by_table(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["table"]: t for t in report["tables"]}
+
+
+def drift_keys(table: dict[str, Any], kind: str) -> list[Any]:
+    return [k for r in table["drift_ranges"] for k in r[f"{kind}_keys"]]
+
+
+@pytest.fixture(autouse=True)
+def dead_letters_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SOURCES__POSTGRES__DEAD_LETTER_URL", str(tmp_path / "dead_letter"))
+
+
+@pytest.fixture()
+def seeded(dlt_env: dict[str, str], tmp_path: Path) -> str:
+    dsn = dlt_env["SOURCES__POSTGRES__CREDENTIALS"]
+    seed(dsn, customers=300, orders=1_200)
+    load(tmp_path)
+    return dsn
+
+
+def test_in_sync_replica_exits_zero(seeded: str, dlt_env: dict[str, str], capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    result = subprocess.run([AURORA_SYNC, "--json-logs", "verify", "--checksum", "--json"], env=subprocess_env(dlt_env),
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == ExitCode.SUCCESS, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["summary"] == {"tables": 4, "in_sync": 4, "drift": 0, "errors": 0}
+    tables = by_table(report)
+    assert tables["orders.orders"]["source_rows"] == tables["orders.orders"]["destination_rows"] == 1_200
+    for t in tables.values():
+        assert t["status"] == "ok" and t["checksum"] == "ok", t
+        assert t["source_checksum"] == t["destination_checksum"] and t["drift_ranges"] == []
+    assert seeded.split("@")[0] not in result.stdout + result.stderr  # no credentials in the output
+
+    # CDC bookkeeping in the destination is not drift: extra columns, and soft-deleted rows
+    duck = dlt_env["DESTINATION__DUCKDB__CREDENTIALS"]
+    tamper(duck, f"ALTER TABLE {DATASET}.customers__customers ADD COLUMN _lsn BIGINT",
+           f"ALTER TABLE {DATASET}.customers__customers ADD COLUMN _deleted_at TIMESTAMPTZ",
+           f"INSERT INTO {DATASET}.customers__customers (id, email, full_name, created_at, updated_at, _deleted_at) "
+           "VALUES (900001, 'gone@example.com', 'Gone', now(), now(), now())")
+    code, report = verify(capsys, "--checksum", "--tables", "customers.*")
+    assert code == ExitCode.SUCCESS, report
+    assert [t["status"] for t in report["tables"]] == ["ok", "ok"]
+
+    # the reader DSN, when configured, serves every source query
+    monkeypatch.setenv("SOURCES__POSTGRES__READER_CREDENTIALS", seeded)
+    monkeypatch.setenv("SOURCES__POSTGRES__CREDENTIALS", f"postgresql://nobody:pw@127.0.0.1:{free_port()}/none")
+    code, report = verify(capsys, "--tables", "orders.orders")
+    assert code == ExitCode.SUCCESS and report["tables"][0]["source_rows"] == 1_200
+
+    code = cli.main(["verify", "--tables", "nothing.here"])
+    assert code == ExitCode.CONFIG_ERROR
+    assert "matched no replicated table" in capsys.readouterr().err
+
+
+def test_drift_is_found_and_narrowed_to_the_keys(seeded: str, dlt_env: dict[str, str],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    duck = dlt_env["DESTINATION__DUCKDB__CREDENTIALS"]
+    tamper(duck,
+           f"DELETE FROM {DATASET}.orders__orders WHERE id = 500",  # lost row
+           f"UPDATE {DATASET}.customers__customers SET full_name = 'Tampered' WHERE id = 123",  # same count
+           f"INSERT INTO {DATASET}.customers__addresses SELECT * REPLACE (777777 AS id) "  # phantom row
+           f"FROM {DATASET}.customers__addresses WHERE id = 1")
+
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "100", "--narrow-rows", "10")
+    assert code == ExitCode.DRIFT_FOUND
+    tables = by_table(report)
+    assert tables["orders.order_items"]["status"] == "ok"
+
+    orders = tables["orders.orders"]
+    assert (orders["status"], orders["source_rows"], orders["destination_rows"]) == ("drift", 1_200, 1_199)
+    assert orders["chunks"] == 12 and orders["drifting_chunks"] == 1 and orders["checksum"] == "mismatch"
+    [drift] = orders["drift_ranges"]
+    assert drift["missing_keys"] == [500] and drift["missing_count"] == 1 and drift["source_rows"] <= 10
+    assert drift["range"]["from"] <= 500 < drift["range"]["to"]
+
+    customers = tables["customers.customers"]
+    assert customers["source_rows"] == customers["destination_rows"] == 300 and customers["checksum"] == "mismatch"
+    assert drift_keys(customers, "changed") == [123] and drift_keys(customers, "missing") == []
+
+    addresses = tables["customers.addresses"]
+    assert addresses["destination_rows"] == addresses["source_rows"] + 1
+    assert drift_keys(addresses, "extra") == [777777]
+
+    # counts alone catch lost and phantom rows, not a changed value
+    code, report = verify(capsys, "--chunk-rows", "100")
+    assert code == ExitCode.DRIFT_FOUND
+    statuses = {t: r["status"] for t, r in by_table(report).items()}
+    assert statuses == {"customers.addresses": "drift", "customers.customers": "ok",
+                        "orders.order_items": "ok", "orders.orders": "drift"}
+    assert by_table(report)["customers.customers"]["checksum"] == "skipped"
+
+    cli.main(["verify", "--tables", "orders.orders"])  # the table people read
+    out = capsys.readouterr().out
+    assert "orders.orders" in out and "drift" in out and "500" in out
+
+
+TYPES_DDL = """
+CREATE SCHEMA types;
+CREATE TYPE types.mood AS ENUM ('sad', 'ok', 'happy 😀');
+CREATE TABLE types.all_types (
+    id bigint PRIMARY KEY, c_numeric_s numeric(20, 6), c_numeric numeric, c_numeric_wide numeric(50, 4),
+    c_real real, c_double double precision, c_bool boolean, c_text text, c_char char(5), c_uuid uuid,
+    c_date date, c_time time, c_timestamp timestamp, c_timestamptz timestamptz,
+    c_interval interval, c_json json, c_jsonb jsonb, c_bytea bytea, c_int_array int[], c_text_array text[],
+    c_enum types.mood, c_inet inet
+);
+INSERT INTO types.all_types VALUES
+ (1, 12345678901234.123456, 12345678901234567890.123456789, 123456789012345678901234567890123456.7890,
+  3.25, 1.0000000000000002, true, 'Zoë "q" \\ 李 🚀', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  '2024-02-29', '23:59:59.999999', '2024-01-02 03:04:05.123456', '2024-06-30 23:30:00.5+05:30',
+  '1 year 2 mons 3 days 04:05:06.5', '{"b": [1, 2.50, {"c": null}],   "a": "x"}', '{"z": 1e2, "a": 0.10}',
+  '\\x00ff10', '{1, 2, NULL, 3}', '{"a", "b c", "d,\\"e", NULL}', 'happy 😀', '192.168.0.1/24'),
+ (2, -0.000001, 0.000000001, 0, 'NaN', 'Infinity', false, '', '', NULL, '0001-01-01', '00:00:00',
+  '1970-01-01 00:00:00', '1999-12-31 23:59:59-08', '-1 days', '[]', '{}', '\\x', '{}', '{}', 'sad', '::1'),
+ (3, NULL, NULL, NULL, '-Infinity', 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  '"just a string"', 'null', NULL, NULL, '{"🚀"}', NULL, NULL);
+INSERT INTO types.all_types (id, c_numeric, c_double, c_text, c_timestamptz, c_jsonb)
+SELECT g, round(g / 7.0, 9), g * 0.1, 'row ' || g, '2024-01-01'::timestamptz + g * interval '1 minute',
+       jsonb_build_object('g', g, 'tags', jsonb_build_array('t' || g % 3))
+FROM generate_series(4, 400) g;
+INSERT INTO types.all_types (id, c_text) VALUES (1000000000000, 'far away: equal-width chunks would be skewed');
+
+CREATE TABLE types.by_uuid (id uuid PRIMARY KEY, note text);
+INSERT INTO types.by_uuid SELECT md5(g::text)::uuid, 'n' || g FROM generate_series(1, 250) g;
+CREATE TABLE types.by_text (code text, region text, qty int, PRIMARY KEY (code, region));
+INSERT INTO types.by_text SELECT 'k-' || g || CASE WHEN g % 5 = 0 THEN 'Zoë' ELSE 'a' END, r, g
+FROM generate_series(1, 150) g, unnest(ARRAY['eu', 'us', 'ÄP']) r;
+"""
+
+
+def test_canonical_values_agree_across_drivers() -> None:
+    assert canonical(Decimal("12.50")) == canonical(Decimal("12.5")) == "12.5"
+    assert canonical(Decimal("0E-9")) == canonical(0) == "0" and canonical(Decimal("1E+2")) == "100"
+    assert canonical(Decimal("12345678901234567890.123456789000")) == "12345678901234567890.123456789"
+    assert canonical(-0.0) == canonical(0.0) and canonical(float("nan")) == "nan" and canonical(True) == "true"
+    plus_two = datetime(2024, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    assert canonical(plus_two) == canonical(datetime(2024, 1, 1, 10, tzinfo=UTC)) == "2024-01-01T10:00:00+00:00"
+    assert canonical(b"\x00\xff") == canonical(memoryview(b"\x00\xff")) == "00ff"
+    assert canonical_json('{"b": [1.0, 2.50], "a": null}') == canonical_json('{"a":null,"b":[1,2.5]}')
+    assert canonical_json('"x"') != canonical_json('["x"]') and canonical_json(None) is None
+    assert row_hash(["a", None]) != row_hash(["a", "None"]) != row_hash(["a,", None])
+
+
+def test_every_type_verifies_without_false_positives(database: str, dlt_env: dict[str, str], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SOURCES__POSTGRES__SCHEMAS", '["types"]')
+    execute(database, TYPES_DDL)
+    load(tmp_path)
+
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "40")
+    assert code == ExitCode.SUCCESS, json.dumps(report, indent=1)
+    tables = by_table(report)
+    assert {t: r["chunking"] for t, r in tables.items()} == {
+        "types.all_types": "integer", "types.by_text": "ordered", "types.by_uuid": "ordered"}
+    assert all(r["chunks"] > 5 and r["largest_chunk_rows"] <= 80 and r["checksum"] == "ok"
+               for r in tables.values()), tables
+
+    # text and uuid keys are chunked by quantiles and narrowed by medians
+    duck = dlt_env["DESTINATION__DUCKDB__CREDENTIALS"]
+    (lost_uuid,) = duckdb.connect(duck, read_only=True).execute(
+        f"SELECT id FROM {DATASET}.types__by_uuid ORDER BY id LIMIT 1 OFFSET 123").fetchone()
+    tamper(duck, f"DELETE FROM {DATASET}.types__by_uuid WHERE id = '{lost_uuid}'",
+           f"UPDATE {DATASET}.types__by_text SET qty = -1 WHERE code = 'k-75Zoë' AND region = 'ÄP'",
+           f"UPDATE {DATASET}.types__all_types SET c_jsonb = '{{\"z\": 100, \"a\": 0.1}}' WHERE id = 1")
+    execute(database, "CREATE TABLE types.created_later (id int PRIMARY KEY)",
+            "INSERT INTO types.created_later VALUES (1)")
+
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "40", "--narrow-rows", "5")
+    assert code == ExitCode.DRIFT_FOUND
+    tables = by_table(report)
+    assert tables["types.all_types"]["status"] == "ok"  # same JSON document, spelled differently
+    assert drift_keys(tables["types.by_uuid"], "missing") == [lost_uuid]
+    assert drift_keys(tables["types.by_text"], "changed") == [["k-75Zoë", "ÄP"]]
+    assert tables["types.created_later"]["problems"] == ["destination table types__created_later does not exist"]
