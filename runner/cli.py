@@ -15,9 +15,11 @@ from types import ModuleType
 from . import logs, vault
 from .commands import dlq as dlq_command
 from .commands import doctor as doctor_command
+from .commands import restore as restore_command
 from .commands import resync as resync_command
 from .commands import rollback as rollback_command
 from .commands import run as run_command
+from .commands import snowflake_bootstrap as snowflake_bootstrap_command
 from .commands import status as status_command
 from .commands import verify as verify_command
 from .errors import classify
@@ -26,6 +28,7 @@ from .exit_codes import ExitCode
 # each module has `register(subparsers)` and a `main(args) -> ExitCode` set via set_defaults(func=...)
 COMMANDS: list[ModuleType] = [
     run_command, status_command, doctor_command, dlq_command, verify_command, resync_command, rollback_command,
+    snowflake_bootstrap_command, restore_command,
 ]
 
 
