@@ -143,15 +143,16 @@ def generate(s: BootstrapSettings) -> list[Statement]:
         Statement(f"ALTER WAREHOUSE {wh} SET {warehouse_settings}", "warehouse", "SYSADMIN"),
         Statement(f"CREATE ROLE IF NOT EXISTS {loader} COMMENT = 'aurora-sync loader'", "role", "USERADMIN"),
     ]
+    # without a public key the service user exists but cannot log in until bootstrap runs again with one
+    user_settings = f"DEFAULT_ROLE = {loader} DEFAULT_WAREHOUSE = {wh}"
     if s.public_key:
-        key = _literal(normalize_public_key(s.public_key))
-        user_settings = f"DEFAULT_ROLE = {loader} DEFAULT_WAREHOUSE = {wh} RSA_PUBLIC_KEY = {key}"
-        statements += [
-            Statement(f"CREATE USER IF NOT EXISTS {s.user} TYPE = SERVICE {user_settings} "
-                      "COMMENT = 'aurora-sync loader (key-pair authentication only)'", "user", "USERADMIN"),
-            # rotating the key: put the new one in config and run again (RSA_PUBLIC_KEY_2 for a zero-downtime swap)
-            Statement(f"ALTER USER {s.user} SET TYPE = SERVICE {user_settings}", "user", "USERADMIN"),
-        ]
+        user_settings += f" RSA_PUBLIC_KEY = {_literal(normalize_public_key(s.public_key))}"
+    statements += [
+        Statement(f"CREATE USER IF NOT EXISTS {s.user} TYPE = SERVICE {user_settings} "
+                  "COMMENT = 'aurora-sync loader (key-pair authentication only)'", "user", "USERADMIN"),
+        # rotating the key: put the new one in config and run again (RSA_PUBLIC_KEY_2 for a zero-downtime swap)
+        Statement(f"ALTER USER {s.user} SET TYPE = SERVICE {user_settings}", "user", "USERADMIN"),
+    ]
     statements += [
         Statement(f"GRANT ROLE {loader} TO USER {s.user}", "grant", "SECURITYADMIN"),
         Statement(f"GRANT ROLE {loader} TO ROLE SYSADMIN", "grant", "SECURITYADMIN"),

@@ -104,6 +104,13 @@ def test_bad_settings_are_refused_with_the_key_to_fix(key_pair: KeyPair, overrid
         settings(key_pair, **override)
 
 
+def test_without_a_public_key_the_user_is_still_created_for_the_grants(key_pair: KeyPair) -> None:
+    statements = generate(settings(key_pair, public_key=None))
+    user = [s.sql for s in statements if s.kind == "user"]
+    assert user[0].startswith("CREATE USER IF NOT EXISTS AURORA_SYNC_LOADER TYPE = SERVICE")
+    assert not any("RSA_PUBLIC_KEY" in s for s in user)
+
+
 def test_a_private_key_is_never_accepted_as_the_public_key(key_pair: KeyPair) -> None:
     with pytest.raises(BootstrapConfigError, match="private key"):
         normalize_public_key(key_pair.private_pem)
