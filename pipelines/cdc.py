@@ -12,8 +12,6 @@ state we committed, so a slot that is ahead proves that changes were consumed el
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 import uuid
@@ -25,6 +23,7 @@ import dlt
 import pyarrow as pa
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
+from pipelines.progress import FAILPOINT_ENV, crash_at
 from sources.postgres import dead_letters
 from sources.postgres.catalog import TableSpec, discover_tables, matches
 from sources.postgres.errors import SourceConfigError
@@ -71,12 +70,10 @@ from sources.replication.stream import BatchReady, ChangeStream, IdleEvent, Limi
 from sources.replication.walstream import WalStream
 
 log = logging.getLogger("aurora_sync.cdc")
-CRASH_ENV = "AURORA_SYNC_CRASH_AT"  # test hook: kill the process at a named point (after_load_before_ack)
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+# fault-test hook (the project's failpoint convention): AURORA_SYNC_FAILPOINT=after_load_before_ack kills
+# the process once a batch is in the destination but before the server heard about it
+CRASH_ENV = FAILPOINT_ENV
+AFTER_LOAD_BEFORE_ACK = "after_load_before_ack"
 
 
 def _event(message: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -337,7 +334,7 @@ def _check_health(cdc: _Cdc, health: SlotHealth | None, state: dict[str, Any]) -
             f"pipeline only loaded up to {format_lsn(int(state['confirmed_lsn']))}: another consumer advanced the "
             "slot (or the destination was restored from an older state), so changes were lost. Resnapshot with "
             "`aurora-sync setup --resnapshot` or set `on_slot_lost = \"resnapshot\"`.")
-    elif health.active:
+    elif health.active and _still_active(cdc):
         raise SlotInUse(f"Replication slot {cdc.slot!r} is in use by PID {health.active_pid}; retry when that "
                         "sync has stopped.")
     if problem is None:
@@ -346,6 +343,17 @@ def _check_health(cdc: _Cdc, health: SlotHealth | None, state: dict[str, Any]) -
         raise problem
     _event(f"{problem} Resnapshotting (on_slot_lost = resnapshot).", logging.WARNING)
     return str(problem)
+
+
+def _still_active(cdc: _Cdc, wait: float = 10.0) -> bool:
+    """A walsender whose client just died (a killed task) stays active until the server notices."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        health = slot_health(cdc.meta, cdc.slot)
+        if health is None or not health.active:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _retained_wal(cdc: _Cdc, health: SlotHealth | None, *, final: bool) -> None:
@@ -507,7 +515,7 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
             # caught up with nothing pending: record, then confirm, the position so an idle slot advances
             with wal.kept_alive():
                 cdc.save_state(record(event.lsn))
-            _crash_point("after_load_before_ack")
+            crash_at(AFTER_LOAD_BEFORE_ACK)
             wal.confirm(event.lsn)
             position["confirmed"] = event.lsn
             _event("idle position confirmed", lsn=format_lsn(event.lsn))
@@ -543,7 +551,7 @@ def _load_batch(cdc: _Cdc, wal: WalStream, batch: ChangeBatch, reason: str, posi
                           table_hints(table.columns, settings.delete_mode), arrow))
         ack = batch.safe_lsn if batch.safe_lsn is not None and batch.safe_lsn > position["confirmed"] else None
         cdc.run(cdc_batch(loads, record(ack if ack is not None else position["confirmed"])))
-    _crash_point("after_load_before_ack")
+    crash_at(AFTER_LOAD_BEFORE_ACK)
     if ack is not None:
         wal.confirm(ack)
         position["confirmed"] = ack
@@ -671,5 +679,5 @@ def teardown(pipeline: dlt.Pipeline, *, keep_publication: bool = False,
         cdc.close()
 
 
-__all__ = ["CRASH_ENV", "CdcSummary", "SetupReport", "TableChanges", "TeardownReport", "run_cdc", "setup",
-           "teardown"]
+__all__ = ["AFTER_LOAD_BEFORE_ACK", "CRASH_ENV", "CdcSummary", "SetupReport", "TableChanges", "TeardownReport",
+           "run_cdc", "setup", "teardown"]

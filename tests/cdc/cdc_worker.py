@@ -2,7 +2,7 @@
 
 Usage: python -m tests.cdc.cdc_worker <pipeline_name> <pipelines_dir> <dataset>
 Configuration comes from the environment (SOURCES__POSTGRES__*, DESTINATION__DUCKDB__CREDENTIALS) and
-AURORA_SYNC_CRASH_AT=after_load_before_ack makes the process kill itself after the first load.
+AURORA_SYNC_FAILPOINT=after_load_before_ack makes the process kill itself after the first load.
 """
 
 from __future__ import annotations

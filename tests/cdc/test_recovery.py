@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pipelines.cdc import CRASH_ENV
+from pipelines.cdc import AFTER_LOAD_BEFORE_ACK, CRASH_ENV
 from sources.replication.errors import RetainedWalExceeded, SlotAheadOfState, SlotMissing
 from sources.replication.lsn import parse_lsn
 from tests.conftest import PROJECT_ROOT
@@ -51,7 +51,7 @@ def test_killed_after_load_before_ack_replays_exactly(cdc: Harness) -> None:
     before = cdc.slot_position()
     changes(cdc)
 
-    crashed = worker(cdc, **{CRASH_ENV: "after_load_before_ack"})
+    crashed = worker(cdc, **{CRASH_ENV: AFTER_LOAD_BEFORE_ACK})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     # the first batch is in DuckDB but the server never heard about it
     assert cdc.slot_position() == before
@@ -113,3 +113,19 @@ def test_idle_slot_advances_and_retained_wal_is_enforced(cdc: Harness) -> None:
     assert summary.retained_wal_bytes < 1 << 19  # warned at the start, fine at the end
     assert any("MiB of WAL" in w for w in summary.warnings)
     assert cdc.slot_position()[0] == parse_lsn(summary.end_lsn)  # type: ignore[index]
+
+
+def test_tables_argument_recopies_a_table_alone(cdc: Harness) -> None:
+    seed(cdc)
+    cdc.sql("CREATE TABLE app.other (id int PRIMARY KEY)", "INSERT INTO app.other VALUES (1)")
+    cdc.setup()
+    import duckdb
+
+    con = duckdb.connect(cdc.duck)  # damage the replica behind the pipeline's back
+    con.execute(f"DELETE FROM {DATASET}.app__t WHERE id <= 500")
+    con.close()
+    cdc.sql("UPDATE app.t SET name = 'changed' WHERE id = 600")
+    summary = cdc.drain(tables=["app.t"])
+    assert summary.snapshots == {"app__t": 1000}
+    assert_exact(cdc)
+    assert cdc.dest_table("app__other", "id") == [(1,)]
