@@ -142,3 +142,14 @@ def test_cli_runs_twice_against_fakesnow_and_converges(
     printed = capsys.readouterr().out
     assert f"URL = '{bucket.url}'" in printed and "CREATE DATABASE IF NOT EXISTS AURORA_SYNC" in printed
     assert "RSA_PUBLIC_KEY" not in printed  # --only limited the kinds
+
+
+def test_the_fakesnow_adapter_refuses_another_fakesnow_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fakesnow
+
+    from local import fakesnow_adapter
+
+    assert fakesnow_adapter.check_version() == fakesnow_adapter.FAKESNOW_VERSION
+    monkeypatch.setattr(fakesnow, "__version__", "0.13.0", raising=False)
+    with pytest.raises(fakesnow_adapter.FakesnowVersionMismatch, match="re-check each patch"):
+        fakesnow_adapter.check_version()
