@@ -17,6 +17,9 @@ one names the fakesnow (or dlt) behaviour it works around, so that it can be dro
 5. fakesnow creates the connection's schema on connect, but dlt passes it quoted and creates it itself.
    → `create_schema_on_connect=False`, for `fakesnow.patch` and for the HTTP server's shared instance.
 
+Not bridged: fakesnow's handling of dlt's quoted PUT target (`'@"SCHEMA"."%TABLE"/...'`). Every load here goes
+through the S3 stage, so dlt never PUTs; a test that did would fail loudly rather than pass on a patch.
+
 `fake_snowflake_server` runs fakesnow's own HTTP app (`fakesnow.server.app`) under uvicorn like
 `fakesnow.server()` does, but with WARNING logs instead of one INFO line per request.
 """
