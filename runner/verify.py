@@ -239,6 +239,8 @@ def display(value: Any) -> Any:
     """A key as JSON shows it: integers stay numbers, everything else is its canonical text."""
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)  # Snowflake returns NUMBER(19,0) keys as Decimal
     return canonical(value)
 
 
@@ -738,7 +740,7 @@ class TableVerifier:
             if found is None:
                 extra.append(raw)
             elif found[0] != row_hash(values):
-                changed.append(raw)
+                changed.append(found[1])  # the source's spelling of the key
         missing = [raw for _, raw in source.values()]
         drift.missing_count, drift.extra_count, drift.changed_count = len(missing), len(extra), len(changed)
         drift.missing, drift.extra, drift.changed = ([_key_json(k) for k in keys[:limit]]

@@ -24,6 +24,16 @@ from runner.exit_codes import ExitCode
 from runner.verify import canonical, canonical_json, row_hash
 from tests.conftest import PROJECT_ROOT, execute, subprocess_env
 from tests.helpers import DATASET
+from tests.snowflake.conftest import (  # noqa: F401  (fixtures of the Snowflake stand-ins)
+    DATABASE,
+    bootstrap,
+    bucket,
+    fake_sf,
+    key_pair,
+    s3,
+    sf_env,
+)
+from tests.snowflake.conftest import DATASET as SF_DATASET
 
 AURORA_SYNC = str(Path(sys.executable).parent / "aurora-sync")
 
@@ -223,3 +233,26 @@ def test_every_type_verifies_without_false_positives(database: str, dlt_env: dic
     assert drift_keys(tables["types.by_uuid"], "missing") == [lost_uuid]
     assert drift_keys(tables["types.by_text"], "changed") == [["k-75Zoë", "ÄP"]]
     assert tables["types.created_later"]["problems"] == ["destination table types__created_later does not exist"]
+
+
+@pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+def test_snowflake_destination(sf_env: dict[str, str], fake_sf: Any, tmp_path: Path,  # noqa: F811
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The Snowflake SQL client path (upper-case identifiers, pyformat parameters) through fakesnow."""
+    import snowflake.connector
+
+    seed(sf_env["SOURCES__POSTGRES__CREDENTIALS"], customers=120, orders=500)
+    assert bootstrap() == 0
+    load(tmp_path)
+    capsys.readouterr()
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "50")
+    assert code == ExitCode.SUCCESS, report
+    assert all(t["checksum"] == "ok" and t["chunks"] > 1 for t in report["tables"])
+
+    conn = snowflake.connector.connect(database=DATABASE)
+    try:
+        conn.cursor().execute(f"UPDATE {SF_DATASET}.CUSTOMERS__CUSTOMERS SET full_name = 'x' WHERE id = 7")
+    finally:
+        conn.close()
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "50", "--tables", "customers.customers")
+    assert code == ExitCode.DRIFT_FOUND and drift_keys(report["tables"][0], "changed") == [7]
