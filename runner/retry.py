@@ -57,7 +57,7 @@ def with_retries(settings: RunnerSettings, attempt: Callable[[], T]) -> T:
 
     retrying = Retrying(
         stop=stop_after_attempt(settings.max_attempts),
-        wait=wait_exponential_jitter(initial=settings.backoff_initial_seconds, max=settings.backoff_max_seconds),
+        wait=wait_exponential_jitter(multiplier=settings.backoff_initial_seconds, max=settings.backoff_max_seconds),
         retry=retry_if_exception(is_transient),
         before_sleep=log_retry,
         reraise=True,
