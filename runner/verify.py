@@ -8,10 +8,13 @@ Chunks. A table is cut into half-open ranges `lo <= k < hi` of its first primary
 every query is a bounded range read (PK index in PostgreSQL, zone-map pruning in DuckDB/Snowflake):
 
 * integer `k`: equal-width value ranges between the smallest and largest key of both sides, about
-  `chunk_rows` rows each (cheap: min/max only; sparse keys just make chunks uneven);
+  `chunk_rows` rows each (cheap: first/last key only); chunks that sparse or skewed keys made more than
+  twice that size are split again by their own span;
 * text, varchar, uuid, date, timestamp(tz), numeric `k`: boundaries are quantiles of `k` read from the
   source with `percentile_disc` (on a `TABLESAMPLE` above 1M rows); text is ordered `COLLATE "C"`,
-  i.e. by code point, which is how DuckDB and Snowflake compare strings;
+  i.e. by code point, which is how DuckDB and Snowflake compare strings. PostgreSQL can use an index for
+  those ranges only if one is declared `COLLATE "C"`; otherwise each chunk query scans the table, so large
+  text-keyed tables want a larger `chunk_rows`;
 * anything else (boolean, char(n) whose padding compares differently, enums ordered by declaration,
   bytea, float): one chunk.
 The first and last ranges are open-ended, so keys outside the source's span (extra rows) are covered.
@@ -30,6 +33,9 @@ The source values are read with the same SQL expressions the COPY extractor uses
 Narrowing. A chunk whose counts (or checksums) differ is split in two (integer midpoint, or the source's
 median key) and only the halves that still differ are followed, until a range holds at most
 `narrow_rows` rows; then both sides' rows are diffed by primary key to list missing, extra and changed keys.
+Counts of the halves are server side; checksums are streamed for the left half only (the right half's is the
+range's minus the left's). A range that is empty on one side is not split further: its keys are sampled and
+its first/last key reported. Touching drifting ranges are merged, so a lost block reads as one range.
 
 The source is only ever read, through `sources.postgres.session.make_engine` (read-only sessions,
 `statement_timeout`), from the reader DSN when `sources.postgres.reader_credentials` is set. The
@@ -55,6 +61,7 @@ from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import dlt
+import psycopg2
 import pyarrow as pa
 import sqlalchemy as sa
 from dlt.common.configuration import with_config
@@ -325,7 +332,7 @@ class PostgresReader:
                 cur.execute(sql, tuple(params))
                 return list(cur.fetchall())
         finally:
-            self._conn.rollback()  # short transactions: never hold a snapshot (or vacuum) between queries
+            self._end()
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         cur = self._conn.cursor(name=f"aurora_sync_verify_{next(self._names)}")
@@ -335,11 +342,19 @@ class PostgresReader:
             while rows := cur.fetchmany(FETCH_ROWS):
                 yield from rows
         finally:
-            cur.close()
+            with contextlib.suppress(psycopg2.Error):
+                cur.close()
+            self._end()
+
+    def _end(self) -> None:
+        """Short transactions: never hold a snapshot (and vacuum) between queries. A broken connection must not
+        hide the error that broke it."""
+        with contextlib.suppress(psycopg2.Error):
             self._conn.rollback()
 
     def close(self) -> None:
-        self._conn.close()
+        with contextlib.suppress(psycopg2.Error):
+            self._conn.close()
 
 
 class DestinationReader:
@@ -560,12 +575,14 @@ class TableVerifier:
 
     def run(self) -> None:
         options, report = self.options, self.report
-        src_n, dst_n = self.src.count(), self.dst.count()
-        report.source_rows, report.destination_rows = src_n, dst_n
-        ranges = self.plan_chunks(src_n, dst_n)
+        # no full count(*) on the source: on a large table it is one long statement, the opposite of chunking.
+        # The planner's estimate sizes the chunks; the exact total is the sum of the chunks' counts.
+        dst_n = self.dst.count()
+        ranges = self.plan_chunks(self.source_estimate(), dst_n)
         src_counts, dst_counts = self.src.counts(ranges), self.dst.counts(ranges)
         if self.strategy == "integer":
             ranges, src_counts, dst_counts = self.rebalance(ranges, src_counts, dst_counts)
+        report.source_rows, report.destination_rows = sum(src_counts), dst_n
         report.chunks = len(ranges)
         report.largest_chunk_rows = max(max(src_counts), max(dst_counts))
         if sum(dst_counts) != dst_n:
@@ -611,6 +628,13 @@ class TableVerifier:
             prev.first_key if prev.first_key is not None else drift.first_key,
             drift.last_key if drift.last_key is not None else prev.last_key,
         )
+
+    def source_estimate(self) -> int:
+        """pg_class.reltuples (kept by ANALYZE); an exact count only when there is none (never analyzed,
+        partitioned parent), which is then cheap or unavoidable."""
+        (estimate,) = self.src.reader.fetch("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                                            [self.src.table.replace("%%", "%")])[0]
+        return int(estimate) if estimate and estimate > 0 else self.src.count()
 
     def integer_span(self, r: KeyRange = KeyRange()) -> tuple[int, int] | None:
         """Smallest and largest integer key of both sides in the range, or None when both are empty."""
@@ -734,7 +758,8 @@ class TableVerifier:
             return drift
         source: dict[tuple[str | None, ...], tuple[int, tuple[Any, ...]]] = {
             key: (row_hash(values), raw) for key, values, raw in self.src.rows(r)}
-        missing, extra, changed = [], [], []
+        extra: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
         for key, values, raw in self.dst.rows(r):
             found = source.pop(key, None)
             if found is None:
