@@ -49,6 +49,9 @@ def dlt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str) -> d
         "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "replica.duckdb"),
         "DLT_DATA_DIR": str(tmp_path / "dlt"),
         "RUNTIME__LOG_LEVEL": "WARNING",
+        # rows that fail conversion must not land in the repository's ./dead_letter
+        "SOURCES__POSTGRES__DEAD_LETTER_URL": str(tmp_path / "dead_letter"),
+        "RUNNER__DEAD_LETTER_URL": str(tmp_path / "dead_letter"),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

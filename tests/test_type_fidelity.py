@@ -36,6 +36,7 @@ CREATE TABLE types.all_types (
     c_uuid        uuid,
     c_date        date,
     c_time        time,
+    c_timetz      time with time zone,
     c_timestamp   timestamp,
     c_timestamptz timestamptz,
     c_interval    interval,
@@ -52,16 +53,18 @@ INSERT INTO types.all_types VALUES
  (1, -32768, -2147483648, 9223372036854775807, 12345678901234.123456, 12345678901234567890.123456789,
   99999999999999999999999999999999999999, 3.25, 1.0000000000000002, true,
   'line1
-line2, "quoted" \\ back', 'short', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29', '23:59:59.999999',
-  '2024-01-02 03:04:05.123456', '2024-06-30 23:30:00.5+05:30', '1 year 2 mons 3 days 04:05:06.5',
+line2, "quoted" \\ back', 'short', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2024-02-29',
+  '23:59:59.999999', '10:00:00+02', '2024-01-02 03:04:05.123456', '2024-06-30 23:30:00.5+05:30',
+  '1 year 2 mons 3 days 04:05:06.5',
   '{"a": [1, 2, {"b": null}], "s": "x"}', '{"nested": {"deep": [true, false]}, "emoji": "🎉"}',
   '\\x00ff10', '{1, 2, NULL, 3}', '{"a", "b c", "d,\\"e", NULL}', 'happy 😀', '192.168.0.1/24'),
  (2, 0, 0, -9223372036854775808, -0.000001, 0.000000001, -1, 'NaN', 'Infinity', false,
-  '', '', '', NULL, '0001-01-01', '00:00:00', '1970-01-01 00:00:00', '1999-12-31 23:59:59-08', '-1 days',
+  '', '', '', NULL, '0001-01-01', '00:00:00', '23:30:00-05:30', '1970-01-01 00:00:00',
+  '1999-12-31 23:59:59-08', '-1 days',
   '[]', '{}', '\\x', '{}', '{}', 'sad', '::1'),
  (3, NULL, NULL, NULL, NULL, NULL, NULL, '-Infinity', 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
- (4, 1, 1, 1, 1, 1, 1, 1, '-Infinity', true, 'Zoë 李 مرحبا 🚀👩‍💻', 'ünïcödé', 'ß', NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, 1, 1, 1, 1, 1, 1, 1, '-Infinity', true, 'Zoë 李 مرحبا 🚀👩‍💻', 'ünïcödé', 'ß', NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, '"just a string"', 'null', NULL, NULL, '{"🚀"}', 'ok', NULL);
 """
 
@@ -122,6 +125,8 @@ def test_dates_times_and_intervals(loaded: dict) -> None:
     one, two = loaded[1], loaded[2]
     assert one["c_date"] == date(2024, 2, 29) and two["c_date"] == date(1, 1, 1)
     assert one["c_time"] == time(23, 59, 59, 999999)
+    # time with time zone has no destination type: PostgreSQL's text, offset included
+    assert one["c_timetz"] == "10:00:00+02" and two["c_timetz"] == "23:30:00-05:30"
     assert one["c_timestamp"] == datetime(2024, 1, 2, 3, 4, 5, 123456)
     assert one["c_timestamptz"] == datetime(2024, 6, 30, 18, 0, 0, 500000, tzinfo=UTC)
     assert two["c_timestamptz"] == datetime(1999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-8)))

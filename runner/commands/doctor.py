@@ -125,12 +125,16 @@ def destination_checks(pipeline: dlt.Pipeline) -> list[Check]:
 
 
 def _s3_check(bucket_url: str) -> Check:
-    """Write, read back and delete a probe object under the staging prefix."""
-    import fsspec
+    """Write, read back and delete a probe object under the staging prefix, with dlt's own S3 settings."""
+    from dlt.common.configuration import resolve_configuration
+    from dlt.common.storages import FilesystemConfiguration
+    from dlt.common.storages.fsspec_filesystem import fsspec_from_config
 
-    probe = f"{bucket_url.rstrip('/')}/_doctor/{uuid.uuid4().hex}.txt"
+    path = f"{bucket_url.rstrip('/')}/_doctor/{uuid.uuid4().hex}.txt"
     try:
-        fs, path = fsspec.core.url_to_fs(probe)
+        config = resolve_configuration(FilesystemConfiguration(bucket_url=bucket_url),
+                                       sections=("destination", "filesystem"))
+        fs, _ = fsspec_from_config(config)
         with fs.open(path, "w") as fh:
             fh.write("aurora-sync doctor probe")
         with fs.open(path) as fh:
@@ -142,13 +146,48 @@ def _s3_check(bucket_url: str) -> Check:
                      "the task role needs s3:PutObject/GetObject/DeleteObject on the prefix and kms:GenerateDataKey")
 
 
+def vault_checks() -> list[Check]:
+    """The CLI logged in before this command ran (runner.cli); report how, or that Vault is off."""
+    from .. import vault
+
+    session = vault.current_session()
+    if session is None:
+        return [Check("vault", "skip", "VAULT_ADDR not set: secrets come from env vars or .dlt/secrets.toml")]
+    return [Check("vault: login", "ok", f"logged in with {session.auth.method} at {session.settings.addr}; "
+                  f"policies {', '.join(session.auth.policies) or '-'}; {len(session.settings.secrets)} mapped key(s) "
+                  "read")]
+
+
+def snowflake_stage_check(pipeline: dlt.Pipeline) -> list[Check]:
+    if pipeline.destination is None or pipeline.destination.destination_name != "snowflake":
+        return []
+    stage = dlt.config.get("destination.snowflake.stage_name", str)
+    if not stage:
+        return [Check("snowflake: stage", "warn", "no stage_name: dlt would PUT files through the user stage",
+                      "set destination.snowflake.stage_name to the external stage (aurora-sync snowflake-bootstrap)")]
+    database, schema, name = ([None, None, *stage.split(".")])[-3:]
+    scope = f" IN SCHEMA {database}.{schema}" if database else ""
+    try:
+        with pipeline.sql_client() as client:
+            found = client.execute_sql(f"SHOW STAGES LIKE '{name}'{scope}")
+        if not found:
+            raise LookupError("stage does not exist or is not visible to the loader role")
+        return [Check("snowflake: stage", "ok", f"{stage} is visible to the loader role")]
+    except Exception as exc:
+        return [Check("snowflake: stage", "fail", f"{stage}: {str(exc).splitlines()[0]}",
+                      "run `aurora-sync snowflake-bootstrap`, and check the grants on the stage and integration")]
+
+
 def run_checks(pipeline_name: str, extra: list[Callable[[], list[Check]]] | None = None) -> list[Check]:
     checks: list[Check] = []
     try:
         checks += source_checks(source_dsn())
     except Exception as exc:
         checks.append(Check("source: configuration", "fail", str(exc), "set sources.postgres.credentials"))
-    checks += destination_checks(load_pipeline_module(pipeline_name).make_pipeline())
+    pipeline = load_pipeline_module(pipeline_name).make_pipeline()
+    checks += destination_checks(pipeline)
+    checks += snowflake_stage_check(pipeline)
+    checks += vault_checks()
     for producer in extra or []:
         checks += producer()
     return checks

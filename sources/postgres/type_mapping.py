@@ -42,6 +42,8 @@ def adapt_sqlalchemy_type(sql_type: Any) -> Any:
         return sa.Text()
     if isinstance(sql_type, sqltypes.Enum):
         return sa.Text()
+    if isinstance(sql_type, sqltypes.Time) and sql_type.timezone:
+        return sa.Text()  # `time with time zone` has no destination type: keep PostgreSQL's text
     if (
         isinstance(sql_type, sqltypes.Numeric)
         and not isinstance(sql_type, sqltypes.Float)
