@@ -51,9 +51,10 @@ schedules = {
   }
 }
 
-# Near-real-time: one follower per replication slot.
+# Near-real-time instead of the schedules above: one follower per replication slot. The follower holds
+# the pipeline's lock, so enabling it for customers_orders means removing customers_orders' schedules.
 cdc_follow = {
-  enabled  = true
+  enabled  = false
   pipeline = "customers_orders"
 }
 

@@ -206,9 +206,13 @@ variable "canary_environment" {
   validation {
     condition = alltrue([
       for k in keys(var.canary_environment) :
-      can(regex("^[A-Z][A-Z0-9_]*$", k)) && !can(regex("PASSWORD|SECRET|TOKEN|PRIVATE_KEY|PASSPHRASE", k))
+      can(regex("^[A-Z][A-Z0-9_]*$", k)) && (
+        !can(regex("PASSWORD|SECRET|TOKEN|PRIVATE_KEY|PASSPHRASE", k)) ||
+        # Mappings of settings to Vault paths (docs/secrets.md): the value is a path, not a secret.
+        can(regex("^VAULT__SECRETS__[A-Z0-9_]+$", k))
+      )
     ])
-    error_message = "canary_environment keys must be upper-case environment variable names and must not carry secrets (PASSWORD, SECRET, TOKEN, PRIVATE_KEY, PASSPHRASE): secrets come from Vault."
+    error_message = "canary_environment keys must be upper-case environment variable names and must not carry secrets (PASSWORD, SECRET, TOKEN, PRIVATE_KEY, PASSPHRASE; VAULT__SECRETS__* path mappings excepted): secrets come from Vault."
   }
 }
 
@@ -220,9 +224,13 @@ variable "pipeline_environment" {
   validation {
     condition = alltrue([
       for k in keys(var.pipeline_environment) :
-      can(regex("^[A-Z][A-Z0-9_]*$", k)) && !can(regex("PASSWORD|SECRET|TOKEN|PRIVATE_KEY|PASSPHRASE", k))
+      can(regex("^[A-Z][A-Z0-9_]*$", k)) && (
+        !can(regex("PASSWORD|SECRET|TOKEN|PRIVATE_KEY|PASSPHRASE", k)) ||
+        # Mappings of settings to Vault paths (docs/secrets.md): the value is a path, not a secret.
+        can(regex("^VAULT__SECRETS__[A-Z0-9_]+$", k))
+      )
     ])
-    error_message = "pipeline_environment keys must be upper-case environment variable names and must not carry secrets (PASSWORD, SECRET, TOKEN, PRIVATE_KEY, PASSPHRASE): secrets come from Vault."
+    error_message = "pipeline_environment keys must be upper-case environment variable names and must not carry secrets (PASSWORD, SECRET, TOKEN, PRIVATE_KEY, PASSPHRASE; VAULT__SECRETS__* path mappings excepted): secrets come from Vault."
   }
 }
 
@@ -272,19 +280,24 @@ variable "stop_timeout_seconds" {
 }
 
 variable "cdc_follow" {
-  description = "Continuous CDC: an ECS service (desired count 1) that runs `run --mode cdc --follow` for this pipeline."
+  description = "Continuous CDC for near-real-time: an ECS service (desired count 1) that runs `run --mode cdc --follow` for this pipeline. The follower holds the pipeline's lock for its whole life, so the pipeline must have no schedule."
   type = object({
     enabled  = bool
     pipeline = string
   })
   default = {
-    enabled  = true
+    enabled  = false
     pipeline = "customers_orders"
   }
 
   validation {
     condition     = !var.cdc_follow.enabled || contains(var.pipelines, var.cdc_follow.pipeline)
     error_message = "cdc_follow.pipeline must be one of var.pipelines."
+  }
+
+  validation {
+    condition     = !var.cdc_follow.enabled || alltrue([for s in values(var.schedules) : s.pipeline != var.cdc_follow.pipeline])
+    error_message = "The follower holds its pipeline's lock, so scheduled runs of that pipeline would all exit 3 (lock held): remove its schedules or disable cdc_follow."
   }
 }
 

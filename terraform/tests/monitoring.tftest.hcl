@@ -88,10 +88,10 @@ run "monitoring" {
   assert {
     condition = (
       jsondecode(aws_cloudwatch_event_rule.task_failed.event_pattern).detail.clusterArn == [var.cluster_arn] &&
-      jsondecode(aws_cloudwatch_event_rule.task_failed.event_pattern).detail["$or"][0].containers.exitCode[0]["anything-but"] == [0, 3] &&
+      jsondecode(aws_cloudwatch_event_rule.task_failed.event_pattern).detail["$or"][0].containers.exitCode[0]["anything-but"] == [0, 3, 143] &&
       aws_cloudwatch_metric_alarm.task_failed.dimensions == tomap({ RuleName = aws_cloudwatch_event_rule.task_failed.name })
     )
-    error_message = "Failed tasks (exit code not 0 or 3) of this cluster must raise the task-failed alarm."
+    error_message = "Failed tasks (exit code not 0, 3 or 143) of this cluster must raise the task-failed alarm."
   }
 
   assert {

@@ -14,9 +14,13 @@ variables {
   aurora_cluster_identifier = "orders-db"
   aurora_security_group_id  = "sg-0123456789abcdef0"
   image_tag                 = "3f2c1ab"
-  vault_addr                = "https://vault.example.com:8200"
-  snowflake_iam_user_arn    = "arn:aws:iam::999988887777:user/abcd-s-v2st1234"
-  snowflake_external_id     = "AB12345_SFCRole=2_abcdefghijklmnopqrstuvwxyz0="
+  pipeline_environment = {
+    DESTINATION__SNOWFLAKE__CREDENTIALS__HOST                          = "xy12345.eu-west-1"
+    "VAULT__SECRETS__DESTINATION__SNOWFLAKE__CREDENTIALS__PRIVATE_KEY" = "kv:aurora-sync/snowflake#private_key"
+  }
+  vault_addr             = "https://vault.example.com:8200"
+  snowflake_iam_user_arn = "arn:aws:iam::999988887777:user/abcd-s-v2st1234"
+  snowflake_external_id  = "AB12345_SFCRole=2_abcdefghijklmnopqrstuvwxyz0="
   schedules = {
     customers_orders-incremental = {
       pipeline   = "customers_orders"
@@ -65,8 +69,8 @@ run "defaults_apply" {
   }
 
   assert {
-    condition     = output.cdc_service_name == "customers_orders-cdc-follow"
-    error_message = "The continuous CDC service must exist by default."
+    condition     = output.cdc_service_name == null
+    error_message = "No continuous CDC service unless cdc_follow.enabled."
   }
 
   assert {
@@ -98,12 +102,18 @@ run "canary_and_ci" {
     canary_environment       = { DESTINATION__SNOWFLAKE__CREDENTIALS__DATABASE = "SYNC_SHADOW" }
     github_repository        = "example-org/aurora-snowflake-sync"
     github_oidc_provider_arn = "arn:aws:iam::111122223333:oidc-provider/token.actions.githubusercontent.com"
-    cdc_follow               = { enabled = false, pipeline = "customers_orders" }
+    pipelines                = ["customers_orders", "orders_cdc"]
+    cdc_follow               = { enabled = true, pipeline = "orders_cdc" }
   }
 
   assert {
-    condition     = keys(output.canary_task_definition_arns) == ["customers_orders"]
+    condition     = sort(keys(output.canary_task_definition_arns)) == tolist(["customers_orders", "orders_cdc"])
     error_message = "canary_image_tag must add one canary task definition per pipeline."
+  }
+
+  assert {
+    condition     = length(output.task_definition_arns) == 6 && length(output.task_role_arns) == 2
+    error_message = "Each pipeline gets its own task role and one task definition per mode."
   }
 
   assert {
@@ -112,8 +122,8 @@ run "canary_and_ci" {
   }
 
   assert {
-    condition     = output.cdc_service_name == null
-    error_message = "cdc_follow.enabled = false must remove the CDC service."
+    condition     = output.cdc_service_name == "orders_cdc-cdc-follow"
+    error_message = "cdc_follow.enabled must create the follower service of its pipeline."
   }
 }
 
@@ -308,6 +318,14 @@ run "invalid_cdc_follow_pipeline" {
   command = plan
   variables {
     cdc_follow = { enabled = true, pipeline = "unknown_pipeline" }
+  }
+  expect_failures = [var.cdc_follow]
+}
+
+run "invalid_cdc_follow_with_schedules" {
+  command = plan
+  variables {
+    cdc_follow = { enabled = true, pipeline = "customers_orders" }
   }
   expect_failures = [var.cdc_follow]
 }

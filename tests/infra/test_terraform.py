@@ -112,20 +112,6 @@ def test_no_secrets_in_terraform() -> None:
     assert not offenders, "secret-looking values in terraform/:\n" + "\n".join(offenders)
 
 
-def test_terraform_test(terraform_test_run: BackgroundRun) -> None:
-    code, output = terraform_test_run.result(timeout=900)
-    summary = re.search(r"(\d+) passed, (\d+) failed", output)
-    assert code == 0 and summary, output[-20000:]
-    passed, failed = int(summary.group(1)), int(summary.group(2))
-    assert failed == 0, output[-20000:]
-    test_files = sorted(p.name for p in (TERRAFORM_DIR / "tests").glob("*.tftest.hcl"))
-    ran_files = sorted(set(re.findall(r"tests/([\w.-]+\.tftest\.hcl)\.\.\. pass", output)))
-    assert ran_files == test_files, f"not every test file passed: {ran_files} != {test_files}"
-    # Every run block must have run (and none skipped): count them in the files.
-    runs = sum(len(re.findall(r'^run "', (TERRAFORM_DIR / "tests" / f).read_text(), re.M)) for f in test_files)
-    assert passed == runs, f"{passed} runs passed, {runs} run blocks exist\n{output[-5000:]}"
-
-
 def _validation_rules(path: Path) -> dict[str, int]:
     """Number of validation blocks per variable in a variables.tf."""
     counts: dict[str, int] = {}
@@ -286,7 +272,14 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
 
     client = _clients(moto_endpoint)
     existing = _existing_infrastructure(client)
-    overrides = {**existing, "moto_endpoint": moto_endpoint, "allowed_account_ids": [MOTO_ACCOUNT]}
+    overrides = {
+        **existing,
+        "moto_endpoint": moto_endpoint,
+        "allowed_account_ids": [MOTO_ACCOUNT],
+        # A second pipeline that follows (the example's pipeline is scheduled; a follower holds its lock).
+        "pipelines": ["customers_orders", "orders_cdc"],
+        "cdc_follow": {"enabled": True, "pipeline": "orders_cdc"},
+    }
     (workdir / "moto.tfvars.json").write_text(json.dumps(overrides, indent=2))
     var_files = ("-var-file=example.tfvars", "-var-file=moto.tfvars.json")
     env = {
@@ -322,7 +315,7 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
     assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
     assert '"aws:SecureTransport":"false"' in s3.get_bucket_policy(Bucket=bucket)["Policy"].replace(" ", "")
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
-    assert set(rules) == {"archive-customers_orders", "dead-letter"}
+    assert set(rules) == {"archive-customers_orders", "archive-orders_cdc", "dead-letter"}
     assert rules["dead-letter"]["Filter"]["Prefix"] == "dead_letter/"
     key_id = outputs["data_kms_key_arn"].rsplit("/", 1)[-1]
     assert client("kms").get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"]
@@ -362,8 +355,10 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         container = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]["containerDefinitions"][0]
         assert container["readonlyRootFilesystem"] is True
         assert container["user"] == "10001:10001"
+    assert len(outputs["task_definition_arns"]) == 6
     service = ecs.describe_services(cluster=outputs["ecs_cluster_arn"], services=[outputs["cdc_service_name"]])
     assert service["services"][0]["desiredCount"] == 1
+    assert service["services"][0]["taskDefinition"] == outputs["task_definition_arns"]["orders_cdc/cdc"]
 
     # --- ECR, Snowflake trust, alarms wired to SNS
     repo = client("ecr").describe_repositories(repositoryNames=["aurora-snowflake-sync-prod"])["repositories"][0]
@@ -375,7 +370,7 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         == "AB12345_SFCRole=2_eXaMpLeExTeRnAlId0000="
     )
     alarms = client("cloudwatch").describe_alarms(AlarmNamePrefix="aurora-snowflake-sync-prod-")["MetricAlarms"]
-    assert len(alarms) == 8
+    assert len(alarms) == 5 * 2 + 3  # five per pipeline, plus error logs, DLQ depth and failed tasks
     assert all(a["AlarmActions"] == [outputs["alerts_topic_arn"]] for a in alarms)
 
     # --- the runbook step of docs/deployment.md, then a plan with no change and no warning
@@ -398,3 +393,18 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
     )
     assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     assert scheduler.list_schedules()["Schedules"] == []
+
+
+# Last, so that the background run overlaps checkov and the moto apply above.
+def test_terraform_test(terraform_test_run: BackgroundRun) -> None:
+    code, output = terraform_test_run.result(timeout=900)
+    summary = re.search(r"(\d+) passed, (\d+) failed", output)
+    assert code == 0 and summary, output[-20000:]
+    passed, failed = int(summary.group(1)), int(summary.group(2))
+    assert failed == 0, output[-20000:]
+    test_files = sorted(p.name for p in (TERRAFORM_DIR / "tests").glob("*.tftest.hcl"))
+    ran_files = sorted(set(re.findall(r"tests/([\w.-]+\.tftest\.hcl)\.\.\. pass", output)))
+    assert ran_files == test_files, f"not every test file passed: {ran_files} != {test_files}"
+    # Every run block must have run (and none skipped): count them in the files.
+    runs = sum(len(re.findall(r'^run "', (TERRAFORM_DIR / "tests" / f).read_text(), re.M)) for f in test_files)
+    assert passed == runs, f"{passed} runs passed, {runs} run blocks exist\n{output[-5000:]}"

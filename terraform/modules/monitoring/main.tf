@@ -186,11 +186,11 @@ resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
 # ------------------------------------------------------------------------------------------------
 # Failed task runs, including those that die before they can emit a metric (configuration errors,
 # out of memory, image pull failures, SIGKILL after the stop timeout). Exit code 3 (lock held by
-# another run) is an expected skip, not a failure.
+# another run) is an expected skip, and 143 a clean stop after SIGTERM (deployments of the follower).
 # ------------------------------------------------------------------------------------------------
 resource "aws_cloudwatch_event_rule" "task_failed" {
   name        = local.failed_task_rule_name
-  description = "ECS tasks of ${var.name_prefix} that stopped with an exit code other than 0 or 3, or failed to start"
+  description = "ECS tasks of ${var.name_prefix} that stopped with an exit code other than 0, 3 or 143, or failed to start"
   event_pattern = jsonencode({
     source        = ["aws.ecs"]
     "detail-type" = ["ECS Task State Change"]
@@ -198,7 +198,7 @@ resource "aws_cloudwatch_event_rule" "task_failed" {
       clusterArn = [var.cluster_arn]
       lastStatus = ["STOPPED"]
       "$or" = [
-        { containers = { exitCode = [{ "anything-but" = [0, 3] }] } },
+        { containers = { exitCode = [{ "anything-but" = [0, 3, 143] }] } },
         { stopCode = ["TaskFailedToStart"] },
       ]
     }
