@@ -29,6 +29,7 @@ from sources.postgres.catalog import TableSpec, discover_tables, matches
 from sources.postgres.errors import SourceConfigError
 from sources.postgres.session import make_engine
 from sources.replication import (
+    SOURCE_NAME,
     STATE_KEY,
     ReplicationSettings,
     cdc_batch,
@@ -123,7 +124,7 @@ class CdcSummary:
 
 
 def _state(pipeline: dlt.Pipeline) -> dict[str, Any]:
-    return dict(pipeline.state.get("sources", {}).get("replication", {}).get(STATE_KEY, {}))
+    return dict(pipeline.state.get("sources", {}).get(SOURCE_NAME, {}).get(STATE_KEY, {}))
 
 
 class _Cdc:
@@ -178,7 +179,8 @@ class _Cdc:
     def current_rows(self, prepared: PreparedTable) -> pa.Table | None:
         """The destination's current values of the rows a batch must complete (unchanged TOAST, tombstones)."""
         assert prepared.fill_keys is not None
-        table_schema = self.pipeline.default_schema.tables.get(prepared.table.resource_name)
+        schema = self.pipeline.schemas.get(SOURCE_NAME)
+        table_schema = schema.tables.get(prepared.table.resource_name) if schema else None
         if not table_schema:
             return None
         known = table_schema.get("columns", {})
@@ -189,7 +191,7 @@ class _Cdc:
         if not unique:
             return None
         rows: list[tuple[Any, ...]] = []
-        with self.pipeline.sql_client() as client:
+        with self.pipeline.sql_client(SOURCE_NAME) as client:
             escape = client.escape_column_name
             selected = ", ".join(escape(c) for c in [*keys, *wanted])
             target = client.make_qualified_table_name(prepared.table.resource_name)
@@ -211,7 +213,7 @@ class _Cdc:
 
     def apply_truncate(self, event: TruncateEvent) -> None:
         """TRUNCATE at the source: delete the destination rows (hard) or mark them deleted (soft)."""
-        with self.pipeline.sql_client() as client:
+        with self.pipeline.sql_client(SOURCE_NAME) as client:
             for table in event.tables:
                 target = client.make_qualified_table_name(table.resource_name)
                 try:

@@ -31,10 +31,14 @@ from .columns import ColumnSpec
 from .errors import ReplicationError
 
 MERGE = {"disposition": "merge", "strategy": "delete-insert"}
+# the same dlt schema (and source state namespace) as `sources.postgres.postgres_replica`: both write the
+# same tables, so they share one table definition; CDC keeps its position under this key of that state
+SOURCE_NAME = "postgres_replica"
 STATE_KEY = "cdc"
 SECTIONS = ("sources", "postgres", "replication")
 
-__all__ = ["ReplicationError", "ReplicationSettings", "cdc_batch", "cdc_snapshot", "replication_settings"]
+__all__ = ["SOURCE_NAME", "STATE_KEY", "ReplicationError", "ReplicationSettings", "cdc_batch", "cdc_snapshot",
+           "replication_settings"]
 
 
 @dataclass
@@ -181,7 +185,7 @@ def _state_resource(update: Callable[[dict[str, Any]], None]) -> DltResource:
     return dlt.resource(position, name="_cdc_state")
 
 
-@dlt.source(name="replication", section="replication", max_table_nesting=0, root_key=False)
+@dlt.source(name=SOURCE_NAME, section="replication", max_table_nesting=0, root_key=False)
 def cdc_batch(
     tables: list[tuple[str, list[str], dict[str, Any], pa.Table]],
     update_state: Callable[[dict[str, Any]], None],
@@ -196,7 +200,7 @@ def cdc_batch(
     yield _state_resource(update_state)
 
 
-@dlt.source(name="replication", section="replication", max_table_nesting=0, root_key=False)
+@dlt.source(name=SOURCE_NAME, section="replication", max_table_nesting=0, root_key=False)
 def cdc_snapshot(
     name: str,
     primary_key: list[str],

@@ -9,6 +9,7 @@ merges one row per key; `_lsn` (the commit LSN) is also the merge's `dedup_sort`
 from __future__ import annotations
 
 import io
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,8 +69,12 @@ class LiveTable:
     def shape(self) -> tuple[tuple[str, int, int], ...]:
         return tuple((c.name, c.type_oid, c.typmod) for c in self.columns)
 
+    def __post_init__(self) -> None:
+        getter = operator.itemgetter(*self.key_positions)
+        self._key = getter if len(self.key_positions) > 1 else lambda values: (getter(values),)
+
     def key(self, values: list[Value]) -> tuple[Value, ...]:
-        return tuple(values[i] for i in self.key_positions)
+        return self._key(values)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -88,10 +93,6 @@ class TableChanges:
     inserts: int = 0
     updates: int = 0
     deletes: int = 0
-
-
-def _value_bytes(values: list[Value]) -> int:
-    return ROW_OVERHEAD_BYTES + sum(len(v) for v in values if isinstance(v, bytes))
 
 
 class ChangeBatch:
@@ -115,25 +116,28 @@ class ChangeBatch:
         return changes
 
     def _put(self, changes: TableChanges, key: tuple[Value, ...], row: RowChange, now: float) -> None:
-        previous = changes.rows.pop(key, None)
-        if previous is not None:
-            self.bytes -= _value_bytes(previous.values)
+        changes.rows.pop(key, None)  # re-inserted at the end: the dict keeps change order
         changes.rows[key] = row
-        self.bytes += _value_bytes(row.values)
-        self.changes += 1
         if self.started is None:
             self.started = now
         if self.newest_commit_time is None or row.commit_time > self.newest_commit_time:
             self.newest_commit_time = row.commit_time
 
-    def insert(self, table: LiveTable, new: list[Value], lsn: int, at: datetime, now: float) -> None:
+    def _count(self, size: int) -> None:
+        """Bytes are counted per change received (an upper bound of what the batch holds)."""
+        self.changes += 1
+        self.bytes += size + ROW_OVERHEAD_BYTES
+
+    def insert(self, table: LiveTable, new: list[Value], lsn: int, at: datetime, now: float, size: int = 0) -> None:
+        self._count(size)
         changes = self._table(table)
         changes.inserts += 1
         key = table.key(new)
         self._put(changes, key, RowChange("I", lsn, at, new, key), now)
 
     def update(self, table: LiveTable, old: list[Value] | None, new: list[Value], lsn: int, at: datetime,
-               now: float) -> None:
+               now: float, size: int = 0) -> None:
+        self._count(size)
         changes = self._table(table)
         changes.updates += 1
         key = table.key(new)
@@ -145,11 +149,12 @@ class ChangeBatch:
             new = [p if v is UNCHANGED else v for v, p in zip(new, previous.values, strict=True)]
             lookup_key = previous.lookup_key
         if old_key != key:  # the primary key changed: the old row goes away
-            self._put(changes, old_key, RowChange("D", lsn, at, self._tombstone(table, old, previous), old_key),
-                      now)
+            tombstone = RowChange("D", lsn, at, self._tombstone(table, old, previous), lookup_key)
+            self._put(changes, old_key, tombstone, now)
         self._put(changes, key, RowChange("U", lsn, at, new, lookup_key), now)
 
-    def delete(self, table: LiveTable, old: list[Value], lsn: int, at: datetime, now: float) -> None:
+    def delete(self, table: LiveTable, old: list[Value], lsn: int, at: datetime, now: float, size: int = 0) -> None:
+        self._count(size)
         changes = self._table(table)
         changes.deletes += 1
         key = table.key(old)
@@ -231,6 +236,13 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
                 converted = convert_arrays(column, [values_rows[i][j] for i in positions])  # type: ignore[misc]
                 for i, v in zip(positions, converted, strict=True):
                     values_rows[i][j] = v
+    if delete_mode == "hard":  # the merge deletes by key; the other values only have to be valid
+        placeholders = [c.placeholder for c in table.columns]
+        for row, values in zip(rows, values_rows, strict=True):
+            if row.op == "D":
+                for i in range(len(values)):
+                    if i not in keyset:
+                        values[i] = placeholders[i]
     arrow, rejected = _parse([c.plan for c in table.columns], values_rows, frozenset(table.primary_key))
     order = arrow[_ROW.name].to_pylist()
     arrow = arrow.drop_columns([_ROW.name])

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 from dlt.common.schema.typing import TColumnSchema
 from dlt.sources.sql_database.schema_types import sqla_col_to_column_schema
@@ -68,6 +69,24 @@ class ColumnSpec:
     is_array: bool  # pgoutput prints `{...}`; the snapshot selects to_json(): converted server-side
     is_bytea: bool  # pgoutput prints `\x..`; the snapshot selects encode(.., 'hex')
     sql_type: str = ""  # format_type(), for the server-side array conversion
+
+    @property
+    def placeholder(self) -> bytes:
+        """A valid value of this column for hard-delete tombstones: the WAL only carries their key, the merge
+        never inserts them, but a staging table created NOT NULL (by an earlier snapshot-source run) must
+        still accept them."""
+        arrow_type = self.plan.arrow_type
+        if pa.types.is_boolean(arrow_type):
+            return b"f"
+        if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+            return b"0"
+        if pa.types.is_timestamp(arrow_type):
+            return b"1970-01-01 00:00:00+00" if arrow_type.tz else b"1970-01-01 00:00:00"
+        if pa.types.is_date(arrow_type):
+            return b"1970-01-01"
+        if pa.types.is_time(arrow_type):
+            return b"00:00:00"
+        return b"null" if self.hint.get("data_type") == "json" else b""
 
 
 @dataclass

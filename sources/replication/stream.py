@@ -172,12 +172,13 @@ class ChangeStream:
                 table = self._live_table(message.relid)
                 if table is None or txn.final_lsn < self.tracked[table.qualified].snapshot_lsn:
                     continue
+                size = len(item[1])
                 if isinstance(message, Insert):
-                    batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now)
+                    batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now, size)
                 elif isinstance(message, Update):
-                    batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now)
+                    batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now, size)
                 else:
-                    batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now)
+                    batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now, size)
                 if batch.changes >= limits.max_batch_rows or batch.bytes >= limits.max_batch_bytes:
                     yield BatchReady(batch, "rows" if batch.changes >= limits.max_batch_rows else "bytes")
                     batch = ChangeBatch()

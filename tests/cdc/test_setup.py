@@ -101,3 +101,30 @@ def test_cli_setup_and_teardown(cdc: Harness, monkeypatch: pytest.MonkeyPatch) -
     assert cdc.source("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     cdc.sql("CREATE TABLE app.nokey (a int)")
     assert cli.main(["setup", "--check"]) == ExitCode.CONFIG_ERROR
+
+
+def test_cdc_takes_over_tables_loaded_by_the_snapshot_source(cdc: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's pipeline first synced with `sources.postgres` (incremental); CDC then writes the same
+    tables (NOT NULL columns included) through the same dlt schema."""
+    from local.seed import seed
+    from pipelines import customers_orders
+
+    monkeypatch.setenv("SOURCES__POSTGRES__SCHEMAS", '["customers", "orders"]')
+    seed(cdc.dsn, customers=200, orders=500)
+    customers_orders.run(pipelines_dir=str(cdc.pipelines_dir)).raise_on_failed_jobs()
+    customers_orders.run(pipelines_dir=str(cdc.pipelines_dir)).raise_on_failed_jobs()  # a merge: staging exists
+    cdc.pipeline_name = customers_orders.PIPELINE_NAME
+    pipeline = customers_orders.make_pipeline(str(cdc.pipelines_dir))
+    cdc_pipeline.setup(pipeline)
+    cdc.sql("UPDATE orders.orders SET status = 'paid' WHERE id <= 10",
+            "DELETE FROM orders.order_items WHERE order_id = 20",
+            "DELETE FROM customers.addresses WHERE id = 5",
+            "INSERT INTO customers.customers (id, email, full_name) VALUES (9999, 'cdc@example.com', 'CDC')")
+    cdc_pipeline.run_cdc(pipeline)
+    dataset = customers_orders.PIPELINE_NAME
+    for table, key in (("orders.orders", "id"), ("orders.order_items", "order_id, line_no"),
+                       ("customers.addresses", "id"), ("customers.customers", "id")):
+        columns = "id, status, total" if table == "orders.orders" else key
+        source = cdc.source(f"SELECT {columns} FROM {table} ORDER BY {key}")
+        dest = cdc.dest(f"SELECT {columns} FROM {dataset}.{table.replace('.', '__')} ORDER BY {key}")
+        assert source == dest, table

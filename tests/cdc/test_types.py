@@ -65,6 +65,11 @@ def test_wal_values_match_snapshot_values_and_types(cdc: Harness) -> None:
     assert rows[101]["c_interval"] == "P1Y2M3DT4H5M6.5S" and rows[101]["c_bytea"] == b"\x00\xff\x10"
     assert rows[101]["_lsn"] > snapshot_rows[1]["_lsn"]
 
+    # hard-delete tombstones carry only the key; every other column gets a valid placeholder of its type
+    cdc.sql("DELETE FROM app.all_types WHERE id > 100 AND id < 200")
+    cdc.drain()
+    assert sorted(rows_by_id(cdc)[0]) == [201, 202, 203, 204]
+
 
 def test_destination_types_match_the_snapshot_source(cdc: Harness) -> None:
     """CDC writes the same tables as `sources.postgres`: its column types must agree with that source's."""
