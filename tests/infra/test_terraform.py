@@ -259,6 +259,7 @@ def _tf_ok(result: subprocess.CompletedProcess[str], what: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: Path) -> None:
     """The whole root configuration (every module) applied to moto, then a clean plan, then destroy.
 
@@ -286,7 +287,10 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": REGION,
-        "NO_PROXY": "127.0.0.1",
+        # Anything not sent to moto would go through this dead proxy and fail, instead of leaving the machine.
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
     }
 
     terraform.init(workdir)

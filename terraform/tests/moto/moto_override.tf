@@ -1,7 +1,9 @@
 # TEST ONLY. tests/infra/test_terraform.py copies the root configuration to a temporary directory, adds
 # this file and moto_variables.tf, and applies it against a moto server on 127.0.0.1. Being an
 # *_override.tf file, it replaces the cloud block with a local backend and points every AWS service
-# at moto. Credentials are moto's dummy ones, passed through the environment by the test.
+# the configuration uses at moto (STS included, so allowed_account_ids is checked against moto's
+# account). Credentials are moto's dummy ones, passed through the environment by the test, which also
+# sets a dead HTTPS proxy for any other host.
 terraform {
   backend "local" {}
 }
