@@ -130,9 +130,12 @@ def _state(pipeline: dlt.Pipeline) -> dict[str, Any]:
 class _Cdc:
     """One pipeline's CDC context: settings, names, source sessions and destination helpers."""
 
-    def __init__(self, pipeline: dlt.Pipeline, settings: ReplicationSettings | None = None) -> None:
+    def __init__(self, pipeline: dlt.Pipeline, settings: ReplicationSettings | None = None,
+                 dead_letter_url: str | None = None) -> None:
         self.pipeline = pipeline
         self.settings = settings or replication_settings()
+        if dead_letter_url:
+            self.settings.dead_letter_url = dead_letter_url
         self.slot = self.settings.slot_name or object_name(pipeline.pipeline_name)
         self.publication = self.settings.publication_name or object_name(pipeline.pipeline_name)
         self.dsn = self.settings.dsn
@@ -389,6 +392,7 @@ def run_cdc(
     tables: list[str] | None = None,
     stop: threading.Event | None = None,
     settings: ReplicationSettings | None = None,
+    dead_letter_url: str | None = None,
 ) -> CdcSummary:
     """Stream changes from the slot into the pipeline's destination.
 
@@ -396,9 +400,10 @@ def run_cdc(
     confirmed. follow=True streams until `stop` is set (the runner sets it on SIGTERM), then loads the
     current batch, confirms it and returns. `tables` (patterns) are re-copied alone before streaming;
     CDC always streams every published table, since the slot's position is shared by all of them.
+    `settings` default to dlt config (`replication_settings()`); `dead_letter_url` overrides theirs.
     """
     started = time.monotonic()
-    cdc = _Cdc(pipeline, settings)
+    cdc = _Cdc(pipeline, settings, dead_letter_url)
     try:
         return _run(cdc, follow=follow, resnapshot_patterns=tables, stop=stop, started=started)
     finally:
@@ -594,7 +599,7 @@ class SetupReport:
 
 
 def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool = False,
-          settings: ReplicationSettings | None = None) -> SetupReport:
+          settings: ReplicationSettings | None = None, dead_letter_url: str | None = None) -> SetupReport:
     """Make the source ready for CDC and copy the tables once.
 
     Checks prerequisites (naming every missing one), creates or syncs the publication `aurora_sync_<pipeline>`
@@ -602,7 +607,7 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
     it. Idempotent: with the slot in place it only adds (and copies) tables not replicated yet.
     `resnapshot` drops and recreates the slot and copies everything again.
     """
-    cdc = _Cdc(pipeline, settings)
+    cdc = _Cdc(pipeline, settings, dead_letter_url)
     try:
         report = SetupReport(cdc.slot, cdc.publication)
         specs = cdc.discover()

@@ -206,14 +206,26 @@ def ensure_publication(conn: Any, name: str, tables: list[TableSpec], drop_extra
     replication. Adding a table needs ownership of it (PostgreSQL's rule).
     """
     check_name("Publication", name)
+    # partitioned tables are replicated under their root's name (PostgreSQL 13+), as the snapshot reads them
+    via_root = server_version(conn) >= 130000
     if not publication_exists(conn, name):
-        statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(name), sql.SQL(", ").join(qualified_identifier(t) for t in tables))
+        statement = sql.SQL("CREATE PUBLICATION {}{}{}").format(
+            sql.Identifier(name),
+            sql.SQL(" FOR TABLE ") + sql.SQL(", ").join(qualified_identifier(t) for t in tables) if tables
+            else sql.SQL(""),
+            sql.SQL(" WITH (publish_via_partition_root = true)") if via_root else sql.SQL(""))
         try:
             query(conn, statement)
         except psycopg2.Error as exc:
             raise _publication_failure(exc, statement.as_string(conn)) from None
         return [t.qualified for t in tables], []
+    if via_root and not query(conn, "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (name,))[0][0]:
+        statement = sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(
+            sql.Identifier(name))
+        try:
+            query(conn, statement)
+        except psycopg2.Error as exc:
+            raise _publication_failure(exc, statement.as_string(conn)) from None
     present = publication_tables(conn, name)
     wanted = {t.qualified: t for t in tables}
     added = [q for q in wanted if q not in present]

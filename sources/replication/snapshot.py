@@ -28,15 +28,18 @@ from .slot import qualified_identifier
 COLUMNS_SQL = """
 SELECT a.attname, a.atttypid, a.atttypmod
 FROM pg_attribute a
-WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped {generated}
 ORDER BY a.attnum
 """
 
 
 def table_columns(conn: Any, spec: TableSpec, resolver: TypeResolver) -> list[ColumnSpec]:
+    """The columns pgoutput replicates: generated columns are left out (PostgreSQL before 18 never sends
+    them, so copying them once would leave stale values after the next update)."""
     relation = qualified_identifier(spec).as_string(conn)
+    generated = "AND a.attgenerated = ''" if conn.server_version >= 120000 else ""
     with conn.cursor() as cur:
-        cur.execute(COLUMNS_SQL, (relation,))
+        cur.execute(COLUMNS_SQL.format(generated=generated), (relation,))
         rows = cur.fetchall()
     return [resolver.column(name, int(oid), int(typmod), name in spec.primary_key) for name, oid, typmod in rows]
 

@@ -101,7 +101,6 @@ class ChangeStream:
         self._live: dict[int, LiveTable | None] = {}
         self.safe_lsn = start_lsn  # every transaction committed before it has been yielded or skipped
         self.messages_seen = 0
-        self.truncates: dict[str, int] = {}
 
     # -- tables --------------------------------------------------------------------------------
     def track(self, table: TrackedTable) -> None:
@@ -221,8 +220,6 @@ class ChangeStream:
                     if batch:
                         yield BatchReady(batch, "truncate")
                         batch = ChangeBatch()
-                    for table in tables:
-                        self.truncates[table.qualified] = self.truncates.get(table.qualified, 0) + 1
                     yield TruncateEvent(tables, txn.final_lsn, txn.commit_time)
             elif isinstance(message, Message) and not message.transactional and message.prefix == MARKER_PREFIX:
                 if txn is None:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from pipelines.cdc import AFTER_LOAD_BEFORE_ACK, CRASH_ENV
-from sources.replication.errors import RetainedWalExceeded, SlotAheadOfState, SlotMissing
+from sources.replication.errors import RetainedWalExceeded, SlotAheadOfState, SlotInvalidated, SlotMissing
 from sources.replication.lsn import parse_lsn
 from tests.conftest import PROJECT_ROOT
 
@@ -129,3 +129,24 @@ def test_tables_argument_recopies_a_table_alone(cdc: Harness) -> None:
     assert summary.snapshots == {"app__t": 1000}
     assert_exact(cdc)
     assert cdc.dest_table("app__other", "id") == [(1,)]
+
+
+@pytest.mark.slow
+def test_invalidated_slot(cdc: Harness) -> None:
+    seed(cdc)
+    cdc.setup()
+    changes(cdc)
+    try:  # PostgreSQL drops WAL the slot still needs once it exceeds max_slot_wal_keep_size
+        cdc.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'", "SELECT pg_reload_conf()")
+        for _ in range(4):
+            cdc.sql("INSERT INTO app.t SELECT g, 'filler', 0 FROM generate_series(100000, 100100) g",
+                    "DELETE FROM app.t WHERE name = 'filler'", "SELECT pg_switch_wal()")
+        cdc.sql("CHECKPOINT")
+        assert cdc.source(f"SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{cdc.slot}'") == [("lost",)]
+    finally:
+        cdc.sql("ALTER SYSTEM RESET max_slot_wal_keep_size", "SELECT pg_reload_conf()")
+    with pytest.raises(SlotInvalidated, match="invalidated"):
+        cdc.drain()
+    cdc.configure(on_slot_lost="resnapshot")
+    cdc.drain()
+    assert_exact(cdc)
