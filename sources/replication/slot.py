@@ -219,7 +219,10 @@ def ensure_publication(conn: Any, name: str, tables: list[TableSpec], drop_extra
         except psycopg2.Error as exc:
             raise _publication_failure(exc, statement.as_string(conn)) from None
         return [t.qualified for t in tables], []
-    if via_root and not query(conn, "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (name,))[0][0]:
+    partitioned = via_root and tables and query(conn, """
+        SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY(%s)""", ([t.qualified for t in tables],))[0][0]
+    if partitioned and not query(conn, "SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (name,))[0][0]:
         statement = sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(
             sql.Identifier(name))
         try:
