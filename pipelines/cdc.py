@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -285,7 +286,7 @@ class _Cdc:
         """Snapshot tables added later under a temporary slot's snapshot, while the main slot keeps its
         position: the stream skips their transactions that committed before the snapshot's LSN."""
         temporary = f"{self.slot[:44]}_tmp_{uuid.uuid4().hex[:8]}"
-        context = keep_alive.kept_alive() if keep_alive is not None else _nothing()
+        context = keep_alive.kept_alive() if keep_alive is not None else nullcontext()
         with context, create_slot(self.dsn, temporary, temporary=True) as exported:
             self.snapshot(specs, exported.snapshot_name, exported.consistent_lsn, new_slot=False)
             return exported.consistent_lsn
@@ -307,14 +308,6 @@ class _Cdc:
             return missing
         finally:
             admin.close()
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _check_health(cdc: _Cdc, health: SlotHealth | None, state: dict[str, Any]) -> str | None:
@@ -459,8 +452,10 @@ def _run(cdc: _Cdc, *, follow: bool, resnapshot_patterns: list[str] | None, stop
     version = server_version(cdc.meta)
     status_interval = max(1.0, min(settings.status_interval_seconds, wal_sender_timeout_seconds(cdc.meta) / 4 or 10))
     wal = WalStream(cdc.dsn, cdc.slot, cdc.publication, messages=version >= 140000, status_interval=status_interval)
+    # what our committed state says is loaded; after a crash between load and confirmation it is ahead of
+    # the slot, and starting there skips the transactions that are already in the destination
     wal.flush_lsn = confirmed
-    wal.start()
+    wal.start(confirmed)
     try:
         _stream(cdc, wal, tracked, follow=follow, stop=stop, confirmed=confirmed, messages=version >= 140000)
     finally:

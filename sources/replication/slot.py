@@ -26,7 +26,7 @@ from sources.postgres.session import APPLICATION_NAME, session_options
 
 from .errors import PrerequisiteMissing, PublicationError, ReplicationError, SlotInUse, SlotMissing
 from .lsn import format_lsn, parse_lsn
-from .walstream import WALSENDER_OPTIONS
+from .walstream import replication_connection
 
 NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MARKER_PREFIX = "aurora-sync"
@@ -274,8 +274,7 @@ def create_slot(dsn: str, slot: str, *, temporary: bool = False) -> Iterator[Exp
     slot disappears when it closes. Creation waits for transactions already running to finish.
     """
     check_name("Slot", slot)
-    conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
-                            application_name=APPLICATION_NAME, connect_timeout=10, options=WALSENDER_OPTIONS)
+    conn = replication_connection(dsn, APPLICATION_NAME)
     try:
         version = conn.server_version
         kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"

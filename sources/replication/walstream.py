@@ -27,7 +27,9 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
-from .errors import ReplicationError, SlotInUse, SlotInvalidated, SlotMissing, StreamInterrupted
+from sources.postgres.errors import describe_url, explain_connection_error
+
+from .errors import PrerequisiteMissing, ReplicationError, SlotInUse, SlotInvalidated, SlotMissing, StreamInterrupted
 
 PG_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01 in Unix microseconds
 _STATUS = struct.Struct("!cQQQq?")
@@ -95,6 +97,21 @@ class _LibPQ:
         return cls._lib
 
 
+def replication_connection(dsn: str, application_name: str, connect_timeout: int = 10) -> Any:
+    """A `replication=database` connection whose walsender prints values like our snapshot sessions."""
+    try:
+        return psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                                application_name=application_name, connect_timeout=connect_timeout,
+                                options=WALSENDER_OPTIONS)
+    except psycopg2.OperationalError as exc:
+        explained = explain_connection_error(exc, describe_url(dsn))
+        if explained is None and "replication" in str(exc).lower():
+            explained = PrerequisiteMissing(
+                f"PostgreSQL refused a replication connection for {describe_url(dsn)}: grant the role "
+                "rds_replication (Aurora) or REPLICATION, and allow replication connections in pg_hba.conf.")
+        raise (explained or exc) from None
+
+
 def classify_start_error(message: str, slot: str) -> Exception:
     lowered = message.lower()
     if "does not exist" in lowered and "slot" in lowered:
@@ -142,13 +159,7 @@ class WalStream:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, start_lsn: int = 0) -> None:
-        self.conn = psycopg2.connect(
-            self.dsn,
-            connection_factory=psycopg2.extras.LogicalReplicationConnection,
-            application_name=self.application_name,
-            connect_timeout=self.connect_timeout,
-            options=WALSENDER_OPTIONS,
-        )
+        self.conn = replication_connection(self.dsn, self.application_name, self.connect_timeout)
         options = f"proto_version '1', publication_names '{self.publication}'"
         if self.messages:
             options += ", messages 'true'"
