@@ -34,7 +34,17 @@ locals {
       VAULT_ROLE                          = var.vault_role
       DESTINATION__FILESYSTEM__BUCKET_URL = "s3://${local.bucket_name}"
       AURORA_SYNC_ENVIRONMENT             = var.environment
+      # every object the tasks write is encrypted with the bucket's key (docs/snowflake.md)
+      DESTINATION__FILESYSTEM__KWARGS = jsonencode({
+        s3_additional_kwargs = { ServerSideEncryption = "aws:kms", SSEKMSKeyId = module.storage.kms_key_arn }
+      })
+      RUNNER__DEAD_LETTER_URL = "s3://${local.bucket_name}/dead_letter"
     },
+    # production loads Snowflake through the S3 archive stage (pipelines/destinations.py)
+    merge([for p in var.pipelines : {
+      "${upper(p)}__DESTINATION_TYPE" = "snowflake"
+      "${upper(p)}__STAGING_TYPE"     = "pipelines.destinations.archive_filesystem"
+    }]...),
     var.pipeline_environment,
   )
 }
