@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,8 +71,7 @@ class Harness:
                     try:
                         cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
                         break
-                    except psycopg2.Error:
-                        import time
+                    except psycopg2.Error:  # still active for a moment after its client was killed
                         time.sleep(0.1)
         admin.close()
 
@@ -89,8 +88,3 @@ def cdc(database: str, dlt_env: dict[str, str], tmp_path: Path, monkeypatch: pyt
     finally:
         harness.drop_slots()
 
-
-def worker_env(harness: Harness, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()}
-    env.update(extra)
-    return env
