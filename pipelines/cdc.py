@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dlt
+import psycopg2
 import pyarrow as pa
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
@@ -485,8 +486,18 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
     limits = Limits(max_batch_rows=settings.max_batch_rows, max_batch_bytes=settings.max_batch_bytes,
                     max_batch_seconds=settings.max_batch_seconds, heartbeat_seconds=settings.heartbeat_seconds)
 
+    markers = {"allowed": messages}
+
     def marker(content: str) -> int:
-        return emit_marker(cdc.meta, content)
+        """A logical message; if this role may not write one, fall back to keepalives (warned once)."""
+        if markers["allowed"]:
+            try:
+                return emit_marker(cdc.meta, content)
+            except psycopg2.Error as exc:
+                markers["allowed"] = False
+                _event(f"pg_logical_emit_message is not allowed ({str(exc).strip()}): drains end on keepalives "
+                       "and follow mode writes no heartbeats", logging.WARNING)
+        return 0
 
     stream = ChangeStream(wal, tracked, cdc.resolver(), marker if messages else None, limits,
                           settings.truncate_mode, confirmed)
@@ -496,7 +507,9 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
         target = current_wal_lsn(cdc.meta)
         if messages:
             token = f"drain:{cdc.pipeline.pipeline_name}:{uuid.uuid4().hex}"
-            target = marker(token)
+            target = marker(token) or target
+            if not markers["allowed"]:
+                token = None
     position = {"confirmed": confirmed}
     last_table_check = time.monotonic()
 
