@@ -19,16 +19,18 @@ from .commands import restore as restore_command
 from .commands import resync as resync_command
 from .commands import rollback as rollback_command
 from .commands import run as run_command
+from .commands import setup as setup_command
 from .commands import snowflake_bootstrap as snowflake_bootstrap_command
 from .commands import status as status_command
+from .commands import teardown as teardown_command
 from .commands import verify as verify_command
 from .errors import classify
 from .exit_codes import ExitCode
 
 # each module has `register(subparsers)` and a `main(args) -> ExitCode` set via set_defaults(func=...)
 COMMANDS: list[ModuleType] = [
-    run_command, status_command, doctor_command, dlq_command, verify_command, resync_command, rollback_command,
-    snowflake_bootstrap_command, restore_command,
+    run_command, setup_command, teardown_command, status_command, verify_command, doctor_command, dlq_command,
+    resync_command, rollback_command, snowflake_bootstrap_command, restore_command,
 ]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -29,9 +32,13 @@ PIPELINES = {"customers_orders": "pipelines.customers_orders"}
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="run one sync of a pipeline")
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
-    parser.add_argument("--mode", default="incremental", choices=["incremental", "snapshot"],
-                        help="incremental: merge rows changed since the cursor; snapshot: re-read and replace")
-    parser.add_argument("--tables", nargs="+", metavar="SCHEMA.TABLE", help="only these tables (patterns allowed)")
+    parser.add_argument("--mode", default="incremental", choices=["incremental", "snapshot", "cdc"],
+                        help="incremental: merge rows changed since the cursor; snapshot: re-read and replace; "
+                             "cdc: apply the WAL changes (inserts, updates, deletes) up to now")
+    parser.add_argument("--follow", action="store_true",
+                        help="with --mode cdc: keep streaming until SIGTERM, flushing every few seconds")
+    parser.add_argument("--tables", nargs="+", metavar="SCHEMA.TABLE",
+                        help="only these tables (patterns allowed); with --mode cdc: re-copy them first")
     parser.add_argument("--full-refresh", action="store_true",
                         help="drop the tables' data and cursors in the destination, then reload them")
     parser.set_defaults(func=main)
@@ -70,8 +77,10 @@ def main(args: argparse.Namespace) -> ExitCode:
     module = load_pipeline_module(args.pipeline)
     started = time.monotonic()
     logs.event("run started", phase="run")
+    if args.follow and args.mode != "cdc":
+        raise RunnerError("--follow needs --mode cdc", ExitCode.CONFIG_ERROR)
     try:
-        code = _locked_run(args, settings, module, started)
+        code = (_cdc_run if args.mode == "cdc" else _locked_run)(args, settings, module, started)
     except Exception as exc:
         code, message = classify(exc)
         if code != ExitCode.LOCK_HELD:
@@ -79,6 +88,51 @@ def main(args: argparse.Namespace) -> ExitCode:
             notify.failure(settings, args.pipeline, message, int(code))
         raise
     return code
+
+
+def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, started: float) -> ExitCode:
+    """Drain the slot up to now, or follow it until SIGTERM (ECS stop) and shut down after a clean flush."""
+    from pipelines import cdc
+
+    if args.follow:
+        # dlt would defer SIGTERM to the middle of a load and then abort it; we want the batch in flight
+        # to finish and be confirmed, so our handler only asks the stream to stop.
+        os.environ["RUNTIME__INTERCEPT_SIGNALS"] = "false"
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if args.follow else None
+    record = {"pipeline": args.pipeline, "mode": "cdc-follow" if args.follow else "cdc",
+              "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        def attempt() -> Any:
+            with pipeline_lock(source_dsn(), args.pipeline):
+                pipeline = module.make_pipeline()
+                try:
+                    return cdc.run_cdc(pipeline, follow=args.follow, tables=args.tables, stop=stop)
+                except Exception as exc:
+                    code, message = classify(exc)
+                    history.record(pipeline, {**record, "outcome": "failed", "exit_code": int(code),
+                                              "error": message, "rows": {},
+                                              "duration_s": round(time.monotonic() - started, 3)})
+                    raise
+
+        summary = with_retries(settings, attempt)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    changes = {t: c.inserts + c.updates + c.deletes + c.truncates for t, c in summary.changes.items()}
+    for table, count in sorted(changes.items()):
+        metrics.emit(args.pipeline, {"RowsExtracted": count, "RowsLoaded": count}, table=table,
+                     namespace=settings.metrics_namespace)
+    metrics.emit(args.pipeline, {
+        "RunDurationSeconds": round(time.monotonic() - started, 3), "LagSeconds": summary.lag_seconds,
+        "SlotRetainedWalBytes": summary.retained_wal_bytes, "DeadLetters": summary.dead_lettered,
+        "RowsLoaded": sum(changes.values()), "RunSucceeded": 1}, namespace=settings.metrics_namespace)
+    history.record(module.make_pipeline(), {**record, "outcome": "succeeded", "exit_code": 0, "error": None,
+                                            "rows": changes, "duration_s": round(time.monotonic() - started, 3)})
+    logs.event("run succeeded", phase="run", rows=sum(changes.values()), outcome="succeeded",
+               **{k: v for k, v in summary.as_fields().items() if k in (
+                   "batches", "start_lsn", "end_lsn", "retained_wal_bytes", "lag_seconds", "stopped_by")})
+    return ExitCode.SUCCESS
 
 
 def _locked_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, started: float) -> ExitCode:
