@@ -12,6 +12,7 @@ batch per `block_size` bytes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -168,11 +169,15 @@ def copy_to_arrow(
             return  # no rows matched
         raise
     finally:
+        # cleanup must not replace the error being raised (or raise while a generator is collected): on a
+        # connection the server already dropped, cancel() and close() fail too
         if producer.is_alive():
-            raw.cancel()  # consumer stopped early or failed: stop the server-side COPY too
+            with contextlib.suppress(Exception):
+                raw.cancel()  # consumer stopped early or failed: stop the server-side COPY too
         source.close()
         producer.join()
         if close:
-            raw.close()
+            with contextlib.suppress(Exception):
+                raw.close()
     if failure:
         raise failure[0]
