@@ -93,14 +93,17 @@ def test_setup_is_idempotent_and_teardown_forgets(cdc: Harness) -> None:
     assert cdc.dest_table("app__a", "id") == [(1,), (2,)]
 
 
-def test_cli_setup_and_teardown(cdc: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, setup_command, teardown_command])
+def test_cli_setup_run_and_teardown(cdc: Harness) -> None:
+    assert setup_command in cli.COMMANDS and teardown_command in cli.COMMANDS
     cdc.pipeline_name = "customers_orders"  # what the CLI's pipeline is called
     cdc.sql("CREATE TABLE app.t (id int PRIMARY KEY)", "INSERT INTO app.t VALUES (1)")
     assert cli.main(["setup", "--check"]) == ExitCode.SUCCESS
     assert cdc.source("SELECT count(*) FROM pg_replication_slots") == [(0,)]
     assert cli.main(["setup"]) == ExitCode.SUCCESS
     assert cdc.source("SELECT slot_name FROM pg_replication_slots") == [("aurora_sync_customers_orders",)]
+    cdc.sql("INSERT INTO app.t VALUES (2)", "DELETE FROM app.t WHERE id = 1")
+    assert cli.main(["run", "--mode", "cdc"]) == ExitCode.SUCCESS
+    assert cdc.dest("SELECT id FROM customers_orders.app__t") == [(2,)]
     assert cli.main(["teardown"]) == ExitCode.CONFIG_ERROR  # needs --yes
     assert cli.main(["teardown", "--yes"]) == ExitCode.SUCCESS
     assert cdc.source("SELECT count(*) FROM pg_replication_slots") == [(0,)]
