@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -143,6 +144,7 @@ class _Cdc:
         self.dsn = self.settings.dsn
         self.meta = connect(self.dsn, statement_timeout_ms=60_000)
         self.summary = CdcSummary()
+        self.on_progress: Callable[[CdcSummary], None] = lambda summary: None
 
     def close(self) -> None:
         self.meta.close()
@@ -387,6 +389,7 @@ def run_cdc(
     stop: threading.Event | None = None,
     settings: ReplicationSettings | None = None,
     dead_letter_url: str | None = None,
+    on_progress: Callable[[CdcSummary], None] | None = None,
 ) -> CdcSummary:
     """Stream changes from the slot into the pipeline's destination.
 
@@ -395,9 +398,12 @@ def run_cdc(
     current batch, confirms it and returns. `tables` (patterns) are re-copied alone before streaming;
     CDC always streams every published table, since the slot's position is shared by all of them.
     `settings` default to dlt config (`replication_settings()`); `dead_letter_url` overrides theirs.
+    `on_progress` is called after every loaded batch and whenever the stream is idle and caught up, so a
+    long follow run can report liveness (the runner's metrics) without waiting for its end.
     """
     started = time.monotonic()
     cdc = _Cdc(pipeline, settings, dead_letter_url)
+    cdc.on_progress = on_progress or (lambda summary: None)
     try:
         return _run(cdc, follow=follow, resnapshot_patterns=tables, stop=stop, started=started)
     finally:
@@ -534,6 +540,8 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
             wal.confirm(event.lsn)
             position["confirmed"] = event.lsn
             _event("idle position confirmed", lsn=format_lsn(event.lsn))
+        if isinstance(event, IdleEvent):
+            cdc.on_progress(cdc.summary)
         if follow and time.monotonic() - last_table_check >= settings.new_table_check_seconds:
             last_table_check = time.monotonic()
             _follow_new_tables(cdc, wal, stream)
@@ -576,6 +584,7 @@ def _load_batch(cdc: _Cdc, wal: WalStream, batch: ChangeBatch, reason: str, posi
     _event("cdc batch loaded", reason=reason, changes=batch.changes, rows=sum(len(t.rows) for t in
            batch.tables.values()), tables=sorted(batch.tables), confirmed_lsn=format_lsn(position["confirmed"]),
            lag_s=summary.lag_seconds, duration_s=round(time.monotonic() - started, 3))
+    cdc.on_progress(summary)
 
 
 def _follow_new_tables(cdc: _Cdc, wal: WalStream, stream: ChangeStream) -> None:

@@ -23,6 +23,8 @@ class RunnerSettings(BaseConfiguration):
     notify_sns_topic_arn: str | None = None
     notify_webhook_url: str | None = None
     metrics_namespace: str = "AuroraSnowflakeSync"
+    liveness_seconds: float = 60.0
+    """Follow mode reports RunSucceeded/LagSeconds this often while it makes progress (staleness alarm)."""
 
     __section__: ClassVar[str] = "runner"
 

@@ -90,6 +90,22 @@ def main(args: argparse.Namespace) -> ExitCode:
     return code
 
 
+def _liveness(pipeline: str, settings: RunnerSettings) -> Any:
+    """Follow mode never ends a run, so it reports success (and lag) once a minute while it makes progress:
+    the staleness alarm then means 'the follower is stuck or gone', as it does for scheduled runs."""
+    last = {"at": 0.0, "rows": 0}
+
+    def report(summary: Any) -> None:
+        if time.monotonic() - last["at"] < settings.liveness_seconds:
+            return
+        rows = summary.total_changes
+        metrics.emit(pipeline, {"RunSucceeded": 1, "LagSeconds": summary.lag_seconds,
+                                "RowsLoaded": rows - last["rows"]}, namespace=settings.metrics_namespace)
+        last.update(at=time.monotonic(), rows=rows)
+
+    return report
+
+
 def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, started: float) -> ExitCode:
     """Drain the slot up to now, or follow it until SIGTERM (ECS stop) and shut down after a clean flush."""
     from pipelines import cdc
@@ -107,7 +123,21 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
             with pipeline_lock(source_dsn(), args.pipeline):
                 pipeline = module.make_pipeline()
                 try:
-                    return cdc.run_cdc(pipeline, follow=args.follow, tables=args.tables, stop=stop)
+                    summary = cdc.run_cdc(pipeline, follow=args.follow, tables=args.tables, stop=stop,
+                                          dead_letter_url=settings.dead_letter_url,
+                                          on_progress=_liveness(args.pipeline, settings) if args.follow else None)
+                    if args.follow:
+                        # SIGTERM: also load what was committed before the signal but not streamed yet, so
+                        # a stopped follower leaves the destination current (a drain ends at the WAL end)
+                        final = cdc.run_cdc(pipeline, dead_letter_url=settings.dead_letter_url)
+                        for table, counts in final.changes.items():
+                            merged = summary.table(table)
+                            for kind in ("inserts", "updates", "deletes", "truncates"):
+                                setattr(merged, kind, getattr(merged, kind) + getattr(counts, kind))
+                        summary.batches += final.batches
+                        summary.end_lsn = final.end_lsn or summary.end_lsn
+                        summary.retained_wal_bytes = final.retained_wal_bytes
+                    return summary
                 except Exception as exc:
                     code, message = classify(exc)
                     history.record(pipeline, {**record, "outcome": "failed", "exit_code": int(code),
