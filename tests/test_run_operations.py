@@ -164,6 +164,7 @@ def test_status_reports_runs_positions_and_lag_from_the_destination(env: dict[st
     assert status["positions"]["app__items"]["last_value"]
     assert 0 <= status["lag_seconds"] < 120
     assert status["packages"] == {"pending": [], "failed_jobs": {}}
+    assert status["replication_slot"] is None  # CDC not set up
 
 
 def test_doctor_names_what_is_missing_and_how_to_fix_it(env: dict[str, str]) -> None:

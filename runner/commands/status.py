@@ -12,9 +12,12 @@ from dlt.pipeline.state_sync import load_pipeline_state_from_destination
 from rich.console import Console
 from rich.table import Table
 
+from sources.replication.lsn import format_lsn
+from sources.replication.slot import connect, object_name, slot_health
+
 from .. import history
 from ..exit_codes import ExitCode
-from .run import PIPELINES, load_pipeline_module
+from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
 def register(subparsers: Any) -> None:
@@ -45,10 +48,24 @@ def cursors(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for key in ("confirmed_lsn", "lsn"):
                 if key in resource_state:
                     positions.setdefault(resource, {})[key] = resource_state[key]
-        for key in ("confirmed_lsn", "slot_name", "replication"):
-            if key in source:
-                positions.setdefault("_replication", {})[key] = source[key]
+        cdc = source.get("cdc") or {}
+        if cdc.get("confirmed_lsn"):
+            positions["_cdc"] = {"cursor": f"slot {cdc.get('slot')}", "confirmed_at": cdc.get("confirmed_at"),
+                                 "confirmed_lsn": format_lsn(int(cdc["confirmed_lsn"]))}
     return positions
+
+
+def slot(pipeline_name: str) -> dict[str, Any] | None:
+    """The replication slot's retained WAL, read-only from the source (None when CDC is not set up)."""
+    try:
+        conn = connect(source_dsn(), statement_timeout_ms=10_000)
+    except Exception as exc:
+        return {"error": str(exc)}
+    try:
+        health = slot_health(conn, object_name(pipeline_name))
+        return health.as_fields() if health else None
+    finally:
+        conn.close()
 
 
 def packages(pipeline: dlt.Pipeline) -> dict[str, Any]:
@@ -80,6 +97,7 @@ def collect(pipeline_name: str) -> dict[str, Any]:
         "last_runs": runs[:10],
         "packages": packages(pipeline),
         "positions": cursors(_state(pipeline)),
+        "replication_slot": slot(pipeline_name),
     }
 
 
@@ -106,6 +124,11 @@ def main(args: argparse.Namespace) -> ExitCode:
         positions.add_row(table, str(pos.get("cursor", "lsn")), str(pos.get("last_value", pos.get("confirmed_lsn"))),
                           str(pos.get("late_commit_guard") or ""))
     console.print(positions)
+    if status["replication_slot"]:
+        health = status["replication_slot"]
+        console.print(f"Replication slot: {health.get('slot_name')} wal_status={health.get('wal_status')} "
+                      f"retained WAL={health.get('retained_wal_bytes')} bytes, pinned={health.get('pinned_wal_bytes')} "
+                      f"bytes {health.get('error', '')}")
     pkgs = status["packages"]
     console.print(f"Pending load packages: {len(pkgs['pending'])} {pkgs['pending'] or ''}")
     console.print(f"Packages with failed jobs: {len(pkgs['failed_jobs'])} {pkgs['failed_jobs'] or ''}")

@@ -54,3 +54,11 @@ def test_follow_reports_liveness_and_stops_cleanly_on_sigterm(tmp_path: Path, da
     source = pg_rows(database, "SELECT id, status FROM shop.orders ORDER BY id")
     dest = duck_rows(str(tmp_path / "replica.duckdb"), f"SELECT id, status FROM {DATASET}.shop__orders ORDER BY id")
     assert dest == source
+    status = subprocess.run([AURORA_SYNC, "--json-logs", "status", "--json"], env=env, cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert status.returncode == ExitCode.SUCCESS, status.stderr[-2000:]
+    report = json.loads(status.stdout)
+    assert report["positions"]["_cdc"]["confirmed_lsn"] == report["replication_slot"]["confirmed_flush_lsn"]
+    assert report["replication_slot"]["wal_status"] == "reserved"
+    assert 0 <= report["replication_slot"]["retained_wal_bytes"] < 1 << 20
+    assert report["last_runs"][0]["mode"] == "cdc-follow" and report["last_runs"][0]["outcome"] == "succeeded"
