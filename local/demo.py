@@ -94,6 +94,25 @@ def main() -> int:
             f"SELECT count(*) FROM {DATASET}.customers__customers WHERE full_name LIKE '%(updated)'").fetchone()
         console.print(f"Updated customers visible in DuckDB: {updated} (expected 250)")
         ok = ok and updated == 250
+
+        console.print("\n[bold]Change data capture[/bold]: a publication and a replication slot, then deletes "
+                      "(which no updated_at cursor can see) stream from the WAL")
+        aurora_sync(env, "setup", "--pipeline", "customers_orders")
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("""
+                DELETE FROM orders.order_items WHERE order_id IN (SELECT id FROM orders.orders WHERE id <= 10);
+                DELETE FROM orders.orders WHERE id <= 10;
+                UPDATE customers.customers SET country = 'NL' WHERE id = 1;
+            """)
+        conn.close()
+        console.print("Deleted orders 1-10 (and their items) and updated customer 1 in the source ...")
+        aurora_sync(env, "run", "--pipeline", "customers_orders", "--mode", "cdc")
+        ok = compare(dsn, "After the CDC run (deletes included)") and ok
+        (left,) = duckdb.connect(str(DUCKDB_FILE), read_only=True).execute(
+            f"SELECT count(*) FROM {DATASET}.orders__orders WHERE id <= 10").fetchone()
+        console.print(f"Deleted orders still in DuckDB: {left} (expected 0)")
+        ok = ok and left == 0
+        aurora_sync(env, "teardown", "--pipeline", "customers_orders", "--yes")
     console.print(f"PostgreSQL stopped. The replica is in {DUCKDB_FILE.name}: "
                   f"duckdb {DUCKDB_FILE.name} -c 'SHOW ALL TABLES'")
     if not ok:
