@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg2
@@ -27,10 +28,10 @@ def pg() -> Iterator[LocalPostgres]:
         server.cleanup()
 
 
-@pytest.fixture()
-def database(pg: LocalPostgres) -> Iterator[str]:
-    """A fresh, empty database; yields its DSN."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def fresh_database(pg: LocalPostgres, prefix: str = "t") -> Iterator[str]:
+    """A new, empty database on the session cluster, dropped afterwards; yields its DSN."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(pg.url())
     admin.autocommit = True
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
@@ -39,6 +40,13 @@ def database(pg: LocalPostgres) -> Iterator[str]:
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture()
+def database(pg: LocalPostgres) -> Iterator[str]:
+    """A fresh, empty database for the test; yields its DSN."""
+    with fresh_database(pg) as dsn:
+        yield dsn
 
 
 @pytest.fixture()

@@ -4,7 +4,6 @@ rebuild matches the source as it was then (values, not counts)."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import dlt
 import duckdb
-import psycopg2
 import pyarrow as pa
 import pytest
 
@@ -24,7 +22,7 @@ from pipelines.destinations import archive_filesystem
 from runner import cli
 from runner.commands import restore as restore_command
 from runner.restore import RestoreError, restore
-from tests.conftest import execute
+from tests.conftest import execute, fresh_database
 from tests.helpers import pg_rows
 from tests.snowflake.conftest import Bucket, bootstrap
 
@@ -37,15 +35,8 @@ CUSTOMERS = "id, email, full_name, country, preferences, created_at, updated_at"
 @pytest.fixture()
 def target_db(pg: LocalPostgres) -> Iterator[str]:
     """An empty PostgreSQL database to restore into (the disaster-recovery target)."""
-    name = f"restore_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(pg.url())
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg.url(database=name)
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_database(pg, "restore") as dsn:
+        yield dsn
 
 
 def aurora_sync(*args: str) -> int:
