@@ -20,6 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 FAILPOINT_ENV = "AURORA_SYNC_FAILPOINT"
 FAILPOINTS = ("extract_start", "extract_mid", "normalize_start", "normalize_mid", "load_start", "load_mid",
               "after_load")
+CDC_FAILPOINTS = ("after_load_before_ack",)  # pipelines/cdc.py: a batch is loaded, its LSN not yet confirmed
 
 
 def crash_at(point: str) -> None:
@@ -30,8 +31,8 @@ def crash_at(point: str) -> None:
 
 class Failpoints(Collector):
     def __init__(self, point: str) -> None:
-        if point not in FAILPOINTS:
-            raise ValueError(f"{FAILPOINT_ENV}={point!r}; known: {', '.join(FAILPOINTS)}")
+        if point not in FAILPOINTS + CDC_FAILPOINTS:
+            raise ValueError(f"{FAILPOINT_ENV}={point!r}; known: {', '.join(FAILPOINTS + CDC_FAILPOINTS)}")
         self.point = point
         self.step = ""
 
