@@ -106,6 +106,10 @@ def _liveness(pipeline: str, settings: RunnerSettings) -> Any:
     return report
 
 
+def _changes(summary: Any) -> dict[str, int]:
+    return {t: c.inserts + c.updates + c.deletes + c.truncates for t, c in summary.changes.items()}
+
+
 def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, started: float) -> ExitCode:
     """Drain the slot up to now, or follow it until SIGTERM (ECS stop) and shut down after a clean flush."""
     from pipelines import cdc
@@ -137,6 +141,10 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
                         summary.batches += final.batches
                         summary.end_lsn = final.end_lsn or summary.end_lsn
                         summary.retained_wal_bytes = final.retained_wal_bytes
+                    # recorded under the lock, like every other write to the pipeline's state
+                    history.record(pipeline, {**record, "outcome": "succeeded", "exit_code": 0, "error": None,
+                                              "rows": _changes(summary),
+                                              "duration_s": round(time.monotonic() - started, 3)})
                     return summary
                 except Exception as exc:
                     code, message = classify(exc)
@@ -149,7 +157,7 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    changes = {t: c.inserts + c.updates + c.deletes + c.truncates for t, c in summary.changes.items()}
+    changes = _changes(summary)
     for table, count in sorted(changes.items()):
         metrics.emit(args.pipeline, {"RowsExtracted": count, "RowsLoaded": count}, table=table,
                      namespace=settings.metrics_namespace)
@@ -157,8 +165,6 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
         "RunDurationSeconds": round(time.monotonic() - started, 3), "LagSeconds": summary.lag_seconds,
         "SlotRetainedWalBytes": summary.retained_wal_bytes, "DeadLetters": summary.dead_lettered,
         "RowsLoaded": sum(changes.values()), "RunSucceeded": 1}, namespace=settings.metrics_namespace)
-    history.record(module.make_pipeline(), {**record, "outcome": "succeeded", "exit_code": 0, "error": None,
-                                            "rows": changes, "duration_s": round(time.monotonic() - started, 3)})
     logs.event("run succeeded", phase="run", rows=sum(changes.values()), outcome="succeeded",
                **{k: v for k, v in summary.as_fields().items() if k in (
                    "batches", "start_lsn", "end_lsn", "retained_wal_bytes", "lag_seconds", "stopped_by")})
