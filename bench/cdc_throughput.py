@@ -24,22 +24,12 @@ from pathlib import Path
 
 import psycopg2
 
-from local.postgres import LocalPostgres
+from bench.snapshot_vs_copy import DDL as SNAPSHOT_DDL
+from local.postgres import LocalPostgres, execute
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "bench_cdc"
-DDL = """
-CREATE SCHEMA bench;
-CREATE TABLE bench.orders (
-    id          bigint PRIMARY KEY,
-    customer_id bigint NOT NULL,
-    status      text NOT NULL,
-    total       numeric(12, 2) NOT NULL,
-    note        text,
-    attributes  jsonb,
-    placed_at   timestamptz NOT NULL,
-    updated_at  timestamptz NOT NULL
-);
+DDL = SNAPSHOT_DDL + """
 INSERT INTO bench.orders SELECT g, g % 5000, 'new', g / 100.0, 'seed', NULL, now(), now()
 FROM generate_series(1, 10000) g;
 """
@@ -75,15 +65,6 @@ def run_child(mode: str, env: dict[str, str]) -> dict[str, float]:
     if out.returncode:
         raise SystemExit(f"{mode} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def execute(dsn: str, *statements: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    conn.close()
 
 
 def main() -> None:

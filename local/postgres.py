@@ -58,6 +58,18 @@ def find_bindir() -> Path:
     )
 
 
+def execute(dsn: str, *statements: str) -> None:
+    """Run statements in autocommit (test and bench setup against the throwaway cluster)."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    conn.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

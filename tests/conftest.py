@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from local.postgres import LocalPostgres, PostgresNotAvailable
+from local.postgres import LocalPostgres, PostgresNotAvailable, execute  # noqa: F401 - re-exported for tests
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,15 +65,6 @@ def dlt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str) -> d
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(PROJECT_ROOT)
     return env
-
-
-def execute(dsn: str, *statements: str) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-    conn.close()
 
 
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:

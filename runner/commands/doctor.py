@@ -19,6 +19,7 @@ from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import make_engine
 
 from ..exit_codes import ExitCode
+from ..verify import load_source_settings
 from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
@@ -41,7 +42,7 @@ def _setting(conn: sa.Connection, name: str) -> str | None:
     return conn.execute(sa.text("SELECT current_setting(:n, true)"), {"n": name}).scalar()
 
 
-def source_checks(dsn: str) -> list[Check]:
+def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
     checks: list[Check] = []
     engine = make_engine(dsn, statement_timeout_ms=30_000)
     try:
@@ -78,11 +79,11 @@ def source_checks(dsn: str) -> list[Check]:
                                 "granted" if stats else "missing",
                                 "" if stats else "the late-commit guard cannot see other sessions' open "
                                 "transactions: GRANT pg_monitor TO <user> (only the lookback window protects now)"))
-        schemas = dlt.config.get("sources.postgres.schemas", list) or []
-        overrides = dlt.config.get("sources.postgres.tables", dict) or {}
-        specs = discover_tables(engine, schemas, dlt.config.get("sources.postgres.include", list) or ["*"],
-                                dlt.config.get("sources.postgres.exclude", list) or [],
-                                dlt.config.get("sources.postgres.cursor_column", str) or "updated_at", overrides)
+        # resolved exactly as the source resolves them (pipeline-prefixed keys, env vars, Vault)
+        settings = load_source_settings(pipeline_name)
+        schemas = settings.schemas
+        specs = discover_tables(engine, schemas, settings.include, settings.exclude, settings.cursor_column,
+                                settings.overrides)
         checks.append(Check("source: tables and keys", "ok", f"{len(specs)} table(s) in {', '.join(schemas)}, "
                             "each with a primary key"))
         with engine.connect() as conn:
@@ -181,7 +182,7 @@ def snowflake_stage_check(pipeline: dlt.Pipeline) -> list[Check]:
 def run_checks(pipeline_name: str, extra: list[Callable[[], list[Check]]] | None = None) -> list[Check]:
     checks: list[Check] = []
     try:
-        checks += source_checks(source_dsn())
+        checks += source_checks(source_dsn(), pipeline_name)
     except Exception as exc:
         checks.append(Check("source: configuration", "fail", str(exc), "set sources.postgres.credentials"))
     pipeline = load_pipeline_module(pipeline_name).make_pipeline()
