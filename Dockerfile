@@ -18,6 +18,7 @@ ENV PATH="/opt/venv/bin:${PATH}"
 COPY pyproject.toml README.md constraints.txt ./
 COPY sources/ sources/
 COPY pipelines/ pipelines/
+COPY replica/ replica/
 COPY runner/ runner/
 # Every dependency ships a wheel (psycopg2-binary, pyarrow, duckdb...), so no compiler is needed even here.
 RUN pip install --no-cache-dir -c constraints.txt . \

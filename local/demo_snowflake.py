@@ -101,7 +101,7 @@ def main() -> int:
         seed(dsn, customers=2_000, orders=10_000)
         os.environ.update(environment(dsn, s3, bucket, s3.create_kms_key(), fake, work))
 
-        from runner.snowflake_bootstrap import execute, generate, select, settings_from_config
+        from replica.snowflake_bootstrap import execute, generate, select, settings_from_config
 
         statements = generate(settings_from_config())
         console.print(f"snowflake-bootstrap: {len(statements)} statements; fakesnow runs the database, schema, "
@@ -138,7 +138,7 @@ def main() -> int:
                            "[green]yes[/green]" if match else "[red]NO[/red]")
         console.print(report)
 
-        from runner.restore import restore
+        from replica.restore import restore
 
         restored = restore("orders.orders", f"duckdb:///{work / 'restored.duckdb'}", f"s3://{bucket}",
                            "customers_orders")

@@ -19,9 +19,9 @@ import pytest
 from local.postgres import free_port
 from local.seed import seed
 from pipelines import customers_orders
+from replica.verify import canonical, canonical_json, row_hash
 from runner import cli
 from runner.exit_codes import ExitCode
-from runner.verify import canonical, canonical_json, row_hash
 from tests.conftest import PROJECT_ROOT, execute, subprocess_env
 from tests.helpers import DATASET
 from tests.snowflake.conftest import (  # noqa: F401  (fixtures of the Snowflake stand-ins)

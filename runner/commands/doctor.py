@@ -14,12 +14,12 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
+from replica.verify import load_source_settings
 from sources.postgres.catalog import discover_tables
 from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import make_engine
 
 from ..exit_codes import ExitCode
-from ..verify import load_source_settings
 from .run import PIPELINES, load_pipeline_module, source_dsn
 
 

@@ -1,4 +1,4 @@
-"""`aurora-sync restore`: rebuild one table as of a point in time from the S3 archive (see runner.restore)."""
+"""`aurora-sync restore`: rebuild one table as of a point in time from the S3 archive (see replica.restore)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 import dlt
 
+from replica.restore import RestoreError, parse_as_of, restore
+
 from .. import logs
 from ..errors import RunnerError
 from ..exit_codes import ExitCode
-from ..restore import RestoreError, parse_as_of, restore
 
 
 def register(subparsers: Any) -> None:

@@ -6,10 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .. import logs
-from ..errors import RunnerError
-from ..exit_codes import ExitCode
-from ..snowflake_bootstrap import (
+from replica.snowflake_bootstrap import (
     KINDS,
     BootstrapConfigError,
     execute,
@@ -19,6 +16,10 @@ from ..snowflake_bootstrap import (
     settings_from_config,
     terraform_outputs,
 )
+
+from .. import logs
+from ..errors import RunnerError
+from ..exit_codes import ExitCode
 
 
 def register(subparsers: Any) -> None:

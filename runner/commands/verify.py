@@ -1,6 +1,6 @@
 """`aurora-sync verify`: is the replica complete and current? One table per line, exit 4 on drift.
 
-The reconciliation itself is in `runner.verify`; this module parses options and prints the answer,
+The reconciliation itself is in `replica.verify`; this module parses options and prints the answer,
 as a rich table for people or as JSON (`--json`) for alarms and scripts. Logs go to stderr, the answer
 to stdout, so `--json` output can be piped as is.
 """
@@ -15,9 +15,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from replica.verify import TableReport, VerifyOptions, VerifyReport, verify
+
 from .. import logs
 from ..exit_codes import ExitCode
-from ..verify import TableReport, VerifyOptions, VerifyReport, verify
 from .run import PIPELINES, load_pipeline_module
 
 STATUS_STYLE = {"ok": "green", "drift": "bold red", "error": "bold yellow"}
@@ -105,7 +106,7 @@ def main(args: argparse.Namespace) -> ExitCode:
     else:
         console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
         render(report, console)
-    code = report.exit_code
+    code = {"ok": ExitCode.SUCCESS, "drift": ExitCode.DRIFT_FOUND, "error": ExitCode.FAILURE}[report.outcome]
     summary = report.as_json()["summary"]
     logs.event("verify finished", phase="verify", outcome={0: "in_sync", 4: "drift"}.get(int(code), "failed"),
                exit_code=int(code), **summary)

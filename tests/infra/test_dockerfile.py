@@ -129,7 +129,7 @@ def test_installs_with_constraints_and_ships_dlt_config() -> None:
     build_runs = " ".join(r for s in stages[:-1] for r in s.all("RUN"))
     assert re.search(r"pip install\b.*-c constraints\.txt\s+\.", build_runs), "use `pip install -c constraints.txt .`"
     build_copies = " ".join(c for s in stages[:-1] for c in s.all("COPY"))
-    for package in ("sources/", "pipelines/", "runner/", "constraints.txt", "pyproject.toml"):
+    for package in ("sources/", "pipelines/", "replica/", "runner/", "constraints.txt", "pyproject.toml"):
         assert package in build_copies, f"{package} is not copied into the build stage"
     runtime = stages[-1]
     assert runtime.all("WORKDIR"), "the runtime stage needs a WORKDIR (dlt reads ./.dlt from it)"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from local.fakesnow_adapter import FakeSnowflake
-from runner.snowflake_bootstrap import (
+from replica.snowflake_bootstrap import (
     BootstrapConfigError,
     BootstrapSettings,
     generate,

@@ -19,9 +19,9 @@ from local.postgres import LocalPostgres
 from local.seed import seed
 from pipelines import customers_orders
 from pipelines.destinations import archive_filesystem
+from replica.restore import RestoreError, restore
 from runner import cli
 from runner.commands import restore as restore_command
-from runner.restore import RestoreError, restore
 from tests.conftest import execute, fresh_database
 from tests.helpers import pg_rows
 from tests.snowflake.conftest import Bucket, bootstrap

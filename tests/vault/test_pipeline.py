@@ -87,8 +87,10 @@ def test_lease_and_token_are_renewed_during_a_run_longer_than_their_ttl(
             assert session.leases.get(CREDS_PATH) is lease, "renewed in place: the same credentials throughout"
             assert lease.renewals >= 2 and session.leases.stats.refetches == 0
             assert session.leases.stats.token_renewals >= 1
+            # Vault answers a lookup only for a live lease; its whole-second `ttl` may read 0 just before the
+            # next renewal when the machine is loaded, so liveness is the lookup itself succeeding
             looked_up = root.adapter.put("/v1/sys/leases/lookup", json={"lease_id": lease.lease_id})["data"]
-            assert looked_up["ttl"] > 0 and looked_up["renewable"]
+            assert looked_up["ttl"] >= 0 and looked_up["renewable"]
             user = lease.data["username"]
             assert pg_role_exists(vault_db.dsn, user)
         assert not pg_role_exists(vault_db.dsn, user)

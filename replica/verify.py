@@ -79,8 +79,6 @@ from sources.postgres.errors import SourceConfigError, describe_url, explain_con
 from sources.postgres.session import make_engine
 from sources.postgres.type_mapping import adapt_sqlalchemy_type, plan_column
 
-from .exit_codes import ExitCode
-
 # the source function's config sections: `sources.postgres.<key>` (and `sources.postgres.postgres_replica.<key>`)
 SOURCE_SECTIONS = ("sources", "postgres", "postgres_replica")
 SOURCE_SCHEMA_NAME = "postgres_replica"
@@ -542,17 +540,17 @@ class VerifyReport:
     tables: list[TableReport]
 
     @property
-    def exit_code(self) -> ExitCode:
+    def outcome(self) -> Literal["ok", "drift", "error"]:
         """Drift wins over errors: it is the actionable answer; an error alone means 'could not tell'."""
         statuses = {t.status for t in self.tables}
         if "drift" in statuses:
-            return ExitCode.DRIFT_FOUND
-        return ExitCode.FAILURE if "error" in statuses else ExitCode.SUCCESS
+            return "drift"
+        return "error" if "error" in statuses else "ok"
 
     def as_json(self) -> dict[str, Any]:
         statuses = [t.status for t in self.tables]
         return {
-            "ok": self.exit_code == ExitCode.SUCCESS, "pipeline": self.pipeline, "dataset": self.dataset,
+            "ok": self.outcome == "ok", "pipeline": self.pipeline, "dataset": self.dataset,
             "checksum": self.checksum,
             "summary": {"tables": len(self.tables), "in_sync": statuses.count("ok"),
                         "drift": statuses.count("drift"), "errors": statuses.count("error")},
