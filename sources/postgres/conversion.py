@@ -1,9 +1,11 @@
-"""Parsed CSV strings → exact Arrow types, isolating the rows that cannot be represented.
+"""Parsed CSV strings → exact Arrow types, without ever failing a batch on a value.
 
-Only values PostgreSQL can hold but Arrow/destinations cannot (a numeric wider than DECIMAL(38,s),
-`infinity` timestamps, BC dates) fail to convert. Those columns are parsed as strings and cast here,
-so one bad value sends its row to the dead-letter sink instead of failing the whole table; the rest
-of the batch goes on.
+Columns whose type has a narrower range in Arrow and the destinations than in PostgreSQL (decimals,
+dates, timestamps, times) are parsed as strings and cast here, vectorised. A value the type cannot
+hold (`infinity`, a BC date, year 10000, `24:00:00`, `NaN` in a `numeric(p,s)`) becomes NULL in the
+typed column and keeps PostgreSQL's text in the sibling column `<column>__pg_text`, so nothing is lost
+and nothing is rejected. Only a column with a configured `data_type` override rejects such a value:
+its row goes to the dead-letter sink, the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ import pyarrow.compute as pc
 
 from .type_mapping import ColumnPlan, decode_hex_column
 
+# PostgreSQL text forms no destination type of the column's kind can hold. Anything else that fails to
+# cast is found by the per-value fallback, so these patterns are a fast path, not the definition.
+_OUT_OF_RANGE = {
+    "decimal": r"^(?:NaN|-?Infinity)$",
+    "temporal": r"^-?infinity$|^\d{5,}-| BC$",  # date, timestamp, timestamptz
+    "time": r"^24:",
+}
+
 
 @dataclass(frozen=True)
 class RejectedRow:
@@ -25,47 +35,110 @@ class RejectedRow:
     values: dict[str, Any]  # the row as PostgreSQL printed it
 
 
-def needs_checked_cast(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_decimal(arrow_type) or pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type)
+def _kind(plan: ColumnPlan) -> str | None:
+    t = plan.arrow_type
+    if pa.types.is_decimal(t):
+        return "decimal"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "temporal"
+    if pa.types.is_time(t):
+        return "time"
+    return None
+
+
+def is_checked(plan: ColumnPlan) -> bool:
+    return _kind(plan) is not None or (plan.override is not None and not pa.types.is_string(plan.arrow_type))
 
 
 def csv_parse_type(plan: ColumnPlan) -> pa.DataType:
     """What Arrow's CSV reader produces for the column (strings for the checked casts)."""
-    return pa.string() if needs_checked_cast(plan.arrow_type) else plan.arrow_type
+    return pa.string() if is_checked(plan) else plan.arrow_type
 
 
-def _failing_rows(column: pa.Array, target: pa.DataType) -> dict[int, str]:
+def _cast(strings: pa.Array, target: pa.DataType) -> pa.Array:
+    if pa.types.is_time(target):  # Arrow has no string → time cast; a timestamp on 1970-01-01 has one
+        stamped = pc.binary_join_element_wise(pa.scalar("1970-01-01 "), strings, "")
+        return pc.cast(pc.cast(stamped, pa.timestamp("us")), target)
+    return pc.cast(strings, target)
+
+
+def _cast_each(strings: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[int, str]]:
+    """The slow path, only for a batch whose vectorised cast failed: which values do not fit, and why."""
+    values: list[Any] = []
     failures: dict[int, str] = {}
-    for index, value in enumerate(column.to_pylist()):
+    for index, text in enumerate(strings.to_pylist()):
+        if text is None:
+            values.append(None)
+            continue
         try:
-            pc.cast(pa.array([value], pa.string()), target)
+            values.append(_cast(pa.array([text], pa.string()), target)[0].as_py())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            failures[index] = f"cannot convert {value!r} to {target}: {exc}"
-    return failures
+            values.append(None)
+            failures[index] = str(exc)
+    return pa.array(values, target), failures
+
+
+def convert_column(strings: pa.Array, plan: ColumnPlan) -> tuple[pa.Array, dict[int, str]]:
+    """Typed values, and the rows (index → reason) whose value the type cannot hold (left NULL)."""
+    kind = _kind(plan)
+    failures: dict[int, str] = {}
+    candidates = strings
+    if kind is not None and strings.null_count < len(strings):
+        outside = pc.fill_null(pc.match_substring_regex(strings, _OUT_OF_RANGE[kind]), False)
+        if pc.any(outside).as_py():
+            for index in pc.indices_nonzero(outside).to_pylist():
+                failures[index] = f"outside the range of {plan.arrow_type}"
+            candidates = pc.if_else(outside, pa.scalar(None, pa.string()), strings)
+    try:
+        values = _cast(candidates, plan.arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values, more = _cast_each(candidates, plan.arrow_type)
+        failures.update(more)
+    return values, failures
 
 
 def convert_batch(
-    batch: pa.RecordBatch, plans: list[ColumnPlan], schema: pa.Schema
+    batch: pa.RecordBatch, plans: list[ColumnPlan], not_null: frozenset[str] = frozenset()
 ) -> tuple[pa.Table, list[RejectedRow]]:
     table = pa.Table.from_batches([batch])
     rejected: dict[int, tuple[str, str]] = {}
-    checked = [p for p in plans if needs_checked_cast(p.arrow_type)]
-    for plan in checked:
-        try:
-            pc.cast(table[plan.name], plan.arrow_type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            for index, reason in _failing_rows(table[plan.name].combine_chunks(), plan.arrow_type).items():
-                rejected.setdefault(index, (plan.name, reason))
+    typed: dict[str, pa.Array] = {}
+    texts: dict[str, pa.Array] = {}
+    for plan in plans:
+        if not is_checked(plan):
+            continue
+        strings = table[plan.name].combine_chunks()
+        values, failures = convert_column(strings, plan)
+        typed[plan.name] = values
+        if not failures:
+            continue
+        if plan.override is not None:
+            for index, reason in failures.items():
+                rejected.setdefault(index, (plan.name, (
+                    f"{strings[index].as_py()!r} does not fit the configured data_type {plan.override!r} of "
+                    f"column {plan.name!r} ({reason}); widen the override or remove it (the default keeps it)")))
+        else:
+            mask = pa.array([i in failures for i in range(len(strings))], pa.bool_())
+            texts[plan.name] = pc.if_else(mask, strings, pa.scalar(None, pa.string()))
+    fields, columns = [], []
+    for plan in plans:
+        field = pa.field(plan.name, pa.binary() if plan.decode_hex else plan.arrow_type,
+                         nullable=plan.name not in not_null)
+        if plan.decode_hex:
+            column: Any = decode_hex_column(table[plan.name])
+        else:
+            column = typed.get(plan.name, table[plan.name])
+        fields.append(field)
+        columns.append(column)
+        if plan.name in texts:
+            fields.append(pa.field(plan.text_column, pa.string(), nullable=True))
+            columns.append(texts[plan.name])
+    out = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, fields, strict=True)],
+                               schema=pa.schema(fields))
     rows: list[RejectedRow] = []
     if rejected:
-        raw = table.take(pa.array(sorted(rejected))).to_pylist()
-        rows = [RejectedRow(i, rejected[i][0], rejected[i][1], r) for i, r in zip(sorted(rejected), raw, strict=True)]
-        keep = pa.array([i not in rejected for i in range(table.num_rows)])
-        table = table.filter(keep)
-    for plan in plans:
-        index = table.column_names.index(plan.name)
-        if plan.decode_hex:
-            table = table.set_column(index, pa.field(plan.name, pa.binary()), decode_hex_column(table[plan.name]))
-        elif plan in checked:
-            table = table.set_column(index, plan.name, pc.cast(table[plan.name], plan.arrow_type))
-    return table.cast(schema), rows
+        order = sorted(rejected)
+        raw = table.take(pa.array(order)).to_pylist()
+        rows = [RejectedRow(i, rejected[i][0], rejected[i][1], r) for i, r in zip(order, raw, strict=True)]
+        out = out.filter(pa.array([i not in rejected for i in range(table.num_rows)]))
+    return out, rows

@@ -32,6 +32,7 @@ from .late_commits import effective_start, oldest_open_transaction
 from .type_mapping import ColumnPlan, plan_column
 
 GUARD_STATE_KEY = "late_commit_guard"
+SHAPE_STATE_KEY = "shape"
 
 
 class CopyTableLoader(BaseTableLoader):
@@ -39,9 +40,12 @@ class CopyTableLoader(BaseTableLoader):
 
     def load_rows(self, backend_kwargs: dict[str, Any] | None = None) -> Iterator[pa.Table]:
         options = dict(backend_kwargs or {})
+        # the columns as of this read, committed with its package: the next run compares (see `shapes`)
+        dlt.current.resource_state()[SHAPE_STATE_KEY] = options.get("shape") or []
         if self.incremental is not None:
             self._apply_late_commit_guard(options)
-        plans = [plan_column(c) for c in self.table.columns]
+        overrides: dict[str, str] = dict(options.get("column_types") or {})
+        plans = [plan_column(c, overrides.get(c.name)) for c in self.table.columns]
         query = self._make_query().with_only_columns(
             *(sa.literal_column(p.select_sql).label(p.name) for p in plans), maintain_column_froms=True
         ).select_from(self.table)
@@ -90,7 +94,7 @@ class CopyTableLoader(BaseTableLoader):
     def _copy_to_arrow(
         self, select_sql: str, plans: list[ColumnPlan], block_size: int
     ) -> Iterator[tuple[pa.Table, list[RejectedRow]]]:
-        not_null = frozenset(c.name for c in self.table.columns if c.nullable is False)
+        not_null = frozenset(c.name for c in self.table.columns if c.nullable is False)  # the key (see source)
         yield from copy_to_arrow(
             self.engine.raw_connection(), select_sql, plans, block_size, not_null, name=self.table.name
         )
@@ -126,9 +130,8 @@ def csv_to_arrow(
             false_values=["f"],
         ),
     )
-    schema = arrow_schema(plans, not_null)
     for batch in reader:
-        yield convert_batch(batch, plans, schema)
+        yield convert_batch(batch, plans, not_null)
 
 
 def copy_to_arrow(
@@ -163,8 +166,8 @@ def copy_to_arrow(
         yield from csv_to_arrow(source, plans, block_size, not_null)
     except pa.ArrowInvalid as exc:
         producer.join()  # the producer records its error only after it closed the pipe
-        if failure:
-            raise failure[0] from exc
+        if failure:  # the server's error (permission, timeout, ...) is the story; the parser just saw no input
+            raise failure[0] from None
         if "Empty CSV file" in str(exc):
             return  # no rows matched
         raise

@@ -1,13 +1,19 @@
 """How each PostgreSQL column travels: the SQL expression COPY emits, the Arrow type it parses into,
 and the dlt type hint that decides the destination column. See docs/type-mapping.md.
 
-Every value is carried exactly or mapped to a documented lossless representation (text or JSON);
-a value that cannot be represented (for example a numeric wider than DECIMAL(38, s)) fails the run
-loudly in the Arrow conversion instead of being rounded.
+Lossless by default. Every value PostgreSQL can store lands either exactly in a typed destination
+column, or, when the destination type cannot hold it (`infinity` and BC dates, years past 9999,
+`time '24:00:00'`, `NaN` in a `numeric(p,s)`), as NULL in the typed column plus PostgreSQL's own text
+in a sibling column `<column>__pg_text` that exists only once such a value arrived. Types with no
+exact destination form at all (unconstrained `numeric`, `interval`, `timetz`, ...) travel as text.
+
+A column override in config (`[sources.postgres.tables."s.t".columns.c] data_type = "decimal(20,6)"`)
+asks for a typed column instead: a value that does not fit it is then dead-lettered, never rounded.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +22,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.sql import sqltypes
 
-# Destinations (DuckDB, Snowflake) cap DECIMAL at 38 digits; dlt's default for an unconstrained
-# numeric is DECIMAL(38, 9).
+from .errors import SourceConfigError
+
+# Destinations (DuckDB, Snowflake) cap DECIMAL at 38 digits.
 MAX_DECIMAL_PRECISION = 38
-DEFAULT_DECIMAL = (38, 9)
+# The sibling column of a typed column that holds the values its type cannot (PostgreSQL's text).
+TEXT_SUFFIX = "__pg_text"
 
 
 @dataclass(frozen=True)
@@ -30,13 +38,54 @@ class ColumnPlan:
     select_sql: str  # expression inside COPY (SELECT ...)
     arrow_type: pa.DataType  # type the CSV parser produces
     decode_hex: bool = False  # bytea arrives hex encoded; decoded after parsing
+    override: str | None = None  # a configured data_type: values that do not fit are dead-lettered
+
+    @property
+    def text_column(self) -> str:
+        return self.name + TEXT_SUFFIX
+
+
+def decimal_shape(precision: int | None, scale: int | None) -> tuple[int, int] | None:
+    """`numeric(p,s)` as a destination DECIMAL(p', s') that holds every value of it, or None (text).
+
+    Unconstrained `numeric` has no bound on scale or digits (`1e-20`, `2/7`, 1000 digits): only text keeps
+    it exact. PostgreSQL 15 also allows a negative scale (rounds to tens) and a scale above the precision.
+    """
+    if precision is None:
+        return None
+    scale = scale or 0
+    if scale < 0:
+        precision, scale = precision - scale, 0
+    elif scale > precision:
+        precision = scale
+    return (precision, scale) if precision <= MAX_DECIMAL_PRECISION else None
+
+
+_OVERRIDES: dict[str, Any] = {
+    "text": sa.Text, "bigint": sa.BigInteger, "double": sa.Float, "date": sa.Date, "timestamp": sa.DateTime,
+    "timestamptz": lambda: sa.DateTime(timezone=True),
+}
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+
+
+def override_type(data_type: str, where: str) -> Any:
+    """The SQLAlchemy type a configured `data_type` stands for."""
+    text = str(data_type).strip().lower()
+    if text in _OVERRIDES:
+        return _OVERRIDES[text]()
+    match = _DECIMAL.match(text)
+    if match and 0 <= int(match[2]) <= int(match[1]) <= MAX_DECIMAL_PRECISION and int(match[1]) > 0:
+        return sa.Numeric(int(match[1]), int(match[2]))
+    raise SourceConfigError(
+        f"{where}: data_type = {data_type!r} is not supported; use one of {', '.join(_OVERRIDES)} or "
+        f"decimal(p,s) with 0 <= s <= p <= {MAX_DECIMAL_PRECISION}.")
 
 
 def adapt_sqlalchemy_type(sql_type: Any) -> Any:
     """dlt `type_adapter_callback`: make dlt's hints match what the COPY path emits.
 
     dlt maps unknown PostgreSQL types (interval, inet, enum, money, ...) to nothing; we carry them
-    as text so their values survive unchanged. Numerics wider than a destination DECIMAL go as text.
+    as text so their values survive unchanged. Numerics no destination DECIMAL can hold go as text.
     """
     if isinstance(sql_type, (pg.INTERVAL, pg.INET, pg.CIDR, pg.MACADDR, pg.MONEY, pg.TSVECTOR, pg.BIT)):
         return sa.Text()
@@ -44,25 +93,25 @@ def adapt_sqlalchemy_type(sql_type: Any) -> Any:
         return sa.Text()
     if isinstance(sql_type, sqltypes.Time) and sql_type.timezone:
         return sa.Text()  # `time with time zone` has no destination type: keep PostgreSQL's text
-    if (
-        isinstance(sql_type, sqltypes.Numeric)
-        and not isinstance(sql_type, sqltypes.Float)
-        and sql_type.precision is not None
-        and sql_type.precision > MAX_DECIMAL_PRECISION
-    ):
-        return sa.Text()
+    if isinstance(sql_type, sqltypes.Numeric) and not isinstance(sql_type, sqltypes.Float) and (
+            sql_type.asdecimal is not False):
+        shape = decimal_shape(sql_type.precision, sql_type.scale)
+        if shape is None:
+            return sa.Text()
+        if shape != (sql_type.precision, sql_type.scale or 0):
+            return sa.Numeric(*shape)
     if isinstance(sql_type, sqltypes.NullType):
         return sa.Text()
     return sql_type
 
 
-def plan_column(column: sa.Column[Any]) -> ColumnPlan:
-    """Choose the COPY expression and Arrow type for one reflected column."""
+def plan_column(column: sa.Column[Any], override: str | None = None) -> ColumnPlan:
+    """Choose the COPY expression and Arrow type for one reflected column (its type already overridden)."""
     quoted = '"' + column.name.replace('"', '""') + '"'
     t = adapt_sqlalchemy_type(column.type)
 
     def plan(arrow_type: pa.DataType, select_sql: str = quoted, decode_hex: bool = False) -> ColumnPlan:
-        return ColumnPlan(column.name, select_sql, arrow_type, decode_hex)
+        return ColumnPlan(column.name, select_sql, arrow_type, decode_hex, override)
 
     if isinstance(t, sqltypes.Boolean):
         return plan(pa.bool_())
@@ -71,8 +120,7 @@ def plan_column(column: sa.Column[Any]) -> ColumnPlan:
     if isinstance(t, sqltypes.Float) or (isinstance(t, sqltypes.Numeric) and t.asdecimal is False):
         return plan(pa.float64())
     if isinstance(t, sqltypes.Numeric):
-        precision, scale = (t.precision, t.scale or 0) if t.precision is not None else DEFAULT_DECIMAL
-        return plan(pa.decimal128(precision, scale))
+        return plan(pa.decimal128(t.precision, t.scale or 0))
     if isinstance(t, sqltypes.DateTime):
         return plan(pa.timestamp("us", tz="UTC" if t.timezone else None))
     if isinstance(t, sqltypes.Date):
