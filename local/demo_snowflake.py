@@ -119,7 +119,7 @@ def main() -> int:
 
         started = time.monotonic()
         info = customers_orders.run(pipelines_dir=str(work / "pipelines"))
-        info.raise_on_failed_jobs()
+        info.raise_on_failures()
         console.print(f"customers_orders loaded through s3://{bucket} in {time.monotonic() - started:.1f} s")
 
         keys = [o["Key"] for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)

@@ -25,12 +25,15 @@ import dlt
 import psycopg2
 import pyarrow as pa
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
+from dlt.pipeline.exceptions import PipelineStepFailed
 
+from pipelines.isolation import FAILED_TABLES_KEY, TableLoadFailed, culprit, describe, is_about_no_table
 from pipelines.progress import FAILPOINT_ENV, crash_at
 from sources.postgres import dead_letters
 from sources.postgres.catalog import TableSpec, discover_tables, matches
 from sources.postgres.errors import SourceConfigError
 from sources.postgres.session import make_engine
+from sources.postgres.shapes import SchemaChange, classify, read_shapes
 from sources.replication import (
     SOURCE_NAME,
     STATE_KEY,
@@ -45,6 +48,7 @@ from sources.replication.columns import TypeResolver, arrays_to_json
 from sources.replication.errors import (
     PrerequisiteMissing,
     PublicationError,
+    ReplicationError,
     RetainedWalExceeded,
     SlotAheadOfState,
     SlotInUse,
@@ -67,10 +71,19 @@ from sources.replication.slot import (
     query,
     server_version,
     slot_health,
+    table_refusals,
     wal_sender_timeout_seconds,
 )
 from sources.replication.snapshot import TableSnapshot
-from sources.replication.stream import BatchReady, ChangeStream, IdleEvent, Limits, TrackedTable, TruncateEvent
+from sources.replication.stream import (
+    BatchReady,
+    ChangeStream,
+    IdleEvent,
+    Limits,
+    RelationEvent,
+    TrackedTable,
+    TruncateEvent,
+)
 from sources.replication.walstream import WalStream
 
 log = logging.getLogger("aurora_sync.cdc")
@@ -112,6 +125,8 @@ class CdcSummary:
     unresolved_toast_rows: int = 0
     warnings: list[str] = field(default_factory=list)
     stopped_by: str = "drained"  # drained | stop
+    failed_tables: dict[str, dict[str, str]] = field(default_factory=dict)  # set aside by this run (isolation)
+    recovered_tables: list[str] = field(default_factory=list)  # set aside before, copied again by this run
 
     def table(self, name: str) -> TableChanges:
         return self.changes.setdefault(name, TableChanges())
@@ -144,6 +159,7 @@ class _Cdc:
         self.dsn = self.settings.dsn
         self.meta = connect(self.dsn, statement_timeout_ms=60_000)
         self.summary = CdcSummary()
+        self.shapes: dict[str, Any] = {}  # tables whose recorded shape changed harmlessly: saved with the next state
         self.on_progress: Callable[[CdcSummary], None] = lambda summary: None
 
     def close(self) -> None:
@@ -165,19 +181,55 @@ class _Cdc:
         return TypeResolver(self.query)
 
     # -- destination -----------------------------------------------------------------------------------
-    def run(self, source: Any) -> None:
-        info = self.pipeline.run(source)
+    def run(self, source: Any, refresh: Any = None) -> None:
+        """Load one package. A failure that names a table (or names none but is not an outage) is raised as
+        `TableLoadFailed` after dlt's abort has dropped the package and rewound the local state."""
+        try:
+            info = self.pipeline.run(source, refresh=refresh)
+        except PipelineStepFailed as exc:
+            if is_about_no_table(exc):
+                raise
+            if self.pipeline.has_pending_data:
+                self.pipeline.abort_packages()
+            raise TableLoadFailed(culprit(exc), exc.step, describe(exc)) from exc
         info.raise_on_failed_jobs()
         if self.pipeline.has_pending_data:  # never confirm an LSN whose package did not load
             raise RuntimeError("dlt left a load package pending after a successful run; not confirming.")
 
     def finish_pending(self) -> None:
+        """Load packages an interrupted run left; one that can no longer load is aborted (dlt rewinds the state
+        to before it, so its changes are streamed again), never retried forever."""
         self.pipeline.sync_destination()
         if self.pipeline.has_pending_data:
             _event("loading packages left by an interrupted run")
-            if self.pipeline.list_extracted_load_packages():
-                self.pipeline.normalize()
-            self.pipeline.load().raise_on_failed_jobs()
+            try:
+                if self.pipeline.list_extracted_load_packages():
+                    self.pipeline.normalize()
+                self.pipeline.load().raise_on_failed_jobs()
+            except PipelineStepFailed as exc:
+                if is_about_no_table(exc):
+                    raise
+                if self.pipeline.has_pending_data:
+                    self.pipeline.abort_packages()
+                _event(f"a load package left by an earlier run could not be loaded ({describe(exc)}); it was "
+                       "discarded and its changes are read again", logging.WARNING)
+
+    def set_aside(self, spec: TableSpec, step: str, error: str) -> None:
+        """Stop replicating one table whose load or copy fails, so that the others go on. Its changes are not
+        applied any more; the next run (or follow mode's table check) copies it again from a fresh snapshot,
+        which makes it exact again once the cause is fixed."""
+        since = datetime.now(UTC).isoformat()
+
+        def update(state: dict[str, Any]) -> None:
+            state.get("tables", {}).pop(spec.qualified, None)
+            failed = state.setdefault(FAILED_TABLES_KEY, {})
+            failed[spec.resource_name] = {"table": spec.resource_name, "step": step, "error": error,
+                                          "since": failed.get(spec.resource_name, {}).get("since", since)}
+
+        self.save_state(update)
+        self.summary.failed_tables[spec.resource_name] = {"table": spec.resource_name, "step": step, "error": error}
+        _event(f"{spec.resource_name} set aside ({step} failed: {error}); the other tables go on", logging.ERROR,
+               table=spec.resource_name)
 
     def save_state(self, update: Any) -> None:
         """A load with no rows, only dlt state: used to record a position before confirming it."""
@@ -246,53 +298,77 @@ class _Cdc:
             _event("rows dead-lettered", logging.ERROR, table=resource, rows=len(rejected), path=path)
 
     # -- snapshots ---------------------------------------------------------------------------------------
-    def snapshot(self, specs: list[TableSpec], snapshot_name: str, lsn: int, *, new_slot: bool) -> None:
-        """Copy `specs` under an exported snapshot, one load per table, recording each as it lands."""
+    def snapshot(self, specs: list[TableSpec], snapshot_name: str, lsn: int, *,
+                 reload: frozenset[str] = frozenset()) -> list[TableSpec]:
+        """Copy `specs` under an exported snapshot, one load per table, recording each as it lands.
+
+        A table whose copy fails is set aside and the others go on; returns the tables copied. `reload` names
+        tables whose destination table is dropped first (a column changed type).
+        """
         settings = self.settings
+        copied: list[TableSpec] = []
         for spec in specs:
+            started = time.monotonic()
             snap = TableSnapshot(self.dsn, snapshot_name, spec, lsn, delete_mode=settings.delete_mode,
                                  block_size=settings.block_size_bytes,
                                  statement_timeout_ms=settings.statement_timeout_ms)
-            columns = snap.open()
-            started = time.monotonic()
+            try:
+                columns = snap.open()
+                shape = self.shape(spec)
 
-            def update(state: dict[str, Any], spec: TableSpec = spec) -> None:
-                state["slot"], state["publication"] = self.slot, self.publication
-                if new_slot:
-                    state["confirmed_lsn"] = lsn  # a new slot starts a new history
-                    if spec is specs[0]:
-                        state["tables"] = {}
-                state.setdefault("tables", {})[spec.qualified] = {
-                    "snapshot_lsn": lsn, "resource": spec.resource_name, "primary_key": list(spec.primary_key),
-                    "snapshot_at": datetime.now(UTC).isoformat(),
-                }
+                def update(state: dict[str, Any], spec: TableSpec = spec, shape: Any = shape) -> None:
+                    state["slot"], state["publication"] = self.slot, self.publication
+                    state.setdefault("tables", {})[spec.qualified] = {
+                        "snapshot_lsn": lsn, "resource": spec.resource_name,
+                        "primary_key": list(spec.primary_key), "snapshot_at": datetime.now(UTC).isoformat(),
+                        "shape": shape,
+                    }
+                    state.get(FAILED_TABLES_KEY, {}).pop(spec.resource_name, None)
 
-            self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key),
-                                  table_hints(columns, settings.delete_mode, merge=False), snap.read, update))
+                self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key),
+                                      table_hints(columns, settings.delete_mode, merge=False), snap.read, update),
+                         refresh="drop_resources" if spec.resource_name in reload else None)
+            except TableLoadFailed as failure:
+                self.set_aside(spec, failure.step, failure.error)
+                continue
+            except (psycopg2.Error, ReplicationError) as exc:
+                if is_about_no_table(exc):
+                    raise
+                self.set_aside(spec, "extract", describe(exc))
+                continue
+            finally:
+                snap.close()
             self.dead_letter(spec.resource_name, list(spec.primary_key), snap.rejected)
             self.summary.snapshots[spec.resource_name] = snap.rows
+            copied.append(spec)
             _event("table snapshotted", table=spec.resource_name, rows=snap.rows, lsn=format_lsn(lsn),
                    duration_s=round(time.monotonic() - started, 3))
+        return copied
+
+    def shape(self, spec: TableSpec) -> Any:
+        return read_shapes(self.meta, [spec]).get(spec.qualified, [])
 
     def bootstrap(self, specs: list[TableSpec]) -> int:
         """Create the slot and copy every table under its exported snapshot; returns its start LSN."""
         with create_slot(self.dsn, self.slot) as exported:
             _event("replication slot created", slot=self.slot, lsn=format_lsn(exported.consistent_lsn))
+            # a new slot starts a new history: committed first, so a table that fails to copy cannot undo it
+            self.save_state(lambda s: s.update(slot=self.slot, publication=self.publication,
+                                               confirmed_lsn=exported.consistent_lsn, tables={}))
             if specs:
-                self.snapshot(specs, exported.snapshot_name, exported.consistent_lsn, new_slot=True)
-            else:
-                self.save_state(lambda s: s.update(slot=self.slot, publication=self.publication,
-                                                   confirmed_lsn=exported.consistent_lsn, tables={}))
+                self.snapshot(specs, exported.snapshot_name, exported.consistent_lsn)
             return exported.consistent_lsn
 
-    def snapshot_alone(self, specs: list[TableSpec], keep_alive: WalStream | None = None) -> int:
-        """Snapshot tables added later under a temporary slot's snapshot, while the main slot keeps its
-        position: the stream skips their transactions that committed before the snapshot's LSN."""
+    def snapshot_alone(self, specs: list[TableSpec], keep_alive: WalStream | None = None,
+                       reload: frozenset[str] = frozenset()) -> tuple[int, list[TableSpec]]:
+        """Snapshot tables added (or changed) later under a temporary slot's snapshot, while the main slot keeps
+        its position: the stream skips their transactions that committed before the snapshot's LSN.
+        Returns that LSN and the tables copied (a table whose copy failed is set aside)."""
         temporary = f"{self.slot[:44]}_tmp_{uuid.uuid4().hex[:8]}"
         context = keep_alive.kept_alive() if keep_alive is not None else nullcontext()
         with context, create_slot(self.dsn, temporary, temporary=True) as exported:
-            self.snapshot(specs, exported.snapshot_name, exported.consistent_lsn, new_slot=False)
-            return exported.consistent_lsn
+            copied = self.snapshot(specs, exported.snapshot_name, exported.consistent_lsn, reload=reload)
+            return exported.consistent_lsn, copied
 
     def add_to_publication(self, specs: list[TableSpec]) -> list[TableSpec]:
         """Add tables to the publication; returns those that could not be added (reported as pending)."""
@@ -311,6 +387,78 @@ class _Cdc:
             return missing
         finally:
             admin.close()
+
+
+@dataclass
+class _TablePlan:
+    copy: list[TableSpec]  # to copy (again) under a temporary slot's snapshot before streaming
+    reload: frozenset[str]  # destination tables dropped first: a column changed type
+
+
+def _plan_tables(cdc: _Cdc, specs: list[TableSpec], state: dict[str, Any], forced: list[TableSpec]) -> _TablePlan:
+    """Which tables need a copy before the stream can go on, and which cannot be replicated at all."""
+    summary, settings = cdc.summary, cdc.settings
+    tracked = state.get("tables", {})
+    refusals = table_refusals(cdc.meta, specs)
+    failed_before = state.get(FAILED_TABLES_KEY, {})
+    for spec in specs:
+        reason = refusals.get(spec.qualified)
+        if reason is None:
+            continue
+        previous = failed_before.get(spec.resource_name, {})
+        if spec.qualified in tracked or previous.get("error") != reason:
+            cdc.set_aside(spec, "setup", reason)
+        else:  # already recorded: report it again without another state commit
+            summary.failed_tables[spec.resource_name] = {"table": spec.resource_name, "step": "setup",
+                                                         "error": reason}
+    eligible = [s for s in specs if s.qualified not in refusals]
+    present = publication_tables(cdc.meta, cdc.publication)
+    copy = {s.qualified: s for s in eligible if s.qualified not in tracked}  # new, or set aside before
+    copy.update({s.qualified: s for s in eligible if s.qualified in tracked and s.qualified not in present})
+    copy.update({s.qualified: s for s in forced if s.qualified not in refusals})
+    reload: set[str] = set()
+    known = [s for s in eligible if s.qualified in tracked and s.qualified not in copy]
+    for spec, change in _shape_changes(cdc, known, tracked).items():
+        _event(f"{spec.qualified}: {change.reason}: copying it again", logging.WARNING, table=spec.resource_name)
+        copy[spec.qualified] = spec
+        if change.kind == "reload":
+            reload.add(spec.resource_name)
+    if copy:
+        if not settings.auto_add_tables:
+            for spec in [s for s in copy.values() if s.qualified not in present]:
+                summary.pending_tables.append(spec.qualified)
+                copy.pop(spec.qualified)
+        else:
+            for spec in cdc.add_to_publication(list(copy.values())):
+                summary.pending_tables.append(spec.qualified)
+                copy.pop(spec.qualified)
+    return _TablePlan(list(copy.values()), frozenset(reload))
+
+
+def _shape_changes(cdc: _Cdc, specs: list[TableSpec], tracked: dict[str, Any]) -> dict[TableSpec, SchemaChange]:
+    """Schema changes the WAL does not carry (backfilled columns, renames, type changes), by comparing the
+    catalog with the shape recorded when each table was copied; harmless changes just update that record."""
+    if not specs:
+        return {}
+    current = read_shapes(cdc.meta, specs)
+    changes: dict[TableSpec, SchemaChange] = {}
+    for spec in specs:
+        shape = current.get(spec.qualified, [])
+        stored = tracked.get(spec.qualified, {}).get("shape")
+        change = classify(stored, shape)
+        if change.kind != "none":
+            changes[spec] = change
+        elif stored != shape:
+            cdc.shapes[spec.qualified] = shape  # committed with the next state update
+    return changes
+
+
+def _note_recovered(cdc: _Cdc, state: dict[str, Any], copied: list[TableSpec]) -> None:
+    failed_before = state.get(FAILED_TABLES_KEY, {})
+    for spec in copied:
+        if spec.resource_name in failed_before:
+            cdc.summary.recovered_tables.append(spec.resource_name)
+            _event(f"{spec.resource_name} copied again after it was set aside", table=spec.resource_name)
 
 
 def _check_health(cdc: _Cdc, health: SlotHealth | None, state: dict[str, Any]) -> str | None:
@@ -429,28 +577,16 @@ def _run(cdc: _Cdc, *, follow: bool, resnapshot_patterns: list[str] | None, stop
     _retained_wal(cdc, health, final=False)
     confirmed = int(state.get("confirmed_lsn") or health.confirmed_flush_lsn or 0)
 
-    # tables configured (or created in a replicated schema) since the last run, and forced resnapshots
-    tracked_names = set(state.get("tables", {}))
+    # tables configured (or created in a replicated schema) since the last run, set aside before, changed in ways
+    # the WAL does not show, and forced resnapshots
     forced = [s for s in specs if resnapshot_patterns and matches(s.qualified, resnapshot_patterns)]
     if resnapshot_patterns and not forced:
         raise SourceConfigError(f"--tables {' '.join(resnapshot_patterns)} matched no replicated table.")
-    present = publication_tables(cdc.meta, cdc.publication)
-    dropped_out = [s for s in specs if s.qualified in tracked_names and s.qualified not in present]
-    new = [s for s in specs if s.qualified not in tracked_names]
-    to_snapshot = {s.qualified: s for s in [*new, *dropped_out, *forced]}
-    if to_snapshot:
-        if not settings.auto_add_tables:
-            missing = [s for s in to_snapshot.values() if s.qualified not in present]
-            summary.pending_tables = [s.qualified for s in missing]
-            for spec in missing:
-                to_snapshot.pop(spec.qualified)
-        else:
-            for spec in cdc.add_to_publication(list(to_snapshot.values())):
-                summary.pending_tables.append(spec.qualified)
-                to_snapshot.pop(spec.qualified)
-        if to_snapshot:
-            cdc.snapshot_alone(list(to_snapshot.values()))
-            state = _state(cdc.pipeline)
+    plan = _plan_tables(cdc, specs, state, forced)
+    if plan.copy:
+        _, copied = cdc.snapshot_alone(plan.copy, reload=plan.reload)
+        _note_recovered(cdc, state, copied)
+        state = _state(cdc.pipeline)
 
     # tables no longer configured (excluded or dropped) stop being applied
     snapshotted = state.get("tables", {})
@@ -524,11 +660,16 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
             state["slot"], state["publication"] = cdc.slot, cdc.publication
             state["confirmed_lsn"] = max(int(state.get("confirmed_lsn") or 0), lsn)
             state["confirmed_at"] = datetime.now(UTC).isoformat()
+            for qualified, shape in cdc.shapes.items():
+                if qualified in state.get("tables", {}):
+                    state["tables"][qualified]["shape"] = shape
         return update
 
     for event in stream.events(follow=follow, stop=stop, target_lsn=target, marker=token):
         if isinstance(event, BatchReady):
-            _load_batch(cdc, wal, event.batch, event.reason, position, record)
+            _load_batch(cdc, wal, stream, event.batch, event.reason, position, record)
+        elif isinstance(event, RelationEvent):
+            _relation_announced(cdc, wal, stream, event)
         elif isinstance(event, TruncateEvent):
             with wal.kept_alive():
                 cdc.apply_truncate(event)
@@ -547,33 +688,42 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
             _follow_new_tables(cdc, wal, stream)
 
 
-def _load_batch(cdc: _Cdc, wal: WalStream, batch: ChangeBatch, reason: str, position: dict[str, int],
-                record: Any) -> None:
+def _load_batch(cdc: _Cdc, wal: WalStream, stream: ChangeStream, batch: ChangeBatch, reason: str,
+                position: dict[str, int], record: Any) -> None:
     settings, summary = cdc.settings, cdc.summary
     started = time.monotonic()
-    loads: list[tuple[str, list[str], dict[str, Any], pa.Table]] = []
+    loads: dict[str, tuple[str, list[str], dict[str, Any], pa.Table]] = {}
     with wal.kept_alive():
         for changes in batch.tables.values():
             table = changes.table
-            prepared = prepare(changes, settings.delete_mode,
-                               lambda column, values: arrays_to_json(cdc.query, column, values))
-            arrow = prepared.arrow
-            if prepared.fill_masks:
-                summary.filled_rows += prepared.fill_rows
-                arrow, unresolved = apply_fill(prepared, cdc.current_rows(prepared), settings.delete_mode)
-                if unresolved:
-                    summary.unresolved_toast_rows += unresolved
-                    _event("unchanged TOAST values not found in the destination; left NULL", logging.WARNING,
-                           table=table.resource_name, rows=unresolved)
-            cdc.dead_letter(table.resource_name, list(table.primary_key), prepared.rejected)
+            try:
+                arrow = _prepare_table(cdc, changes)
+            except (psycopg2.Error, ReplicationError) as exc:
+                if is_about_no_table(exc):
+                    raise
+                _set_aside(cdc, stream, table.qualified, "extract", describe(exc))
+                continue
             counts = summary.table(table.resource_name)
             counts.inserts += changes.inserts
             counts.updates += changes.updates
             counts.deletes += changes.deletes
-            loads.append((table.resource_name, list(table.primary_key),
-                          table_hints(table.columns, settings.delete_mode), arrow))
+            loads[table.qualified] = (table.resource_name, list(table.primary_key),
+                                      table_hints(table.columns, settings.delete_mode), arrow)
         ack = batch.safe_lsn if batch.safe_lsn is not None and batch.safe_lsn > position["confirmed"] else None
-        cdc.run(cdc_batch(loads, record(ack if ack is not None else position["confirmed"])))
+        while True:
+            try:
+                cdc.run(cdc_batch(list(loads.values()), record(ack if ack is not None else position["confirmed"])))
+                break
+            except TableLoadFailed as failure:
+                # the package was aborted: find the table(s) at fault, set them aside, load the rest with the LSN
+                by_resource = {load[0]: q for q, load in loads.items()}
+                culprits = [by_resource[failure.table]] if failure.table in by_resource else [
+                    q for q, load in loads.items() if _fails_alone(cdc, load)]
+                if not culprits:
+                    raise
+                for qualified in culprits:
+                    _set_aside(cdc, stream, qualified, failure.step, failure.error)
+                    loads.pop(qualified)
     crash_at(AFTER_LOAD_BEFORE_ACK)
     if ack is not None:
         wal.confirm(ack)
@@ -587,18 +737,73 @@ def _load_batch(cdc: _Cdc, wal: WalStream, batch: ChangeBatch, reason: str, posi
     cdc.on_progress(summary)
 
 
-def _follow_new_tables(cdc: _Cdc, wal: WalStream, stream: ChangeStream) -> None:
-    """Follow mode: snapshot tables created or configured since the stream started, without stopping it."""
-    specs = cdc.discover()
-    new = [s for s in specs if s.qualified not in stream.tracked]
-    if not new or not cdc.settings.auto_add_tables:
+def _prepare_table(cdc: _Cdc, changes: Any) -> pa.Table:
+    """One table of a batch as the Arrow rows to merge: converted, TOAST-completed, dead letters written."""
+    settings, summary = cdc.settings, cdc.summary
+    table = changes.table
+    prepared = prepare(changes, settings.delete_mode, lambda column, values: arrays_to_json(cdc.query, column, values))
+    arrow = prepared.arrow
+    if prepared.fill_masks:
+        summary.filled_rows += prepared.fill_rows
+        arrow, unresolved = apply_fill(prepared, cdc.current_rows(prepared), settings.delete_mode)
+        if unresolved:
+            summary.unresolved_toast_rows += unresolved
+            _event("unchanged TOAST values not found in the destination; left NULL", logging.WARNING,
+                   table=table.resource_name, rows=unresolved)
+    cdc.dead_letter(table.resource_name, list(table.primary_key), prepared.rejected)
+    return arrow
+
+
+def _fails_alone(cdc: _Cdc, load: tuple[str, list[str], dict[str, Any], pa.Table]) -> bool:
+    """Load one table's part of a batch on its own, without moving the position: a failure that named no table
+    is narrowed down this way (the merge is idempotent, so loading a part twice is harmless)."""
+    try:
+        cdc.run(cdc_batch([load], lambda state: None))
+        return False
+    except TableLoadFailed:
+        return True
+
+
+def _set_aside(cdc: _Cdc, stream: ChangeStream, qualified: str, step: str, error: str) -> None:
+    tracked = stream.tracked.get(qualified)
+    if tracked is not None:
+        stream.untrack(qualified)
+        cdc.set_aside(tracked.spec, step, error)
+
+
+def _relation_announced(cdc: _Cdc, wal: WalStream, stream: ChangeStream, event: RelationEvent) -> None:
+    """A table's first change in this stream, or new columns: copy it again when the WAL cannot tell the
+    destination what its existing rows now hold (every earlier change of it has been loaded already)."""
+    tracked = stream.tracked.get(event.table.qualified)
+    if tracked is None:
         return
-    pending = {s.qualified for s in cdc.add_to_publication(new)}
-    ready = [s for s in new if s.qualified not in pending]
-    cdc.summary.pending_tables = sorted(pending)
-    if ready:
-        lsn = cdc.snapshot_alone(ready, keep_alive=wal)
-        for spec in ready:
+    spec = tracked.spec
+    stored = _state(cdc.pipeline).get("tables", {}).get(spec.qualified, {})
+    with wal.kept_alive():
+        changes = _shape_changes(cdc, [spec], {spec.qualified: stored})
+    change = changes.get(spec)
+    if change is None:
+        return
+    _event(f"{spec.qualified}: {change.reason}: copying it again", logging.WARNING, table=spec.resource_name)
+    lsn, copied = cdc.snapshot_alone([spec], keep_alive=wal,
+                                     reload=frozenset([spec.resource_name] if change.kind == "reload" else []))
+    if copied:
+        stream.track(TrackedTable(spec, lsn))
+    else:
+        stream.untrack(spec.qualified)
+
+
+def _follow_new_tables(cdc: _Cdc, wal: WalStream, stream: ChangeStream) -> None:
+    """Follow mode: copy tables created or configured since the stream started (or set aside and to be tried
+    again), and tables whose columns changed without a change of theirs in the stream, without stopping it."""
+    with wal.kept_alive():
+        specs = cdc.discover()
+        state = _state(cdc.pipeline)
+        plan = _plan_tables(cdc, specs, state, [])
+    if plan.copy:
+        lsn, copied = cdc.snapshot_alone(plan.copy, keep_alive=wal, reload=plan.reload)
+        _note_recovered(cdc, state, copied)
+        for spec in copied:
             stream.track(TrackedTable(spec, lsn))
 
 
@@ -613,6 +818,8 @@ class SetupReport:
     slot_created: bool = False
     snapshots: dict[str, int] = field(default_factory=dict)
     start_lsn: str | None = None
+    failed_tables: dict[str, dict[str, str]] = field(default_factory=dict)  # refused or failed to copy: set aside
+    dead_lettered: int = 0
 
 
 def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool = False,
@@ -629,8 +836,11 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
         report = SetupReport(cdc.slot, cdc.publication)
         specs = cdc.discover()
         health = slot_health(cdc.meta, cdc.slot)
-        report.problems = check_prerequisites(cdc.meta, specs, cdc.slot, slot_needed=health is None or resnapshot)
+        report.problems = check_prerequisites(cdc.meta, specs, cdc.slot, slot_needed=health is None or resnapshot,
+                                              with_tables=False)
+        refusals = table_refusals(cdc.meta, specs)
         if check_only:
+            report.problems += refusals.values()
             return report
         if report.problems:
             raise PrerequisiteMissing("Logical replication prerequisites are missing:\n- " +
@@ -639,6 +849,9 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
             raise SlotInUse(f"Replication slot {cdc.slot!r} is in use by PID {health.active_pid}: stop the running "
                             "sync before running setup.")
         cdc.finish_pending()
+        # a table CDC cannot replicate is refused alone (and never published: its updates would fail)
+        refused = [s for s in specs if s.qualified in refusals]
+        specs = [s for s in specs if s.qualified not in refusals]
         admin = connect(cdc.dsn, read_only=False, statement_timeout_ms=60_000)
         try:
             report.publication_added, report.publication_removed = ensure_publication(
@@ -659,9 +872,14 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
                 state = _state(pipeline)
             todo = [s for s in specs if s.qualified not in state.get("tables", {})]
             if todo:
-                cdc.snapshot_alone(todo)
+                _, copied = cdc.snapshot_alone(todo)
+                _note_recovered(cdc, state, copied)
             report.start_lsn = format_lsn(health.confirmed_flush_lsn)
+        for spec in refused:
+            cdc.set_aside(spec, "setup", refusals[spec.qualified])
         report.snapshots = dict(cdc.summary.snapshots)
+        report.failed_tables = dict(cdc.summary.failed_tables)
+        report.dead_lettered = cdc.summary.dead_lettered
         _event("cdc setup finished", slot=cdc.slot, publication=cdc.publication, slot_created=report.slot_created,
                snapshots=report.snapshots, publication_added=report.publication_added)
         return report

@@ -64,23 +64,18 @@ import dlt
 import psycopg2
 import pyarrow as pa
 import sqlalchemy as sa
-from dlt.common.configuration import with_config
-from dlt.common.configuration.resolve import inject_section
-from dlt.common.configuration.specs import ConnectionStringCredentials
-from dlt.common.configuration.specs.config_section_context import ConfigSectionContext
 from dlt.common.normalizers.naming import NamingConvention
 from dlt.common.schema import Schema
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.destinations.sql_client import SqlClientBase
 from sqlalchemy.sql import sqltypes
 
-from sources.postgres.catalog import TableSpec, discover_tables, matches
-from sources.postgres.errors import SourceConfigError, describe_url, explain_connection_error
+from sources.postgres.catalog import TableSpec, matches
+from sources.postgres.errors import SourceConfigError
 from sources.postgres.session import make_engine
-from sources.postgres.type_mapping import adapt_sqlalchemy_type, plan_column
+from sources.postgres.settings import load_source_settings
+from sources.postgres.type_mapping import adapt_sqlalchemy_type, override_type, plan_column
 
-# the source function's config sections: `sources.postgres.<key>` (and `sources.postgres.postgres_replica.<key>`)
-SOURCE_SECTIONS = ("sources", "postgres", "postgres_replica")
 SOURCE_SCHEMA_NAME = "postgres_replica"
 SOFT_DELETE_COLUMN = "_deleted_at"
 COUNT_BATCH = 50  # range counts per round trip
@@ -102,46 +97,6 @@ class VerifyOptions:
     statement_timeout_ms: int = 300_000
 
 
-# --- configuration -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    credentials: ConnectionStringCredentials
-    reader_credentials: ConnectionStringCredentials | None
-    schemas: list[str]
-    include: list[str]
-    exclude: list[str]
-    overrides: dict[str, dict[str, object]]
-    cursor_column: str
-
-
-@with_config(sections=SOURCE_SECTIONS)
-def _source_settings(
-    credentials: ConnectionStringCredentials = dlt.secrets.value,
-    reader_credentials: ConnectionStringCredentials | None = dlt.secrets.value,
-    schemas: list[str] = dlt.config.value,
-    include: list[str] | None = None,
-    exclude: list[str] | None = None,
-    tables: dict[str, Any] | None = None,
-    cursor_column: str = "updated_at",
-) -> SourceSettings:
-    """The subset of `postgres_replica`'s arguments that decides which tables exist, resolved like dlt does."""
-    if isinstance(schemas, str):
-        schemas = [s.strip() for s in schemas.split(",") if s.strip()]
-    if not schemas:
-        raise SourceConfigError("`sources.postgres.schemas` is empty: name at least one schema to replicate.")
-    overrides = {str(k): dict(v) for k, v in (tables or {}).items()}
-    return SourceSettings(credentials, reader_credentials, list(schemas), include or ["*"], exclude or [],
-                          overrides, cursor_column)
-
-
-def load_source_settings(pipeline_name: str) -> SourceSettings:
-    """Resolve in the sections the source itself uses, so every key (and env var) means the same thing."""
-    with inject_section(ConfigSectionContext(pipeline_name=pipeline_name, sections=SOURCE_SECTIONS)):
-        return _source_settings()  # type: ignore[call-arg]
-
-
 # --- canonical values and row hashes -------------------------------------------------------------------
 
 
@@ -155,9 +110,7 @@ def _decimal_text(value: Decimal) -> str:
 
 
 def _float_text(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    return "0.0" if value == 0 else repr(value)  # -0.0 == 0.0; destinations may drop the sign
+    return "nan" if math.isnan(value) else repr(value)  # '-0.0' stays apart from '0.0': losing the sign is drift
 
 
 def _json_text(value: Any) -> str:
@@ -222,6 +175,24 @@ def canonical(value: Any) -> str | None:
     return (_CANONICAL.get(kind) or _slow_canonical)(value)
 
 
+_PG_TEXT_PARSERS: dict[str, Callable[[str], Any]] = {
+    "decimal": Decimal, "date": date.fromisoformat, "time": dt_time.fromisoformat,
+    "timestamp": datetime.fromisoformat, "timestamptz": datetime.fromisoformat,
+}
+
+
+def canonical_pg_text(kind: str, text: str | None) -> str | None:
+    """A value of a decimal/date/time/timestamp column from PostgreSQL's text: its canonical form when Python can
+    hold it (so it equals the typed destination value), else the text itself (`infinity`, `0044-03-15 BC`,
+    `24:00:00`), which is what the destination keeps in the column's `__pg_text` sibling."""
+    if text is None:
+        return None
+    try:
+        return canonical(_PG_TEXT_PARSERS[kind](text))
+    except (ValueError, ArithmeticError):
+        return text
+
+
 def canonical_json(value: Any) -> str | None:
     """JSON documents compare by meaning: key order, whitespace and number spelling do not matter."""
     if value is None:
@@ -274,6 +245,20 @@ class Column:
     destination: str  # dlt-normalized name
     source_sql: str  # expression in the source SELECT (as the COPY extractor reads it)
     is_json: bool
+    pg_text: str | None = None  # decimal/date/time/timestamp(tz): compared through PostgreSQL's text (see below)
+    text_destination: str | None = None  # the destination's `<column>__pg_text` sibling name
+
+
+def _pg_text_kind(arrow_type: pa.DataType) -> str | None:
+    if pa.types.is_decimal(arrow_type):
+        return "decimal"
+    if pa.types.is_date(arrow_type):
+        return "date"
+    if pa.types.is_time(arrow_type):
+        return "time"
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz else "timestamp"
+    return None
 
 
 def _pg_quote(name: str) -> str:
@@ -284,10 +269,20 @@ def source_columns(table: sa.Table, spec: TableSpec, naming: NamingConvention) -
     """Primary-key columns first, then the others in table order."""
     ordered = [table.c[k] for k in spec.primary_key] + [c for c in table.columns if c.name not in spec.primary_key]
     columns = []
+    overrides = spec.overrides
     for col in ordered:
-        plan = plan_column(col)
+        if col.name in overrides:
+            col.type = override_type(overrides[col.name], f"{spec.qualified}.{col.name}")
+        plan = plan_column(col, overrides.get(col.name))
         quoted = _pg_quote(col.name)
         expr = plan.select_sql
+        kind = _pg_text_kind(plan.arrow_type)
+        if kind is not None:
+            # values outside the destination type's range (infinity, BC, 24:00:00, NaN) are only text on both
+            # sides; reading every value of these columns as text keeps one code path for all of them
+            columns.append(Column(col.name, naming.normalize_identifier(col.name), f"{quoted}::text", False, kind,
+                                  naming.normalize_path(plan.text_column)))
+            continue
         if expr == quoted and plan.arrow_type == pa.string() and not isinstance(col.type, sqltypes.String):
             # carried as the text COPY prints (interval, inet, numeric(p>38), ...): the type's output function,
             # which `::text` is not for every type (inet::text adds the netmask: '::1/128')
@@ -382,6 +377,9 @@ class Side:
     select: list[str]
     json_columns: list[int]  # positions in `select` holding JSON documents
     where: str | None = None  # e.g. soft deletes excluded
+    pg_text_columns: list[tuple[int, str]] = field(default_factory=list)  # (position, kind): PostgreSQL text
+    text_siblings: list[tuple[int, int, str]] = field(default_factory=list)  # (typed, sibling position, kind)
+    width: int | None = None  # values compared; the siblings selected after them are folded in
 
     def predicate(self, r: KeyRange) -> tuple[str, list[Any]]:
         parts, params = [], []
@@ -426,6 +424,13 @@ class Side:
             values = list(map(canonical, raw))
             for i in self.json_columns:
                 values[i] = canonical_json(raw[i])
+            for i, kind in self.pg_text_columns:
+                values[i] = canonical_pg_text(kind, raw[i])
+            for i, j, kind in self.text_siblings:
+                if raw[j] is not None:
+                    values[i] = canonical_pg_text(kind, raw[j])
+            if self.width is not None:
+                del values[self.width:]
             yield tuple(values[:self.key_count]), values, raw[:self.key_count]
 
     def checksum(self, r: KeyRange) -> tuple[int, int]:
@@ -823,12 +828,18 @@ def verify_table(
             return report
         source.select = [c.source_sql for c in kept]
         source.json_columns = [i for i, c in enumerate(kept) if c.is_json]
+        source.pg_text_columns = [(i, c.pg_text) for i, c in enumerate(kept) if c.pg_text]
         soft_delete = exists(SOFT_DELETE_COLUMN) and SOFT_DELETE_COLUMN not in {c.destination for c in columns}
         destination = Side(
             DestinationReader(client), qualified, client.escape_column_name(columns[0].destination),
             len(spec.primary_key), [client.escape_column_name(c.destination) for c in kept], source.json_columns,
             where=f"{client.escape_column_name(SOFT_DELETE_COLUMN)} IS NULL" if soft_delete else None,
+            width=len(kept),
         )
+        for i, c in enumerate(kept):
+            if c.pg_text and c.text_destination and exists(c.text_destination):
+                destination.text_siblings.append((i, len(destination.select), c.pg_text))
+                destination.select.append(client.escape_column_name(c.text_destination))
         TableVerifier(source, destination, report.strategy, options, report).run()
     except DatabaseUndefinedRelation as exc:
         report.error = f"destination: {str(exc).splitlines()[0]}"
@@ -855,11 +866,7 @@ def verify(
     settings = load_source_settings(pipeline.pipeline_name)
     engine = make_engine(settings.reader_credentials or settings.credentials, options.statement_timeout_ms)
     try:
-        try:
-            specs = discover_tables(engine, settings.schemas, settings.include, settings.exclude,
-                                    settings.cursor_column, settings.overrides)
-        except sa.exc.OperationalError as exc:
-            raise (explain_connection_error(exc, describe_url(engine)) or exc) from None
+        specs = settings.discover(engine)
         if tables:
             specs = [s for s in specs if matches(s.qualified, tables)]
             if not specs:

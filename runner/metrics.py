@@ -17,6 +17,7 @@ UNITS = {
     "SlotRetainedWalBytes": "Bytes",
     "DeadLetters": "Count",
     "RunFailures": "Count",
+    "TableFailures": "Count",  # per table: set aside by this run, the others loaded (see pipelines/isolation.py)
     "RunSucceeded": "Count",
 }
 NAMESPACE = "AuroraSnowflakeSync"

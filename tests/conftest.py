@@ -56,7 +56,7 @@ def dlt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str) -> d
         "SOURCES__POSTGRES__CREDENTIALS": database,
         "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "replica.duckdb"),
         "DLT_DATA_DIR": str(tmp_path / "dlt"),
-        "RUNTIME__LOG_LEVEL": "WARNING",
+        "RUNTIME__LOG_LEVEL": os.environ.get("TEST_DLT_LOG_LEVEL", "WARNING"),
         # rows that fail conversion must not land in the repository's ./dead_letter
         "SOURCES__POSTGRES__DEAD_LETTER_URL": str(tmp_path / "dead_letter"),
         "RUNNER__DEAD_LETTER_URL": str(tmp_path / "dead_letter"),

@@ -64,12 +64,12 @@ def test_missing_schema(base_env: dict[str, str]) -> None:
     assert_clean_failure(aurora_sync(env, "run"), ExitCode.CONFIG_ERROR, "Schema(s) nope not found")
 
 
-def test_table_without_primary_key(base_env: dict[str, str]) -> None:
-    execute(base_env["SOURCES__POSTGRES__CREDENTIALS"], "CREATE SCHEMA logs",
-            "CREATE TABLE logs.events (at timestamptz, message text)")
-    env = {**base_env, "SOURCES__POSTGRES__SCHEMAS": '["logs"]'}
-    assert_clean_failure(aurora_sync(env, "run"), ExitCode.CONFIG_ERROR,
-                         "logs.events has no primary key", 'sources.postgres.tables."logs.events".primary_key')
+def test_unsupported_column_override(base_env: dict[str, str]) -> None:
+    execute(base_env["SOURCES__POSTGRES__CREDENTIALS"], "CREATE SCHEMA app",
+            "CREATE TABLE app.t (id int PRIMARY KEY, n numeric)")
+    env = {**base_env, "SOURCES__POSTGRES__SCHEMAS": '["app"]',
+           "SOURCES__POSTGRES__TABLES": '{"app.t": {"columns": {"n": {"data_type": "decimal(50,2)"}}}}'}
+    assert_clean_failure(aurora_sync(env, "run"), ExitCode.CONFIG_ERROR, 'app.t".columns."n"', "decimal(p,s)")
 
 
 def test_invalid_config_value(base_env: dict[str, str]) -> None:

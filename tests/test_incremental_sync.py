@@ -25,13 +25,12 @@ TABLES = {
 
 def run(tmp_path: Path, **kwargs: object):
     info = customers_orders.run(pipelines_dir=str(tmp_path / "pipelines"), **kwargs)
-    info.raise_on_failed_jobs()
+    info.raise_on_failures()
     return info
 
 
 def extracted_rows(info) -> dict[str, int]:
-    counts = info.pipeline.last_trace.last_normalize_info.row_counts
-    return {t: n for t, n in counts.items() if not t.startswith("_dlt")}
+    return dict(info.rows)
 
 
 @pytest.fixture()

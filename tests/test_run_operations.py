@@ -115,9 +115,15 @@ def test_permanent_failure_is_not_retried(env: dict[str, str]) -> None:
     assert failures and failures[0]["RunFailures"] == 1
 
 
+# unconstrained numeric is carried losslessly as text by default; a user who knows the data asks for a typed
+# column, and then a value that does not fit is the clear error (a dead letter) that they asked for
+TYPED_PRICE = '{"app.items": {"columns": {"price": {"data_type": "decimal(38,9)"}}}}'
+
+
 def test_unconvertible_rows_are_dead_lettered_and_replayed(env: dict[str, str], tmp_path: Path) -> None:
     dsn = env["SOURCES__POSTGRES__CREDENTIALS"]
-    # unconstrained numeric lands as DECIMAL(38,9): 12 fractional digits cannot be stored exactly
+    env = {**env, "SOURCES__POSTGRES__TABLES": TYPED_PRICE}
+    # 12 fractional digits do not fit the configured DECIMAL(38,9) exactly
     execute(dsn, "UPDATE app.items SET price = 0.123456789012 WHERE id IN (7, 42)")
     result = aurora_sync(env, "run")
     assert result.returncode == ExitCode.FAILURE, result.stderr  # policy "fail": good rows loaded, run fails
@@ -130,7 +136,8 @@ def test_unconvertible_rows_are_dead_lettered_and_replayed(env: dict[str, str], 
     assert listing.returncode == 0, listing.stderr
     records = json.loads(listing.stdout)["records"]
     assert sorted(r["source_key"]["id"] for r in records) == [7, 42]
-    assert all(r["column"] == "price" and "0.123456789012" in r["reason"] for r in records)
+    assert all(r["column"] == "price" and "0.123456789012" in r["reason"] and "decimal(38,9)" in r["reason"]
+               for r in records)
 
     # a replay of unfixed rows dead-letters them again and fails
     assert aurora_sync(env, "dlq", "replay").returncode == ExitCode.FAILURE
@@ -146,7 +153,8 @@ def test_unconvertible_rows_are_dead_lettered_and_replayed(env: dict[str, str], 
 
 def test_continue_policy_exits_zero_but_counts_dead_letters(env: dict[str, str]) -> None:
     execute(env["SOURCES__POSTGRES__CREDENTIALS"], "UPDATE app.items SET price = 1e-12 WHERE id = 3")
-    result = aurora_sync({**env, "RUNNER__DEAD_LETTER_POLICY": "continue"}, "run")
+    result = aurora_sync({**env, "RUNNER__DEAD_LETTER_POLICY": "continue", "SOURCES__POSTGRES__TABLES": TYPED_PRICE},
+                         "run")
     assert result.returncode == ExitCode.SUCCESS, result.stderr
     assert [e["DeadLetters"] for e in events(result) if "DeadLetters" in e] == [1]
 
@@ -197,7 +205,8 @@ def test_resync_replaces_one_table_from_the_source(env: dict[str, str]) -> None:
     execute(dsn, "DELETE FROM app.items WHERE id > 90")
     result = aurora_sync(env, "resync", "--table", "app.items")
     assert result.returncode == ExitCode.SUCCESS, result.stderr
-    assert duck_rows(duck, f"SELECT count(*), min(price) FROM {DATASET}.app__items") == [(90, Decimal("1.5"))]
+    assert duck_rows(duck, f"SELECT count(*), min(price::DECIMAL(18, 3)) FROM {DATASET}.app__items") == [
+        (90, Decimal("1.5"))]  # unconstrained numeric is carried as its exact text
 
 
 def test_rollback_prints_time_travel_statements_and_refuses_non_snowflake(env: dict[str, str]) -> None:

@@ -66,8 +66,7 @@ def _replay(url: str, pipeline: str, files: list[dead_letters.DeadLetterFile]) -
             keys[qualified].append(record["source_key"])
     dead_letters.DEAD_LETTERS_THIS_RUN.clear()
     module = load_pipeline_module(pipeline)
-    info = module.run(only_keys=dict(keys), dead_letter_url=url)
-    info.raise_on_failed_jobs()
+    module.run(only_keys=dict(keys), dead_letter_url=url).raise_on_failures()
     still_failing = dead_letters.DEAD_LETTERS_THIS_RUN
     for f in files:
         if not still_failing.get(f.table):

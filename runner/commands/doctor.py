@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from replica.verify import load_source_settings
 from sources.postgres.catalog import discover_tables
 from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import make_engine
+from sources.postgres.settings import load_source_settings
 
 from ..exit_codes import ExitCode
 from .run import PIPELINES, load_pipeline_module, source_dsn

@@ -15,7 +15,7 @@ from ..exit_codes import ExitCode
 from ..lock import pipeline_lock
 from ..retry import with_retries
 from ..settings import load_settings
-from .run import PIPELINES, load_pipeline_module, rows_per_table, source_dsn
+from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
 def register(subparsers: Any) -> None:
@@ -32,9 +32,9 @@ def main(args: argparse.Namespace) -> ExitCode:
 
     def attempt() -> dict[str, int]:
         with pipeline_lock(source_dsn(), args.pipeline):
-            info = module.run(mode="snapshot", tables=[args.table], dead_letter_url=settings.dead_letter_url)
-            info.raise_on_failed_jobs()
-            return rows_per_table(info)
+            result = module.run(mode="snapshot", tables=[args.table], dead_letter_url=settings.dead_letter_url)
+            result.raise_on_failures()
+            return dict(result.rows)
 
     rows = with_retries(settings, attempt)
     logs.event("resync done", phase="resync", rows=sum(rows.values()), outcome="succeeded")

@@ -14,8 +14,8 @@ from typing import Any
 from dlt.common.configuration import resolve_configuration
 from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.common.configuration.specs import ConnectionStringCredentials
-from dlt.common.pipeline import LoadInfo
 
+from pipelines.isolation import IsolatedRun, TableFailure, TablesFailed
 from pipelines.progress import crash_at
 from sources.postgres import dead_letters
 
@@ -64,13 +64,6 @@ def source_dsn() -> str:
     return str(credentials.to_native_representation())
 
 
-def rows_per_table(info: LoadInfo) -> dict[str, int]:
-    """Rows per table from dlt's own trace."""
-    trace = info.pipeline.last_trace
-    counts = dict(trace.last_normalize_info.row_counts) if trace and trace.last_normalize_info else {}
-    return {t: n for t, n in counts.items() if not t.startswith("_dlt")}
-
-
 def main(args: argparse.Namespace) -> ExitCode:
     logs.bind(pipeline=args.pipeline, mode=args.mode)
     settings = load_settings()
@@ -104,6 +97,26 @@ def _liveness(pipeline: str, settings: RunnerSettings) -> Any:
         last.update(at=time.monotonic(), rows=rows)
 
     return report
+
+
+def _failed_message(failed: dict[str, dict[str, str]]) -> str:
+    return str(TablesFailed({t: TableFailure(t, f.get("step", ""), f.get("error", "")) for t, f in failed.items()}))
+
+
+def report_outcome(pipeline: str, settings: RunnerSettings, failed: dict[str, dict[str, str]], dead: int) -> None:
+    """Per-table failure metrics, then the exit decision shared by every mode and by `setup`: set-aside tables
+    fail the run (exit 1, after everything else was loaded), and dead letters do under `dead_letter_policy=fail`."""
+    for table, failure in sorted(failed.items()):
+        logs.event(f"table set aside: {failure.get('error')}", logging.ERROR, table=table, phase=failure.get("step"))
+        metrics.emit(pipeline, {"TableFailures": 1}, table=table, namespace=settings.metrics_namespace)
+    if failed:
+        raise RunnerError(_failed_message(failed))
+    if dead and settings.dead_letter_policy == "fail":
+        raise RunnerError(f"{dead} row(s) could not be converted to their configured data_type and were "
+                          f"dead-lettered to {settings.dead_letter_url}. The other rows were loaded. Inspect them with "
+                          "`aurora-sync dlq list`, fix the cause, then `aurora-sync dlq replay`.")
+    if dead:
+        logs.event(f"{dead} row(s) dead-lettered (policy: continue)", logging.WARNING, dead_letters=dead)
 
 
 def _changes(summary: Any) -> dict[str, int]:
@@ -141,9 +154,14 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
                         summary.batches += final.batches
                         summary.end_lsn = final.end_lsn or summary.end_lsn
                         summary.retained_wal_bytes = final.retained_wal_bytes
+                        summary.dead_lettered += final.dead_lettered
+                        summary.failed_tables.update(final.failed_tables)
                     # recorded under the lock, like every other write to the pipeline's state
-                    history.record(pipeline, {**record, "outcome": "succeeded", "exit_code": 0, "error": None,
-                                              "rows": _changes(summary),
+                    failed = dict(summary.failed_tables)
+                    outcome = "tables_failed" if failed else "dead_letters" if summary.dead_lettered else "succeeded"
+                    history.record(pipeline, {**record, "outcome": outcome, "exit_code": 1 if failed else 0,
+                                              "error": _failed_message(failed) if failed else None,
+                                              "rows": _changes(summary), "failed_tables": failed,
                                               "duration_s": round(time.monotonic() - started, 3)})
                     return summary
                 except Exception as exc:
@@ -161,10 +179,13 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
     for table, count in sorted(changes.items()):
         metrics.emit(args.pipeline, {"RowsExtracted": count, "RowsLoaded": count}, table=table,
                      namespace=settings.metrics_namespace)
+
     metrics.emit(args.pipeline, {
         "RunDurationSeconds": round(time.monotonic() - started, 3), "LagSeconds": summary.lag_seconds,
         "SlotRetainedWalBytes": summary.retained_wal_bytes, "DeadLetters": summary.dead_lettered,
-        "RowsLoaded": sum(changes.values()), "RunSucceeded": 1}, namespace=settings.metrics_namespace)
+        "RowsLoaded": sum(changes.values())}, namespace=settings.metrics_namespace)
+    report_outcome(args.pipeline, settings, summary.failed_tables, summary.dead_lettered)
+    metrics.emit(args.pipeline, {"RunSucceeded": 1}, namespace=settings.metrics_namespace)
     logs.event("run succeeded", phase="run", rows=sum(changes.values()), outcome="succeeded",
                **{k: v for k, v in summary.as_fields().items() if k in (
                    "batches", "start_lsn", "end_lsn", "retained_wal_bytes", "lag_seconds", "stopped_by")})
@@ -175,13 +196,12 @@ def _locked_run(args: argparse.Namespace, settings: RunnerSettings, module: Any,
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     record = {"pipeline": args.pipeline, "mode": args.mode, "started_at": started_at}
 
-    def attempt() -> tuple[LoadInfo, dict[str, int]]:
+    def attempt() -> IsolatedRun:
         with pipeline_lock(source_dsn(), args.pipeline):
             dead_letters.DEAD_LETTERS_THIS_RUN.clear()
             try:
-                info: LoadInfo = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh,
-                                            dead_letter_url=settings.dead_letter_url)
-                info.raise_on_failed_jobs()
+                result: IsolatedRun = module.run(mode=args.mode, tables=args.tables, full_refresh=args.full_refresh,
+                                                 dead_letter_url=settings.dead_letter_url)
                 crash_at("after_load")
             except Exception as exc:
                 code, message = classify(exc)
@@ -190,28 +210,27 @@ def _locked_run(args: argparse.Namespace, settings: RunnerSettings, module: Any,
                                                         "duration_s": round(time.monotonic() - started, 3)})
                 raise
             dead = sum(dead_letters.DEAD_LETTERS_THIS_RUN.values())
-            rows = rows_per_table(info)  # before history.record replaces the pipeline's last trace
-            history.record(info.pipeline, {
-                **record, "outcome": "dead_letters" if dead else "succeeded", "exit_code": 0, "error": None,
-                "rows": rows, "duration_s": round(time.monotonic() - started, 3)})
-            return info, rows
+            failed = {t: f.as_dict() for t, f in result.failures.items()}
+            outcome = "tables_failed" if failed else "dead_letters" if dead else "succeeded"
+            history.record(result.pipeline, {
+                **record, "outcome": outcome, "exit_code": int(ExitCode.FAILURE) if failed else 0,
+                "error": str(TablesFailed(result.failures)) if failed else None, "rows": result.rows,
+                "failed_tables": failed, "duration_s": round(time.monotonic() - started, 3)})
+            return result
 
-    _, rows = with_retries(settings, attempt)
+    result = with_retries(settings, attempt)
+    rows = result.rows
     duration = round(time.monotonic() - started, 3)
     for table, count in sorted(rows.items()):
         logs.event("table loaded", table=table, phase="load", rows=count)
         metrics.emit(args.pipeline, {"RowsExtracted": count, "RowsLoaded": count}, table=table,
                      namespace=settings.metrics_namespace)
+    for table in result.recovered:
+        logs.event("table loaded again after failing before", table=table, phase="load")
     dead = sum(dead_letters.DEAD_LETTERS_THIS_RUN.values())
     metrics.emit(args.pipeline, {"RunDurationSeconds": duration, "LagSeconds": duration, "DeadLetters": dead,
                                  "RowsLoaded": sum(rows.values())}, namespace=settings.metrics_namespace)
-    if dead and settings.dead_letter_policy == "fail":
-        tables = ", ".join(f"{t} ({n})" for t, n in sorted(dead_letters.DEAD_LETTERS_THIS_RUN.items()))
-        raise RunnerError(f"{dead} row(s) could not be converted and were dead-lettered to "
-                          f"{settings.dead_letter_url}: {tables}. The other rows were loaded. Inspect them with "
-                          "`aurora-sync dlq list`, fix the cause, then `aurora-sync dlq replay`.")
-    if dead:
-        logs.event(f"{dead} row(s) dead-lettered (policy: continue)", logging.WARNING, dead_letters=dead)
+    report_outcome(args.pipeline, settings, {t: f.as_dict() for t, f in result.failures.items()}, dead)
     metrics.emit(args.pipeline, {"RunSucceeded": 1}, namespace=settings.metrics_namespace)
     logs.event("run succeeded", phase="run", rows=sum(rows.values()), duration_s=duration, outcome="succeeded")
     return ExitCode.SUCCESS

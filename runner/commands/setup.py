@@ -18,7 +18,8 @@ from pipelines import cdc
 from .. import logs
 from ..exit_codes import ExitCode
 from ..lock import pipeline_lock
-from .run import PIPELINES, load_pipeline_module, source_dsn
+from ..settings import load_settings
+from .run import PIPELINES, load_pipeline_module, report_outcome, source_dsn
 
 
 def register(subparsers: Any) -> None:
@@ -43,10 +44,13 @@ def main(args: argparse.Namespace) -> ExitCode:
         logs.event("logical replication prerequisites are met", phase="setup", slot=report.slot,
                    publication=report.publication, outcome="succeeded")
         return ExitCode.SUCCESS
+    settings = load_settings()
     with pipeline_lock(source_dsn(), args.pipeline):
-        report = cdc.setup(module.make_pipeline(), resnapshot=args.resnapshot)
+        report = cdc.setup(module.make_pipeline(), resnapshot=args.resnapshot,
+                           dead_letter_url=settings.dead_letter_url)  # where `run` writes them
     for table, rows in sorted(report.snapshots.items()):
         logs.event("table copied", phase="setup", table=table, rows=rows)
+    report_outcome(args.pipeline, settings, report.failed_tables, report.dead_lettered)
     logs.event("setup succeeded", phase="setup", slot=report.slot, publication=report.publication,
                slot_created=report.slot_created, start_lsn=report.start_lsn,
                publication_added=report.publication_added, publication_removed=report.publication_removed,

@@ -12,6 +12,7 @@ from dlt.pipeline.state_sync import load_pipeline_state_from_destination
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.isolation import FAILED_TABLES_KEY
 from sources.replication.lsn import format_lsn
 from sources.replication.slot import connect, object_name, slot_health
 
@@ -36,6 +37,15 @@ def _state(pipeline: dlt.Pipeline) -> dict[str, Any]:
     with pipeline.destination_client() as client:
         remote = load_pipeline_state_from_destination(pipeline.pipeline_name, client)  # type: ignore[arg-type]
     return dict(remote or {})
+
+
+def set_aside(state: dict[str, Any]) -> dict[str, Any]:
+    """Tables the last runs could not sync (each retried on its own by the next run), from the source state."""
+    out: dict[str, Any] = {}
+    for source in state.get("sources", {}).values():
+        out.update(source.get(FAILED_TABLES_KEY) or {})
+        out.update((source.get("cdc") or {}).get(FAILED_TABLES_KEY) or {})
+    return out
 
 
 def cursors(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -89,14 +99,16 @@ def collect(pipeline_name: str) -> dict[str, Any]:
         if not isinstance(started, datetime):
             started = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
         lag = round((datetime.now(UTC) - started).total_seconds(), 1)
+    state = _state(pipeline)
     return {
         "pipeline": pipeline_name,
         "destination": pipeline.destination.destination_name if pipeline.destination else None,
         "dataset": pipeline.dataset_name,
         "lag_seconds": lag,
         "last_runs": runs[:10],
+        "failed_tables": set_aside(state),
         "packages": packages(pipeline),
-        "positions": cursors(_state(pipeline)),
+        "positions": cursors(state),
         "replication_slot": slot(pipeline_name),
     }
 
@@ -129,6 +141,9 @@ def main(args: argparse.Namespace) -> ExitCode:
         console.print(f"Replication slot: {health.get('slot_name')} wal_status={health.get('wal_status')} "
                       f"retained WAL={health.get('retained_wal_bytes')} bytes, pinned={health.get('pinned_wal_bytes')} "
                       f"bytes {health.get('error', '')}")
+    for table, failure in sorted(status["failed_tables"].items()):
+        console.print(f"[bold red]set aside[/bold red] {table} since {failure.get('since')}: "
+                      f"{failure.get('step')} failed: {failure.get('error')}")
     pkgs = status["packages"]
     console.print(f"Pending load packages: {len(pkgs['pending'])} {pkgs['pending'] or ''}")
     console.print(f"Packages with failed jobs: {len(pkgs['failed_jobs'])} {pkgs['failed_jobs'] or ''}")

@@ -6,7 +6,7 @@ extraction goes through our COPY→Arrow loader (`copy_loader`) for speed and ex
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import dlt
@@ -20,9 +20,12 @@ from .catalog import TableSpec, discover_tables, matches
 from .copy_loader import CopyTableLoader
 from .errors import SourceConfigError, describe_url, explain_connection_error
 from .session import make_engine
-from .type_mapping import adapt_sqlalchemy_type
+from .shapes import Shape, read_shapes
+from .type_mapping import adapt_sqlalchemy_type, override_type
 
 SyncMode = Literal["incremental", "snapshot"]
+# the dlt source (and schema, and state namespace) every table of a pipeline lives in, CDC included
+SOURCE_NAME = "postgres_replica"
 
 
 def _validate(name: str, value: Any, kind: type, minimum: float | None = None) -> None:
@@ -32,7 +35,18 @@ def _validate(name: str, value: Any, kind: type, minimum: float | None = None) -
         raise SourceConfigError(f"`sources.postgres.{name}` must be >= {minimum}, got {value!r}.")
 
 
-@dlt.source(name="postgres_replica", max_table_nesting=0)
+@dlt.source(name=SOURCE_NAME, max_table_nesting=0)
+def source_state(update: Callable[[dict[str, Any]], None]) -> Iterable[DltResource]:
+    """A package with no rows, only this source's state: commits bookkeeping the way data is committed."""
+
+    def state() -> Iterator[Any]:
+        update(dlt.current.source_state())
+        yield from ()
+
+    yield dlt.resource(state, name="_source_state")
+
+
+@dlt.source(name=SOURCE_NAME, max_table_nesting=0)
 def postgres_replica(
     credentials: ConnectionStringCredentials = dlt.secrets.value,
     reader_credentials: ConnectionStringCredentials | None = dlt.secrets.value,
@@ -49,19 +63,23 @@ def postgres_replica(
     only_tables: list[str] | None = None,
     only_keys: dict[str, list[dict[str, Any]]] | None = None,
     dead_letter_url: str | None = None,
+    reread_tables: list[str] | None = None,
 ) -> Iterable[DltResource]:
     """Every table of `schemas` that matches `include` and not `exclude`.
 
     Args:
         credentials: writer DSN; used for discovery and for the late-commit guard.
         reader_credentials: optional reader DSN (Aurora reader endpoint) for the bulk reads.
-        tables: per-table overrides keyed by `schema.table`: `primary_key`, `cursor_column`.
+        tables: per-table overrides keyed by `schema.table`: `primary_key`, `cursor_column`, and
+            `columns.<name>.data_type` (a typed destination column instead of the lossless default).
         lookback_seconds: re-read window behind the cursor (clock skew, replica lag).
         mode: `incremental` merges rows newer than the cursor; `snapshot` re-reads and replaces.
         only_tables: restrict this run to these `schema.table` patterns (runner `--tables`).
         only_keys: re-read just these rows, `{"schema.table": [{pk: value}, ...]}` (dead-letter replay).
         dead_letter_url: where rows that cannot be converted go (`s3://bucket/dead_letter`; default a
             local `dead_letter/` folder).
+        reread_tables: destination tables to read in full this run, whatever their cursor (a schema change the
+            cursor cannot see filled their existing rows; see `shapes`).
     """
     if isinstance(schemas, str):
         schemas = [s.strip() for s in schemas.split(",") if s.strip()]
@@ -88,13 +106,22 @@ def postgres_replica(
             raise SourceConfigError(f"--tables {' '.join(only_tables)} matched no replicated table.")
     if only_keys is not None:
         specs = [s for s in specs if only_keys.get(s.qualified)]
+    raw = writer.raw_connection()
+    try:
+        shapes = read_shapes(raw, specs)
+    finally:
+        raw.close()
 
     for spec in specs:
         resource = _table_resource(
             spec, reader, writer, mode, lookback_seconds, cursor_timezone, block_size_bytes, dead_letter_url,
-            keys=(only_keys or {}).get(spec.qualified),
+            keys=(only_keys or {}).get(spec.qualified), shape=shapes.get(spec.qualified, []),
+            reread=spec.resource_name in (reread_tables or ()),
         )
         yield resource
+
+
+MERGE_DEDUPLICATED = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 
 
 def _table_resource(
@@ -107,19 +134,28 @@ def _table_resource(
     block_size_bytes: int,
     dead_letter_url: str | None,
     keys: list[dict[str, Any]] | None = None,
+    shape: Shape | None = None,
+    reread: bool = False,
 ) -> DltResource:
     incremental = None
     write_disposition: Any = "replace"
     query_adapter = None
-    if keys:
-        # a handful of known rows (dead-letter replay): merge them, leave the cursor alone
-        write_disposition = {"disposition": "merge", "strategy": "delete-insert"}
+    if keys and spec.has_key:
+        # a handful of known rows (dead-letter replay): merge them, leave the cursor alone. One read yields
+        # each key once, so dlt need not de-duplicate (its window de-dup also loses the sign of -0.0 in DuckDB)
+        write_disposition = MERGE_DEDUPLICATED
         query_adapter = _keys_filter(spec, keys)
-    elif mode == "incremental" and spec.cursor_column:
+    elif mode == "incremental" and spec.has_key and reread:
+        # a schema change filled the existing rows (no WAL, no cursor move): read them all once, and merge
+        write_disposition = MERGE_DEDUPLICATED
+    elif mode == "incremental" and spec.cursor_column and spec.has_key:
         # dlt's `lag` is our lookback window; it must be > 0 so dlt keeps the cursor forward-only
         # and leaves de-duplication to the merge (see copy_loader's late-commit guard)
         incremental = dlt.sources.incremental(spec.cursor_column, lag=max(lookback_seconds, 1.0))
-        write_disposition = {"disposition": "merge", "strategy": "delete-insert"}
+        write_disposition = MERGE_DEDUPLICATED
+    elif mode == "incremental" and not spec.has_key:
+        logger.warning(f"{spec.qualified} has no primary key or NOT NULL unique index: it is re-copied in full "
+                       "on every run (add a key to merge only its changes)")
     elif mode == "incremental":
         logger.warning(f"{spec.qualified} has no cursor column: it is re-read in full on every run")
 
@@ -131,21 +167,44 @@ def _table_resource(
         table_loader_class=CopyTableLoader,
         reflection_level="full",
         type_adapter_callback=adapt_sqlalchemy_type,
+        table_adapter_callback=_destination_shape(spec),
         incremental=incremental,
         query_adapter_callback=query_adapter,
         backend_kwargs={
             "resource_name": spec.resource_name,
             "primary_key": list(spec.primary_key),
+            "column_types": spec.overrides,
             "dead_letter_url": dead_letter_url,
             "guard_engine": writer,
             "lookback_seconds": lookback_seconds,
             "cursor_timezone": cursor_timezone,
             "block_size": block_size_bytes,
+            "shape": shape or [],
         },
         write_disposition=write_disposition,
-        primary_key=list(spec.primary_key),
+        primary_key=list(spec.primary_key) or None,
     )
     return resource.with_name(spec.resource_name)
+
+
+def _destination_shape(spec: TableSpec) -> Any:
+    """dlt `table_adapter_callback`: what the destination table looks like, decided on the reflected table.
+
+    Only key columns are NOT NULL in the destination. dlt would copy every source NOT NULL, and then a routine
+    `ADD COLUMN c ... NOT NULL DEFAULT ...` makes dlt add a NOT NULL column to a table that has rows: the load
+    fails, and its package is retried before anything else forever. Configured `data_type` overrides replace
+    the reflected type, so dlt's hint and our COPY parsing agree.
+    """
+    key = set(spec.primary_key)
+    overrides = spec.overrides
+
+    def adapt(table: sa.Table) -> None:
+        for column in table.columns:
+            column.nullable = column.name not in key
+            if column.name in overrides:
+                column.type = override_type(overrides[column.name], f"{spec.qualified}.{column.name}")
+
+    return adapt
 
 
 def _keys_filter(spec: TableSpec, keys: list[dict[str, Any]]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg2
 import sqlalchemy as sa
 
 
@@ -53,3 +54,21 @@ def explain_connection_error(exc: BaseException, where: str) -> SourceError | No
             "and that security groups / pg_hba.conf allow this client."
         )
     return None
+
+
+# SQLSTATE classes/codes that mean "the connection or the server went away", not "this table is wrong"
+_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The source itself is unreachable or restarting: the whole run should fail and be retried, rather than
+    one table be set aside. A statement timeout or a permission error is about one table, and is not this."""
+    orig = getattr(exc, "orig", exc)
+    if isinstance(orig, SourceUnreachable | psycopg2.InterfaceError):
+        return True
+    if isinstance(orig, psycopg2.OperationalError):
+        code = getattr(orig, "pgcode", None)
+        if code is None:  # no SQLSTATE: the connection broke before the server could answer
+            return True
+        return code.startswith(_CONNECTION_STATES[0]) or code in _CONNECTION_STATES[1:]
+    return isinstance(explain_connection_error(orig, "the source"), SourceUnreachable)

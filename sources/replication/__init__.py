@@ -30,7 +30,9 @@ from .batch import DeleteMode, system_hints
 from .columns import ColumnSpec
 from .errors import ReplicationError
 
-MERGE = {"disposition": "merge", "strategy": "delete-insert"}
+# a batch holds one row per key (`batch.ChangeBatch`), so dlt need not de-duplicate: that skips a window function
+# per merge (Snowflake cost) and keeps the sign of -0.0, which DuckDB loses in that window
+MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
 # the same dlt schema (and source state namespace) as `sources.postgres.postgres_replica`: both write the
 # same tables, so they share one table definition; CDC keeps its position under this key of that state
 SOURCE_NAME = "postgres_replica"

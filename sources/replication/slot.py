@@ -134,8 +134,10 @@ def server_version(conn: Any) -> int:
 
 
 # -- prerequisites --------------------------------------------------------------------------------
-def check_prerequisites(conn: Any, tables: Iterable[TableSpec], slot: str, slot_needed: bool) -> list[str]:
-    """Every missing prerequisite, named with its fix (an empty list means ready)."""
+def check_prerequisites(conn: Any, tables: Iterable[TableSpec], slot: str, slot_needed: bool,
+                        with_tables: bool = True) -> list[str]:
+    """Every missing prerequisite, named with its fix (an empty list means ready). `with_tables=False` leaves out
+    the per-table ones (`table_refusals`), which stop only their own table."""
     problems: list[str] = []
     settings = dict(query(conn, """SELECT name, setting FROM pg_settings
         WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'rds.logical_replication',
@@ -162,24 +164,50 @@ def check_prerequisites(conn: Any, tables: Iterable[TableSpec], slot: str, slot_
         if used >= int(settings.get("max_replication_slots", "0")):
             problems.append(f"All {settings.get('max_replication_slots')} replication slots are used "
                             "(max_replication_slots): raise it or drop an unused slot.")
-    for spec in tables:
-        rows = query(conn, """
-            SELECT c.relreplident, has_table_privilege(c.oid, 'SELECT'),
-                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relname = %s""", (spec.schema, spec.name))
-        if not rows:
-            problems.append(f"Table {spec.qualified} does not exist.")
-            continue
-        identity, can_select, has_pk = rows[0]
-        if not can_select:
-            problems.append(f"GRANT SELECT ON {spec.qualified} TO {role[3]} (needed for the snapshot).")
-        if identity == "n" or (identity == "d" and not has_pk):
-            problems.append(
-                f"Table {spec.qualified} has no primary key or replica identity, so PostgreSQL cannot replicate "
-                f"its updates and deletes: add a primary key (or ALTER TABLE {spec.qualified} REPLICA IDENTITY FULL "
-                "and configure `primary_key` for it).")
+    if with_tables:
+        problems += table_refusals(conn, tables).values()
     return problems
+
+
+def table_refusals(conn: Any, tables: Iterable[TableSpec]) -> dict[str, str]:
+    """Tables CDC cannot replicate as they are, each with its fix; one catalog query for all of them.
+
+    A table in a publication that publishes updates and deletes must have a replica identity, or PostgreSQL
+    refuses its UPDATE and DELETE statements on the source: such a table is never added to the publication.
+    """
+    specs = list(tables)
+    if not specs:
+        return {}
+    found = {(r[0], r[1]): r[2:] for r in query(conn, """
+        SELECT n.nspname, c.relname, c.relreplident, has_table_privilege(c.oid, 'SELECT'),
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), current_user
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+        ([s.schema for s in specs], [s.name for s in specs]))}
+    refusals: dict[str, str] = {}
+    for spec in specs:
+        row = found.get((spec.schema, spec.name))
+        if row is None:
+            refusals[spec.qualified] = f"Table {spec.qualified} does not exist."
+            continue
+        identity, can_select, has_pk, role = row
+        problems = []
+        if not can_select:
+            problems.append(f"GRANT SELECT ON {spec.qualified} TO {role} (needed for the snapshot).")
+        if identity == "n" or (identity == "d" and not has_pk):
+            if spec.has_key:
+                fix = (f"ALTER TABLE {spec.qualified} REPLICA IDENTITY USING INDEX <its unique index on "
+                       f"{', '.join(spec.primary_key)}> (or add a primary key)")
+            else:
+                fix = (f"add a primary key, or ALTER TABLE {spec.qualified} REPLICA IDENTITY FULL (it is then "
+                       "replicated as an exact multiset of rows, and every update and delete logs the whole old row)")
+            problems.append(
+                f"Table {spec.qualified} has no primary key or replica identity PostgreSQL can log its updates and "
+                f"deletes with: {fix}. Until then it is not added to the publication (its UPDATEs and DELETEs "
+                "would fail).")
+        if problems:
+            refusals[spec.qualified] = " ".join(problems)
+    return refusals
 
 
 # -- publication -----------------------------------------------------------------------------------

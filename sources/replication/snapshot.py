@@ -41,7 +41,8 @@ def table_columns(conn: Any, spec: TableSpec, resolver: TypeResolver) -> list[Co
     with conn.cursor() as cur:
         cur.execute(COLUMNS_SQL.format(generated=generated), (relation,))
         rows = cur.fetchall()
-    return [resolver.column(name, int(oid), int(typmod), name in spec.primary_key) for name, oid, typmod in rows]
+    return [resolver.column(name, int(oid), int(typmod), name in spec.primary_key, spec.overrides.get(name))
+            for name, oid, typmod in rows]
 
 
 def _resolver(conn: Any) -> TypeResolver:

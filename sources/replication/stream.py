@@ -68,7 +68,16 @@ class IdleEvent:
     lsn: int
 
 
-Event = BatchReady | TruncateEvent | IdleEvent
+@dataclass
+class RelationEvent:
+    """A tracked table was announced (first change of it in this stream) or its columns changed. Every change
+    of it before this point has been yielded, so the caller may re-copy it and `track()` it anew."""
+
+    table: LiveTable
+    changed: bool  # its columns differ from the previous announcement in this stream
+
+
+Event = BatchReady | TruncateEvent | IdleEvent | RelationEvent
 
 
 @dataclass
@@ -108,6 +117,11 @@ class ChangeStream:
         self.tracked[table.spec.qualified] = table
         self._live.clear()
 
+    def untrack(self, qualified: str) -> None:
+        """Stop applying changes of a table (set aside until it is copied again)."""
+        self.tracked.pop(qualified, None)
+        self._live.clear()
+
     def _live_table(self, relid: int) -> LiveTable | None:
         if relid in self._live:
             return self._live[relid]
@@ -115,8 +129,8 @@ class ChangeStream:
         live: LiveTable | None = None
         if relation is not None and relation.qualified in self.tracked:
             spec = self.tracked[relation.qualified].spec
-            columns = [self.resolver.column(c.name, c.type_oid, c.typmod, c.name in spec.primary_key)
-                       for c in relation.columns]
+            columns = [self.resolver.column(c.name, c.type_oid, c.typmod, c.name in spec.primary_key,
+                                            spec.overrides.get(c.name)) for c in relation.columns]
             names = [c.name for c in relation.columns]
             missing = [k for k in spec.primary_key if k not in names]
             if missing:
@@ -197,12 +211,15 @@ class ChangeStream:
                 self.relations[message.relid] = message
                 self._live.pop(message.relid, None)
                 current = self._live_table(message.relid)
-                if previous is not None and current is not None and previous.shape() != current.shape():
+                changed = previous is not None and current is not None and previous.shape() != current.shape()
+                if changed and current is not None:
                     log.info(f"{current.qualified}: columns changed at {format_lsn(txn.final_lsn if txn else 0)}",
                              extra={"fields": {"table": current.qualified, "phase": "cdc"}})
                     if current.qualified in batch.tables:  # one batch holds one shape per table
                         yield BatchReady(batch, "schema")
                         batch = ChangeBatch()
+                if current is not None and (changed or previous is None):
+                    yield RelationEvent(current, changed)
             elif isinstance(message, Truncate):
                 assert txn is not None
                 tables = []

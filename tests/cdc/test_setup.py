@@ -119,8 +119,8 @@ def test_cdc_takes_over_tables_loaded_by_the_snapshot_source(cdc: Harness, monke
 
     monkeypatch.setenv("SOURCES__POSTGRES__SCHEMAS", '["customers", "orders"]')
     seed(cdc.dsn, customers=200, orders=500)
-    customers_orders.run(pipelines_dir=str(cdc.pipelines_dir)).raise_on_failed_jobs()
-    customers_orders.run(pipelines_dir=str(cdc.pipelines_dir)).raise_on_failed_jobs()  # a merge: staging exists
+    customers_orders.run(pipelines_dir=str(cdc.pipelines_dir)).raise_on_failures()
+    customers_orders.run(pipelines_dir=str(cdc.pipelines_dir)).raise_on_failures()  # a merge: staging exists
     cdc.pipeline_name = customers_orders.PIPELINE_NAME
     pipeline = customers_orders.make_pipeline(str(cdc.pipelines_dir))
     cdc_pipeline.setup(pipeline)

@@ -75,7 +75,7 @@ def test_restore_rebuilds_tables_at_two_points_in_time(
     dsn = sf_env["SOURCES__POSTGRES__CREDENTIALS"]
     seed(dsn, customers=80, orders=300)
     assert bootstrap() == 0
-    customers_orders.run(pipelines_dir=str(tmp_path / "p")).raise_on_failed_jobs()
+    customers_orders.run(pipelines_dir=str(tmp_path / "p")).raise_on_failures()
     orders_t1, customers_t1 = source_orders(dsn), source_customers(dsn)
     t1 = time.time()
     time.sleep(1.1)
@@ -87,7 +87,7 @@ def test_restore_rebuilds_tables_at_two_points_in_time(
         "ALTER TABLE customers.customers ADD COLUMN loyalty_tier text",
         "UPDATE customers.customers SET loyalty_tier = 'gold', email = 'vip@example.com' WHERE id = 2",
     )
-    customers_orders.run(pipelines_dir=str(tmp_path / "p")).raise_on_failed_jobs()
+    customers_orders.run(pipelines_dir=str(tmp_path / "p")).raise_on_failures()
     orders_t2, customers_t2 = source_orders(dsn), source_customers(dsn, ", loyalty_tier")
     t2 = time.time()
     assert orders_t1 != orders_t2 and customers_t1 != [r[:7] for r in customers_t2]
@@ -189,7 +189,7 @@ def test_restore_from_a_local_filesystem_archive(
     archive = tmp_path / "bucket"
     monkeypatch.setenv("CUSTOMERS_ORDERS__DESTINATION_TYPE", "pipelines.destinations.archive_filesystem")
     monkeypatch.setenv("DESTINATION__FILESYSTEM__BUCKET_URL", archive.as_uri())
-    customers_orders.run(pipelines_dir=str(tmp_path / "p")).raise_on_failed_jobs()
+    customers_orders.run(pipelines_dir=str(tmp_path / "p")).raise_on_failures()
     assert sorted(p.name for p in (archive / "customers_orders" / "orders").iterdir()) == ["order_items", "orders"]
 
     target = tmp_path / "restored.duckdb"

@@ -61,7 +61,7 @@ def test_customers_orders_through_the_http_server_with_key_pair_auth(
     seed(dsn, customers=50, orders=120)
     assert bootstrap() == 0
     info = customers_orders.run(pipelines_dir=str(tmp_path / "p"))
-    info.raise_on_failed_jobs()
+    info.raise_on_failures()
     assert jwt_logins, "dlt should have signed in with the private key (JWT), not a password"
 
     expected = pg_rows(dsn, "SELECT id, email, full_name, country, preferences::text, updated_at "

@@ -30,7 +30,7 @@ TABLES = {"customers.customers": "customers__customers", "orders.orders": "order
 
 def run_pipeline(tmp_path: Path) -> None:
     info = customers_orders.run(pipelines_dir=str(tmp_path / "pipelines"), tables=list(TABLES))
-    info.raise_on_failed_jobs()
+    info.raise_on_failures()
 
 
 def assert_replica_complete(db: VaultDb, duck: Path) -> None:
