@@ -24,13 +24,16 @@ from typing import Any
 import dlt
 import psycopg2
 import pyarrow as pa
+from dlt.common.schema import Schema
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.exceptions import PipelineStepFailed
+from psycopg2 import sql as pg_sql
 
 from pipelines.isolation import FAILED_TABLES_KEY, TableLoadFailed, culprit, describe, is_about_no_table
 from pipelines.progress import FAILPOINT_ENV, crash_at
 from sources.postgres import dead_letters
 from sources.postgres.catalog import TableSpec, discover_tables, matches
+from sources.postgres.copy_loader import arrow_schema
 from sources.postgres.errors import SourceConfigError
 from sources.postgres.session import make_engine
 from sources.postgres.shapes import SchemaChange, classify, read_shapes
@@ -43,7 +46,17 @@ from sources.replication import (
     replication_settings,
     table_hints,
 )
-from sources.replication.batch import DELETED_AT_COLUMN, LSN_COLUMN, ChangeBatch, PreparedTable, apply_fill, prepare
+from sources.replication.batch import (
+    DELETED_AT_COLUMN,
+    LSN_COLUMN,
+    ChangeBatch,
+    LiveTable,
+    PreparedTable,
+    RowChange,
+    apply_fill,
+    prepare,
+    system_columns,
+)
 from sources.replication.columns import TypeResolver, arrays_to_json
 from sources.replication.errors import (
     PrerequisiteMissing,
@@ -56,6 +69,8 @@ from sources.replication.errors import (
     SlotMissing,
 )
 from sources.replication.lsn import format_lsn
+from sources.replication.multiset import ROW_HASH_COLUMN, ROW_KEY_COLUMN
+from sources.replication.pgoutput import UNCHANGED, Value
 from sources.replication.slot import (
     SlotHealth,
     check_prerequisites,
@@ -74,7 +89,7 @@ from sources.replication.slot import (
     table_refusals,
     wal_sender_timeout_seconds,
 )
-from sources.replication.snapshot import TableSnapshot
+from sources.replication.snapshot import TableSnapshot, table_columns
 from sources.replication.stream import (
     BatchReady,
     ChangeStream,
@@ -91,6 +106,8 @@ log = logging.getLogger("aurora_sync.cdc")
 # the process once a batch is in the destination but before the server heard about it
 CRASH_ENV = FAILPOINT_ENV
 AFTER_LOAD_BEFORE_ACK = "after_load_before_ack"
+# CDC state key: (final LSN, changes) of a transaction whose first changes are loaded but that is not complete
+PARTIAL_TXN_KEY = "partial_txn"
 
 
 def _event(message: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -160,6 +177,7 @@ class _Cdc:
         self.meta = connect(self.dsn, statement_timeout_ms=60_000)
         self.summary = CdcSummary()
         self.shapes: dict[str, Any] = {}  # tables whose recorded shape changed harmlessly: saved with the next state
+        self._resolver: TypeResolver | None = None
         self.on_progress: Callable[[CdcSummary], None] = lambda summary: None
 
     def close(self) -> None:
@@ -179,6 +197,12 @@ class _Cdc:
 
     def resolver(self) -> TypeResolver:
         return TypeResolver(self.query)
+
+    @property
+    def resolver_cache(self) -> TypeResolver:
+        if self._resolver is None:
+            self._resolver = self.resolver()
+        return self._resolver
 
     # -- destination -----------------------------------------------------------------------------------
     def run(self, source: Any, refresh: Any = None) -> None:
@@ -235,25 +259,35 @@ class _Cdc:
         """A load with no rows, only dlt state: used to record a position before confirming it."""
         self.run(cdc_batch([], update))
 
+    def destination_table(self, resource_name: str) -> str:
+        """The destination's name for a table: dlt normalizes `zoo__Every Type` to `zoo__every_type`."""
+        schema = self.pipeline.schemas.get(SOURCE_NAME)
+        naming = schema.naming if schema else Schema(SOURCE_NAME).naming
+        return str(naming.normalize_tables_path(resource_name))
+
     def current_rows(self, prepared: PreparedTable) -> pa.Table | None:
         """The destination's current values of the rows a batch must complete (unchanged TOAST, tombstones)."""
         assert prepared.fill_keys is not None
         schema = self.pipeline.schemas.get(SOURCE_NAME)
-        table_schema = schema.tables.get(prepared.table.resource_name) if schema else None
+        table_schema = schema.tables.get(self.destination_table(prepared.table.resource_name)) if schema else None
         if not table_schema:
             return None
         known = table_schema.get("columns", {})
+        assert schema is not None
+        column = schema.naming.normalize_identifier  # source column → its destination name
         keys = list(prepared.fill_keys.column_names)
-        wanted = [c for c in prepared.fill_masks if c in known]
+        wanted = [c for c in prepared.fill_masks if column(c) in known]
         unique = sorted({k for k in zip(*(prepared.fill_keys[c].to_pylist() for c in keys), strict=True)
                          if k[0] is not None}, key=repr)
         if not unique:
             return None
         rows: list[tuple[Any, ...]] = []
         with self.pipeline.sql_client(SOURCE_NAME) as client:
-            escape = client.escape_column_name
+            def escape(name: str) -> str:
+                return str(client.escape_column_name(column(name)))
+
             selected = ", ".join(escape(c) for c in [*keys, *wanted])
-            target = client.make_qualified_table_name(prepared.table.resource_name)
+            target = client.make_qualified_table_name(self.destination_table(prepared.table.resource_name))
             for start in range(0, len(unique), 500):
                 chunk = unique[start:start + 500]
                 if len(keys) == 1:
@@ -270,11 +304,81 @@ class _Cdc:
         names = [*keys, *wanted]
         return pa.table({n: pa.array([r[i] for r in rows]) for i, n in enumerate(names)}) if rows else None
 
+    def existing_copies(self, table: LiveTable, hashes: set[str]) -> dict[str, list[str]]:
+        """A keyless table's live copies in the destination (their `_row_key`s) for the given row hashes."""
+        copies: dict[str, list[str]] = {}
+        wanted = sorted(hashes)
+        with self.pipeline.sql_client(SOURCE_NAME) as client:
+            target = client.make_qualified_table_name(self.destination_table(table.resource_name))
+            key, digest = client.escape_column_name(ROW_KEY_COLUMN), client.escape_column_name(ROW_HASH_COLUMN)
+            live = (f" AND {client.escape_column_name(DELETED_AT_COLUMN)} IS NULL"
+                    if self.settings.delete_mode == "soft" else "")
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                try:
+                    rows = client.execute_sql(f"SELECT {digest}, {key} FROM {target} WHERE {digest} IN "
+                                              f"({', '.join(['%s'] * len(chunk))}){live}", *chunk) or []
+                except DatabaseUndefinedRelation:
+                    return {}
+                for row_hash, row_key in rows:
+                    copies.setdefault(str(row_hash), []).append(str(row_key))
+        return copies
+
+    def generated_values(self, table: LiveTable, rows: list[RowChange], values_rows: list[list[Value]]) -> list[
+            list[Value]]:
+        """Stored generated columns, which pgoutput before PostgreSQL 18 does not send: computed on the source
+        from each row's own values, in one read-only query that touches no table. A row missing an input (an
+        unchanged TOAST value, a delete that carries only its key) is read back by key instead, and if it is
+        gone by then, keeps the destination's value until its later change or delete arrives."""
+        width = len(table.relation.columns)
+        relation = table.columns[:width]
+
+        def quote_ident(name: str) -> str:
+            return str(pg_sql.Identifier(name).as_string(self.meta))
+
+        out: list[list[Value]] = [[UNCHANGED] * len(table.generated) for _ in rows]
+        complete = [i for i, v in enumerate(values_rows) if all(x is not UNCHANGED for x in v[:width])
+                    and not (rows[i].op == "D" and not table.keyless)]
+        if complete:
+            types = [self.resolver_cache.format_type(c.type_oid, c.typmod) for c in relation]
+            columns = ", ".join(f"u.v{j}::{t} AS {quote_ident(c.name)}" for j, (c, t) in enumerate(zip(
+                relation, types, strict=True)))
+            inputs = ", ".join(f"v{j}" for j in range(width))
+            exprs = ", ".join(f"(({g.expression})::{g.sql_type})::text" for g in table.generated)
+            arrays = tuple([None if values_rows[i][j] is None else bytes(values_rows[i][j]).decode()  # type: ignore[arg-type]
+                            for i in complete] for j in range(width))
+            computed = self.query(
+                f"SELECT {exprs} FROM (SELECT u._aurora_sync_ord, {columns} FROM unnest("
+                f"{', '.join(['%s::text[]'] * width)}) WITH ORDINALITY AS u({inputs}, _aurora_sync_ord)) AS t "
+                "ORDER BY t._aurora_sync_ord", arrays)
+            for i, row in zip(complete, computed, strict=True):
+                out[i] = [None if v is None else v.encode() for v in row]
+        missing = [i for i in range(len(rows)) if i not in set(complete) and rows[i].lookup_key]
+        if missing and table.key_positions:
+            keys = [c for i, c in enumerate(relation) if i in table.key_positions]
+            key_types = [self.resolver_cache.format_type(c.type_oid, c.typmod) for c in keys]
+            wanted = tuple([None if rows[i].lookup_key[n] is None else bytes(rows[i].lookup_key[n]).decode()  # type: ignore[arg-type]
+                            for i in missing] for n in range(len(keys)))
+            key_list = ", ".join(quote_ident(c.name) for c in keys)
+            found = self.query(
+                f"SELECT {', '.join(f'{quote_ident(c.name)}::text' for c in keys)}, "
+                f"{', '.join(f'{quote_ident(g.name)}::text' for g in table.generated)} "
+                f"FROM {quote_ident(table.relation.schema)}.{quote_ident(table.relation.name)} WHERE ({key_list}) IN "
+                f"(SELECT {', '.join(f'k{n}::{t}' for n, t in enumerate(key_types))} FROM unnest("
+                f"{', '.join(['%s::text[]'] * len(keys))}) AS u({', '.join(f'k{n}' for n in range(len(keys)))}))",
+                wanted)
+            by_key = {tuple(r[:len(keys)]): r[len(keys):] for r in found}
+            for i in missing:
+                key = tuple(None if v is None else bytes(v).decode() for v in rows[i].lookup_key)  # type: ignore[arg-type]
+                if key in by_key:
+                    out[i] = [None if v is None else v.encode() for v in by_key[key]]
+        return out
+
     def apply_truncate(self, event: TruncateEvent) -> None:
         """TRUNCATE at the source: delete the destination rows (hard) or mark them deleted (soft)."""
         with self.pipeline.sql_client(SOURCE_NAME) as client:
             for table in event.tables:
-                target = client.make_qualified_table_name(table.resource_name)
+                target = client.make_qualified_table_name(self.destination_table(table.resource_name))
                 try:
                     if self.settings.delete_mode == "hard":
                         client.execute_sql(f"DELETE FROM {target}")
@@ -325,8 +429,9 @@ class _Cdc:
                     }
                     state.get(FAILED_TABLES_KEY, {}).pop(spec.resource_name, None)
 
-                self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key),
-                                      table_hints(columns, settings.delete_mode, merge=False), snap.read, update),
+                self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key) or [ROW_KEY_COLUMN],
+                                      table_hints(columns, settings.delete_mode, merge=False,
+                                                  keyless=not spec.has_key), snap.read, update),
                          refresh="drop_resources" if spec.resource_name in reload else None)
             except TableLoadFailed as failure:
                 self.set_aside(spec, failure.step, failure.error)
@@ -344,6 +449,22 @@ class _Cdc:
             _event("table snapshotted", table=spec.resource_name, rows=snap.rows, lsn=format_lsn(lsn),
                    duration_s=round(time.monotonic() - started, 3))
         return copied
+
+    def add_columns(self, spec: TableSpec) -> None:
+        """A new column whose existing rows are NULL (no default) needs no copy, but the destination must have it
+        before a change of the table carries it: a load with no rows and the table's current columns adds it."""
+        resolver = self.resolver_cache
+        columns = table_columns(self.meta, spec, resolver)
+        empty = arrow_schema([c.plan for c in columns], frozenset(spec.primary_key)).empty_table()
+        for name, column in system_columns(self.settings.delete_mode, [], []).items():
+            empty = empty.append_column(name, column)
+        if not spec.has_key:
+            empty = empty.append_column(ROW_KEY_COLUMN, pa.array([], pa.string()))
+            empty = empty.append_column(ROW_HASH_COLUMN, pa.array([], pa.string()))
+        hints = table_hints(columns, self.settings.delete_mode, keyless=not spec.has_key)
+        self.run(cdc_batch([(spec.resource_name, list(spec.primary_key) or [ROW_KEY_COLUMN], hints, empty)],
+                           lambda state: None))
+        _event("columns added to the destination", table=spec.resource_name)
 
     def shape(self, spec: TableSpec) -> Any:
         return read_shapes(self.meta, [spec]).get(spec.qualified, [])
@@ -450,6 +571,9 @@ def _shape_changes(cdc: _Cdc, specs: list[TableSpec], tracked: dict[str, Any]) -
             changes[spec] = change
         elif stored != shape:
             cdc.shapes[spec.qualified] = shape  # committed with the next state update
+            added = {c[1] for c in shape} - {c[1] for c in stored or []}
+            if stored and added:
+                cdc.add_columns(spec)
     return changes
 
 
@@ -641,8 +765,10 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
                        "and follow mode writes no heartbeats", logging.WARNING)
         return 0
 
+    partial = _state(cdc.pipeline).get(PARTIAL_TXN_KEY)
     stream = ChangeStream(wal, tracked, cdc.resolver(), marker if messages else None, limits,
-                          settings.truncate_mode, confirmed)
+                          settings.truncate_mode, confirmed,
+                          skip=(int(partial[0]), int(partial[1])) if partial else None)
     token: str | None = None
     target = 0
     if not follow:
@@ -655,11 +781,12 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
     position = {"confirmed": confirmed}
     last_table_check = time.monotonic()
 
-    def record(lsn: int) -> Any:
+    def record(lsn: int, partial: tuple[int, int] | None = None) -> Any:
         def update(state: dict[str, Any]) -> None:
             state["slot"], state["publication"] = cdc.slot, cdc.publication
             state["confirmed_lsn"] = max(int(state.get("confirmed_lsn") or 0), lsn)
             state["confirmed_at"] = datetime.now(UTC).isoformat()
+            state[PARTIAL_TXN_KEY] = list(partial) if partial else None
             for qualified, shape in cdc.shapes.items():
                 if qualified in state.get("tables", {}):
                     state["tables"][qualified]["shape"] = shape
@@ -707,20 +834,21 @@ def _load_batch(cdc: _Cdc, wal: WalStream, stream: ChangeStream, batch: ChangeBa
             counts.inserts += changes.inserts
             counts.updates += changes.updates
             counts.deletes += changes.deletes
-            loads[table.qualified] = (table.resource_name, list(table.primary_key),
-                                      table_hints(table.columns, settings.delete_mode), arrow)
+            loads[table.qualified] = (table.resource_name, table.merge_key,
+                                      table_hints(table.columns, settings.delete_mode, keyless=table.keyless), arrow)
         ack = batch.safe_lsn if batch.safe_lsn is not None and batch.safe_lsn > position["confirmed"] else None
         while True:
             try:
-                cdc.run(cdc_batch(list(loads.values()), record(ack if ack is not None else position["confirmed"])))
+                cdc.run(cdc_batch(list(loads.values()), record(ack if ack is not None else position["confirmed"],
+                                                               batch.partial)))
                 break
             except TableLoadFailed as failure:
                 # the package was aborted: find the table(s) at fault, set them aside, load the rest with the LSN
                 by_resource = {load[0]: q for q, load in loads.items()}
                 culprits = [by_resource[failure.table]] if failure.table in by_resource else [
                     q for q, load in loads.items() if _fails_alone(cdc, load)]
-                if not culprits:
-                    raise
+                if not culprits or (failure.table not in by_resource and len(culprits) == len(loads)):
+                    raise  # no table, or every table alone: the cause is not a table's; nothing is set aside
                 for qualified in culprits:
                     _set_aside(cdc, stream, qualified, failure.step, failure.error)
                     loads.pop(qualified)
@@ -741,8 +869,13 @@ def _prepare_table(cdc: _Cdc, changes: Any) -> pa.Table:
     """One table of a batch as the Arrow rows to merge: converted, TOAST-completed, dead letters written."""
     settings, summary = cdc.settings, cdc.summary
     table = changes.table
-    prepared = prepare(changes, settings.delete_mode, lambda column, values: arrays_to_json(cdc.query, column, values))
+    prepared = prepare(changes, settings.delete_mode, lambda column, values: arrays_to_json(cdc.query, column, values),
+                       generated=cdc.generated_values, existing=cdc.existing_copies)
     arrow = prepared.arrow
+    if prepared.unmatched_deletes:
+        summary.warnings.append(f"{table.resource_name}: {prepared.unmatched_deletes} delete(s) found no copy")
+        _event("deletes of a keyless table found no matching copy in the destination", logging.WARNING,
+               table=table.resource_name, rows=prepared.unmatched_deletes)
     if prepared.fill_masks:
         summary.filled_rows += prepared.fill_rows
         arrow, unresolved = apply_fill(prepared, cdc.current_rows(prepared), settings.delete_mode)

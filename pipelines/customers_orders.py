@@ -36,21 +36,23 @@ def run(
     pipelines_dir: str | None = None,
     dead_letter_url: str | None = None,
     only_keys: dict[str, list[dict[str, Any]]] | None = None,
+    pipeline: dlt.Pipeline | None = None,
 ) -> IsolatedRun:
     """Extract, normalize and load once. `full_refresh` drops the tables' data and cursors first.
 
     Load packages left by an interrupted run are finished first (or discarded when they cannot load), then
     every table is loaded, and a table that fails is set aside without stopping the others
-    (`pipelines.isolation`). `result.raise_on_failures()` raises when any table was set aside.
+    (`pipelines.isolation`). `result.raise_on_failures()` raises when any table was set aside. `pipeline`
+    replaces this module's own (tests and tools that sync the same source into another destination).
     """
-    pipeline = make_pipeline(pipelines_dir)
+    pipeline = pipeline or make_pipeline(pipelines_dir)
     reread: list[str] = []
 
     def reload_tables() -> list[str]:
         """Schema changes a cursor cannot see, found against the shapes the last sync recorded."""
         if only_keys is not None:
             return []
-        changes = detect_schema_changes(PIPELINE_NAME, pipeline.state, SOURCE_NAME, tables)
+        changes = detect_schema_changes(pipeline.pipeline_name, pipeline.state, SOURCE_NAME, tables)
         for table, change in sorted(changes.items()):
             log.warning(f"{table}: {change.reason}: " + ("the table is loaded anew" if change.kind == "reload" else
                         "its rows are read again in full"), extra={"fields": {"table": table, "phase": "extract"}})

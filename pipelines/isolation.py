@@ -59,6 +59,13 @@ class TableLoadFailed(Exception):
         self.table, self.step, self.error = table, step, error
 
 
+class NotATableFailure(Exception):
+    """A step failed for every table alike: nothing was set aside; the run failed and the next one retries it."""
+
+    def __init__(self, step: str, error: str) -> None:
+        super().__init__(f"The {step} step failed for every table alike, so the cause is not one table's: {error}")
+
+
 class TablesFailed(Exception):
     """Some tables were set aside; every other table was loaded."""
 
@@ -213,10 +220,16 @@ def run_isolated(
             together.remove(failure.table)
             continue
         log.warning(f"a {failure.step} failure named no table ({failure.error}): loading each table on its own")
+        alone_failures = {}
         for name in together:
             alone = _attempt(pipeline, make_source, [name], refresh, result)
             if alone is not None:
-                fail(TableFailure(name, alone.step, alone.error))
+                alone_failures[name] = TableFailure(name, alone.step, alone.error)
+        if len(alone_failures) == len(together):
+            # every table fails on its own too: the cause is not a table's, so fail the run and set nothing aside
+            raise NotATableFailure(failure.step, failure.error)
+        for failure_alone in alone_failures.values():
+            fail(failure_alone)
         break
     _remember(pipeline, names, previously, result)
     return result

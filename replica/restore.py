@@ -29,6 +29,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from pipelines.destinations import MANIFEST_DIR
+from sources.postgres.type_mapping import TEXT_SUFFIX
+from sources.replication.multiset import ROW_HASH_COLUMN, ROW_KEY_COLUMN
 
 FILE_NAME = re.compile(r"^(?P<load_id>\d+(?:\.\d+)?)\.(?P<file_id>[A-Za-z0-9_-]+)\.(?P<ext>parquet|jsonl(?:\.gz)?)$")
 LSN_COLUMN = "_lsn"
@@ -218,7 +220,9 @@ def rebuild(con: duckdb.DuckDBPyConnection, restore_plan: RestorePlan) -> pa.Tab
     deleted = restore_plan.deleted_column or (DELETED_COLUMN if DELETED_COLUMN in columns else None)
     order = f"{_SEQ_COL} DESC" + (f", {_quote(lsn)} DESC NULLS LAST" if lsn and lsn in columns else "")
     keep = "" if not deleted or deleted not in columns else f" AND coalesce({_quote(deleted)}, false) = false"
-    internal = {_FILE_COL, _SEQ_COL, _RN_COL, *DLT_COLUMNS, *(c for c in (lsn, deleted) if c)}
+    # the version order comes from the manifest's `dedup_sort` (CDC's `_lsn`, or a snapshot-source cursor such as
+    # updated_at); only the columns CDC adds are left out of the rebuilt table
+    internal = {_FILE_COL, _SEQ_COL, _RN_COL, *DLT_COLUMNS, LSN_COLUMN, *(c for c in (deleted,) if c)}
     output = ", ".join(_quote(c) for c in columns if c not in internal)
     key = ", ".join(_quote(c) for c in restore_plan.primary_key)
     sql = f"""
@@ -283,9 +287,33 @@ def _csv_ready(table: pa.Table) -> pa.Table:
     return table
 
 
+def fold_for_postgres(data: pa.Table) -> pa.Table:
+    """Back to the source's shape: a value kept in `<column>__pg_text` (infinity, BC, 24:00:00, NaN) goes back into
+    its column, which PostgreSQL can hold it in, and a keyless table's copy identities are dropped. A folded column
+    travels as text and keeps its type (schema metadata `pg_type:<column>`); PostgreSQL parses it on COPY."""
+    import pyarrow.compute as pc
+
+    declared = dict(data.schema.metadata or {})
+    for name in [n for n in data.column_names if n.endswith(TEXT_SUFFIX)]:
+        typed = name[:-len(TEXT_SUFFIX)]
+        if typed not in data.column_names:
+            continue
+        index = data.column_names.index(typed)
+        field = data.schema.field(typed)
+        folded = pc.if_else(pc.is_null(data[name]), pc.cast(data[typed], pa.string()), data[name])
+        data = data.set_column(index, pa.field(typed, pa.string()), folded).drop_columns([name])
+        declared[f"pg_type:{typed}".encode()] = postgres_type(field.type).encode()
+    data = data.replace_schema_metadata(declared)
+    return data.drop_columns([c for c in (ROW_KEY_COLUMN, ROW_HASH_COLUMN) if c in data.column_names])
+
+
 def write_postgres(url: str, schema: str, table: str, data: pa.Table, if_exists: str) -> None:
     import psycopg2
     from psycopg2 import sql
+
+    data = fold_for_postgres(data)
+    declared = {k.decode()[len("pg_type:"):]: v.decode() for k, v in (data.schema.metadata or {}).items()
+                if k.decode().startswith("pg_type:")}
 
     conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
     try:
@@ -302,7 +330,9 @@ def write_postgres(url: str, schema: str, table: str, data: pa.Table, if_exists:
             if not exists or if_exists == "replace":
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
                 columns = sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(postgres_type(f.type))) for f in data.schema
+                    sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(declared.get(f.name) or
+                                                                            postgres_type(f.type)))
+                    for f in data.schema
                 )
                 cur.execute(sql.SQL("CREATE TABLE {} ({})").format(target, columns))
             buffer = io.BytesIO()

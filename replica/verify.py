@@ -53,6 +53,7 @@ import json
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -72,6 +73,7 @@ from sqlalchemy.sql import sqltypes
 
 from sources.postgres.catalog import TableSpec, matches
 from sources.postgres.errors import SourceConfigError
+from sources.postgres.pg_types import domain_column_types
 from sources.postgres.session import make_engine
 from sources.postgres.settings import load_source_settings
 from sources.postgres.type_mapping import adapt_sqlalchemy_type, override_type, plan_column
@@ -286,7 +288,8 @@ def source_columns(table: sa.Table, spec: TableSpec, naming: NamingConvention) -
         if expr == quoted and plan.arrow_type == pa.string() and not isinstance(col.type, sqltypes.String):
             # carried as the text COPY prints (interval, inet, numeric(p>38), ...): the type's output function,
             # which `::text` is not for every type (inet::text adds the netmask: '::1/128')
-            expr = f"CASE WHEN {quoted} IS NULL THEN NULL ELSE format('%s', {quoted}) END"
+            # num_nulls, not IS NULL: a composite whose fields are all NULL is a value ('(,)'), not NULL
+            expr = f"CASE WHEN num_nulls({quoted}) = 1 THEN NULL ELSE format('%s', {quoted}) END"
         adapted = adapt_sqlalchemy_type(col.type)
         columns.append(Column(col.name, naming.normalize_identifier(col.name), expr.replace("%", "%%"),
                               isinstance(adapted, sqltypes.JSON | sqltypes.ARRAY)))
@@ -743,8 +746,33 @@ class TableVerifier:
             return _bound(median) if median is not None and median != smallest else None
         return None
 
+    def diff_multiset(self, r: KeyRange, src_n: int, dst_n: int) -> RangeDrift:
+        """A keyless table: rows one side has more copies of than the other (listed by their values)."""
+        drift = RangeDrift(r, src_n, dst_n)
+        if max(src_n, dst_n) > DIFF_ROWS_CAP:
+            drift.note = f"more than {DIFF_ROWS_CAP} rows: rows not listed"
+            return drift
+        seen: dict[int, list[str | None]] = {}
+        counts = []
+        for side in (self.src, self.dst):
+            counter: Counter[int] = Counter()
+            for _key, values, _raw in side.rows(r):
+                digest = row_hash(values)
+                counter[digest] += 1
+                seen.setdefault(digest, values)
+            counts.append(counter)
+        missing, extra = counts[0] - counts[1], counts[1] - counts[0]
+        drift.missing_count, drift.extra_count, drift.changed_count = sum(missing.values()), sum(extra.values()), 0
+        drift.missing = [seen[d] for d in list(missing)[:self.options.max_keys]]
+        drift.extra = [seen[d] for d in list(extra)[:self.options.max_keys]]
+        if not missing and not extra:
+            drift.note = "no difference when re-read (rows changing?)"
+        return drift
+
     def diff(self, r: KeyRange, src_n: int, dst_n: int) -> RangeDrift:
         """Key-level differences of a small range (or a sample of keys when one side is empty)."""
+        if self.src.key_count == 0:
+            return self.diff_multiset(r, src_n, dst_n)
         drift = RangeDrift(r, src_n, dst_n)
         limit = self.options.max_keys
         if src_n == 0 or dst_n == 0:
@@ -798,15 +826,23 @@ def verify_table(
 ) -> TableReport:
     started = time.monotonic()
     dest_name = naming.normalize_tables_path(spec.resource_name)  # `__` is kept: it is dlt's path separator
-    report = TableReport(spec.qualified, dest_name, key_column=spec.primary_key[0])
+    report = TableReport(spec.qualified, dest_name, key_column=spec.primary_key[0] if spec.has_key else "")
     reader = PostgresReader(engine)
     try:
         table = sa.Table(spec.name, sa.MetaData(), schema=spec.schema, autoload_with=engine)
+        raw = engine.raw_connection()
+        try:  # domains as their base type, exactly as the source plans them
+            for name, sa_type in domain_column_types(raw, [spec.schema]).get((spec.schema, spec.name), {}).items():
+                table.c[name].type = sa_type
+        finally:
+            raw.close()
         columns = source_columns(table, spec, naming)
-        report.strategy = key_strategy(table.c[spec.primary_key[0]].type)
         qualified = client.make_qualified_table_name(dest_name)
-        src_key = _pg_quote(spec.primary_key[0]).replace("%", "%%")
-        if isinstance(table.c[spec.primary_key[0]].type, sqltypes.String):
+        # a keyless table is one chunk whose rows are compared as a multiset (the checksum is a sum: duplicates
+        # count), since without a key there is nothing to range over or to diff by
+        report.strategy = key_strategy(table.c[spec.primary_key[0]].type) if spec.has_key else "single"
+        src_key = _pg_quote(spec.primary_key[0] if spec.has_key else columns[0].source).replace("%", "%%")
+        if spec.has_key and isinstance(table.c[spec.primary_key[0]].type, sqltypes.String):
             src_key += ' COLLATE "C"'  # code-point order, as DuckDB and Snowflake compare strings
         source = Side(reader, f"{_pg_quote(spec.schema)}.{_pg_quote(spec.name)}".replace("%", "%%"), src_key,
                       len(spec.primary_key), [], [])

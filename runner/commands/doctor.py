@@ -14,10 +14,11 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from sources.postgres.catalog import discover_tables
+from sources.postgres.catalog import TableSpec, discover_tables
 from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import make_engine
 from sources.postgres.settings import load_source_settings
+from sources.replication.slot import table_refusals
 
 from ..exit_codes import ExitCode
 from .run import PIPELINES, load_pipeline_module, source_dsn
@@ -84,11 +85,19 @@ def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
         schemas = settings.schemas
         specs = discover_tables(engine, schemas, settings.include, settings.exclude, settings.cursor_column,
                                 settings.overrides)
-        checks.append(Check("source: tables and keys", "ok", f"{len(specs)} table(s) in {', '.join(schemas)}, "
-                            "each with a primary key"))
+        checks += key_checks(specs, schemas)
         with engine.connect() as conn:
-            denied = [s.qualified for s in specs if not conn.execute(
-                sa.text("SELECT has_table_privilege(:t, 'SELECT')"), {"t": s.qualified}).scalar()]
+            # by catalog row, never by a name that would need quoting (mixed-case table names)
+            readable = {(r[0], r[1]): r[2] for r in conn.execute(sa.text(
+                "SELECT n.nspname, c.relname, has_table_privilege(c.oid, 'SELECT') FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(:s)"), {"s": schemas})}
+            denied = [s.qualified for s in specs if not readable.get((s.schema, s.name), False)]
+            raw = conn.connection.dbapi_connection
+            refusals = table_refusals(raw, specs)
+        if refusals:
+            checks.append(Check("source: CDC replica identity", "warn", f"{len(refusals)} table(s) cannot be "
+                                "replicated by CDC as they are (snapshot and incremental are not affected)",
+                                " ".join(refusals.values())))
         checks.append(Check("source: SELECT privilege", "fail" if denied else "ok",
                             f"missing on {', '.join(denied)}" if denied else "granted on every table",
                             "GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <user>" if denied else ""))
@@ -102,6 +111,25 @@ def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
                             "see the message; `aurora-sync --debug doctor` shows details"))
     finally:
         engine.dispose()
+    return checks
+
+
+def key_checks(specs: list[TableSpec], schemas: list[str]) -> list[Check]:
+    """How each table is keyed, and what a table without a primary key costs."""
+    by_source: dict[str, list[str]] = {}
+    for spec in specs:
+        by_source.setdefault(spec.key_source, []).append(spec.qualified)
+    checks = [Check("source: tables and keys", "ok", f"{len(specs)} table(s) in {', '.join(schemas)}; "
+                    + ", ".join(f"{len(v)} keyed by {k.replace('_', ' ')}" for k, v in sorted(by_source.items())
+                                if k != "none"))]
+    if by_source.get("unique_index"):
+        checks.append(Check("source: tables keyed by a unique index", "ok", ", ".join(by_source["unique_index"]),
+                            "merged on their NOT NULL unique index; CDC needs REPLICA IDENTITY USING INDEX on it"))
+    if by_source.get("none"):
+        checks.append(Check("source: tables without any key", "warn", ", ".join(by_source["none"]),
+                            "snapshot and incremental re-copy each of them in full on every run; CDC replicates them "
+                            "as an exact multiset only with REPLICA IDENTITY FULL (every update and delete then logs "
+                            "the whole old row). Cheapest fix: add a primary key."))
     return checks
 
 

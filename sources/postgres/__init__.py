@@ -19,6 +19,7 @@ from dlt.sources.sql_database import sql_table
 from .catalog import TableSpec, discover_tables, matches
 from .copy_loader import CopyTableLoader
 from .errors import SourceConfigError, describe_url, explain_connection_error
+from .pg_types import domain_column_types
 from .session import make_engine
 from .shapes import Shape, read_shapes
 from .type_mapping import adapt_sqlalchemy_type, override_type
@@ -109,6 +110,7 @@ def postgres_replica(
     raw = writer.raw_connection()
     try:
         shapes = read_shapes(raw, specs)
+        domains = domain_column_types(raw, schemas)
     finally:
         raw.close()
 
@@ -116,12 +118,15 @@ def postgres_replica(
         resource = _table_resource(
             spec, reader, writer, mode, lookback_seconds, cursor_timezone, block_size_bytes, dead_letter_url,
             keys=(only_keys or {}).get(spec.qualified), shape=shapes.get(spec.qualified, []),
-            reread=spec.resource_name in (reread_tables or ()),
+            reread=spec.resource_name in (reread_tables or ()), domains=domains.get((spec.schema, spec.name), {}),
         )
         yield resource
 
 
-MERGE_DEDUPLICATED = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+# dlt de-duplicates the staging rows of every merge (a load retried after a crash can stage a file twice); its
+# window is ordered by the `dedup_sort` column set in `_table_resource`, not by a constant, because DuckDB loses
+# the sign of -0.0 in a window ordered by a constant
+MERGE = {"disposition": "merge", "strategy": "delete-insert"}
 
 
 def _table_resource(
@@ -136,23 +141,23 @@ def _table_resource(
     keys: list[dict[str, Any]] | None = None,
     shape: Shape | None = None,
     reread: bool = False,
+    domains: dict[str, Any] | None = None,
 ) -> DltResource:
     incremental = None
     write_disposition: Any = "replace"
     query_adapter = None
     if keys and spec.has_key:
-        # a handful of known rows (dead-letter replay): merge them, leave the cursor alone. One read yields
-        # each key once, so dlt need not de-duplicate (its window de-dup also loses the sign of -0.0 in DuckDB)
-        write_disposition = MERGE_DEDUPLICATED
+        # a handful of known rows (dead-letter replay): merge them, leave the cursor alone
+        write_disposition = MERGE
         query_adapter = _keys_filter(spec, keys)
     elif mode == "incremental" and spec.has_key and reread:
         # a schema change filled the existing rows (no WAL, no cursor move): read them all once, and merge
-        write_disposition = MERGE_DEDUPLICATED
+        write_disposition = MERGE
     elif mode == "incremental" and spec.cursor_column and spec.has_key:
         # dlt's `lag` is our lookback window; it must be > 0 so dlt keeps the cursor forward-only
         # and leaves de-duplication to the merge (see copy_loader's late-commit guard)
         incremental = dlt.sources.incremental(spec.cursor_column, lag=max(lookback_seconds, 1.0))
-        write_disposition = MERGE_DEDUPLICATED
+        write_disposition = MERGE
     elif mode == "incremental" and not spec.has_key:
         logger.warning(f"{spec.qualified} has no primary key or NOT NULL unique index: it is re-copied in full "
                        "on every run (add a key to merge only its changes)")
@@ -167,7 +172,7 @@ def _table_resource(
         table_loader_class=CopyTableLoader,
         reflection_level="full",
         type_adapter_callback=adapt_sqlalchemy_type,
-        table_adapter_callback=_destination_shape(spec),
+        table_adapter_callback=_destination_shape(spec, domains or {}),
         incremental=incremental,
         query_adapter_callback=query_adapter,
         backend_kwargs={
@@ -184,16 +189,22 @@ def _table_resource(
         write_disposition=write_disposition,
         primary_key=list(spec.primary_key) or None,
     )
+    if write_disposition is MERGE:
+        # the staging de-duplication keeps the newest version of a key, ordered by a real column (see MERGE); a
+        # table CDC loaded before sorts by `_lsn`, which is cleared here (dlt allows one sort column per table)
+        sort_column = spec.cursor_column or spec.primary_key[0]
+        resource.apply_hints(columns={sort_column: {"name": sort_column, "dedup_sort": "desc"},
+                                      "_lsn": {"name": "_lsn", "dedup_sort": None}})
     return resource.with_name(spec.resource_name)
 
 
-def _destination_shape(spec: TableSpec) -> Any:
+def _destination_shape(spec: TableSpec, domains: dict[str, Any]) -> Any:
     """dlt `table_adapter_callback`: what the destination table looks like, decided on the reflected table.
 
     Only key columns are NOT NULL in the destination. dlt would copy every source NOT NULL, and then a routine
     `ADD COLUMN c ... NOT NULL DEFAULT ...` makes dlt add a NOT NULL column to a table that has rows: the load
     fails, and its package is retried before anything else forever. Configured `data_type` overrides replace
-    the reflected type, so dlt's hint and our COPY parsing agree.
+    the reflected type, so dlt's hint and our COPY parsing agree; so do domains' base types (`domains`).
     """
     key = set(spec.primary_key)
     overrides = spec.overrides
@@ -201,6 +212,8 @@ def _destination_shape(spec: TableSpec) -> Any:
     def adapt(table: sa.Table) -> None:
         for column in table.columns:
             column.nullable = column.name not in key
+            if column.name in domains:
+                column.type = domains[column.name]
             if column.name in overrides:
                 column.type = override_type(overrides[column.name], f"{spec.qualified}.{column.name}")
 

@@ -13,6 +13,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
+
+def _numeric_typmod(typmod: int) -> tuple[int, int]:
+    """numeric's (precision, scale); the scale is 11 signed bits since PostgreSQL 15 allows it below 0."""
+    packed = typmod - 4
+    return (packed >> 16) & 0xFFFF, ((packed & 0x7FF) ^ 1024) - 1024
+
+
 _SCALARS: dict[int, Callable[[int], Any]] = {
     16: lambda m: pg.BOOLEAN(),
     17: lambda m: pg.BYTEA(),
@@ -38,7 +45,7 @@ _SCALARS: dict[int, Callable[[int], Any]] = {
     1186: lambda m: pg.INTERVAL(),
     1560: lambda m: pg.BIT(),
     1562: lambda m: pg.BIT(varying=True),
-    1700: lambda m: pg.NUMERIC(((m - 4) >> 16) & 0xFFFF, (m - 4) & 0xFFFF) if m >= 4 else pg.NUMERIC(),
+    1700: lambda m: pg.NUMERIC(*_numeric_typmod(m)) if m >= 4 else pg.NUMERIC(),
     2950: lambda m: pg.UUID(as_uuid=False),
     3614: lambda m: pg.TSVECTOR(),
 }
@@ -81,3 +88,28 @@ class PgTypes:
         if category == "A" and elem:
             return pg.ARRAY(self.sa_type(int(elem), typmod, depth + 1))
         return sa.Text()  # enums, ranges, composites, extension types: their text form
+
+
+DOMAIN_COLUMNS_SQL = """
+SELECT n.nspname, c.relname, a.attname::text, a.atttypid, a.atttypmod
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE n.nspname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND t.typtype = 'd'
+"""
+
+
+def domain_column_types(raw_connection: Any, schemas: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Columns whose type is a domain, as their base type with its modifier: SQLAlchemy reflects a domain over
+    `numeric(10,2)` as plain NUMERIC, which would make it text on the snapshot path and a DECIMAL(10,2) in CDC."""
+    def query(statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with raw_connection.cursor() as cur:
+            cur.execute(statement, params)
+            return list(cur.fetchall())
+
+    types = PgTypes(query)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for schema, table, column, oid, typmod in query(DOMAIN_COLUMNS_SQL, (list(schemas),)):
+        out.setdefault((schema, table), {})[column] = types.sa_type(int(oid), int(typmod))
+    return out

@@ -81,12 +81,20 @@ def override_type(data_type: str, where: str) -> Any:
         f"decimal(p,s) with 0 <= s <= p <= {MAX_DECIMAL_PRECISION}.")
 
 
+# type families with a typed destination form; everything else travels as PostgreSQL's text output
+_TYPED = (sqltypes.Boolean, sqltypes.Integer, sqltypes.Numeric, sqltypes.String, sqltypes.DateTime, sqltypes.Date,
+          sqltypes.Time, sqltypes.JSON, sqltypes.ARRAY, sqltypes._Binary, sqltypes.Uuid)
+
+
 def adapt_sqlalchemy_type(sql_type: Any) -> Any:
     """dlt `type_adapter_callback`: make dlt's hints match what the COPY path emits.
 
     dlt maps unknown PostgreSQL types (interval, inet, enum, money, ...) to nothing; we carry them
     as text so their values survive unchanged. Numerics no destination DECIMAL can hold go as text.
+    A domain travels as its base type, as pgoutput describes it.
     """
+    if isinstance(sql_type, pg.DOMAIN):
+        return adapt_sqlalchemy_type(sql_type.data_type)
     if isinstance(sql_type, (pg.INTERVAL, pg.INET, pg.CIDR, pg.MACADDR, pg.MONEY, pg.TSVECTOR, pg.BIT)):
         return sa.Text()
     if isinstance(sql_type, sqltypes.Enum):
@@ -100,7 +108,7 @@ def adapt_sqlalchemy_type(sql_type: Any) -> Any:
             return sa.Text()
         if shape != (sql_type.precision, sql_type.scale or 0):
             return sa.Numeric(*shape)
-    if isinstance(sql_type, sqltypes.NullType):
+    if not isinstance(sql_type, _TYPED):  # ranges, geometric, xml, oid, macaddr8, unknown: their text output
         return sa.Text()
     return sql_type
 

@@ -29,10 +29,12 @@ from sources.postgres.errors import SourceConfigError
 from .batch import DeleteMode, system_hints
 from .columns import ColumnSpec
 from .errors import ReplicationError
+from .multiset import multiset_hints
 
-# a batch holds one row per key (`batch.ChangeBatch`), so dlt need not de-duplicate: that skips a window function
-# per merge (Snowflake cost) and keeps the sign of -0.0, which DuckDB loses in that window
-MERGE = {"disposition": "merge", "strategy": "delete-insert", "deduplicated": True}
+# A batch holds one row per key (`batch.ChangeBatch`), yet dlt's de-duplication stays on: a load retried after a
+# crash can put a file into the staging table twice. `_lsn` is its sort key (`system_hints`), which also keeps the
+# sign of -0.0 (DuckDB loses it when that window is ordered by a constant, dlt's default).
+MERGE = {"disposition": "merge", "strategy": "delete-insert"}
 # the same dlt schema (and source state namespace) as `sources.postgres.postgres_replica`: both write the
 # same tables, so they share one table definition; CDC keeps its position under this key of that state
 SOURCE_NAME = "postgres_replica"
@@ -168,10 +170,14 @@ def replication_settings(
     ).validate()
 
 
-def table_hints(columns: list[ColumnSpec], delete_mode: DeleteMode, merge: bool = True) -> dict[str, Any]:
+def table_hints(columns: list[ColumnSpec], delete_mode: DeleteMode, merge: bool = True,
+                keyless: bool = False) -> dict[str, Any]:
     """Column hints of a replicated table; `merge=False` (snapshot loads) leaves out the merge-only
-    hints, which the table keeps from earlier merges anyway."""
-    hints: dict[str, Any] = {c.name: dict(c.hint) for c in columns}
+    hints, which the table keeps from earlier merges anyway. A keyless table gets its copies' identity."""
+    # `dedup_sort: None` clears the hint the snapshot/incremental source puts on its cursor: one table, one sort
+    hints: dict[str, Any] = {c.name: {**c.hint, "dedup_sort": None} for c in columns}
+    if keyless:
+        hints.update(multiset_hints())
     for name, hint in system_hints(delete_mode).items():
         hints[name] = hint if merge else {k: v for k, v in hint.items() if k not in ("dedup_sort", "hard_delete")}
     return hints

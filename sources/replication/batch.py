@@ -3,7 +3,8 @@
 A batch never holds more than `max_batch_rows` changes or `max_batch_bytes` of values, whatever the
 size of the transactions it came from. Within a batch the latest change of a key wins (its values
 completed from the earlier ones when the server left a TOASTed value unchanged), so the destination
-merges one row per key; `_lsn` (the commit LSN) is also the merge's `dedup_sort` for safety.
+merges one row per key; `_lsn` is the commit LSN of that version. Tables without any key keep every
+change, in order, and become inserts and deletes of row copies (`multiset`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sources.postgres.conversion import RejectedRow
 from sources.postgres.copy_loader import csv_to_arrow
 from sources.postgres.type_mapping import ColumnPlan
 
+from . import multiset
 from .columns import ColumnSpec
 from .pgoutput import UNCHANGED, Relation, Value
 
@@ -63,18 +65,39 @@ class LiveTable:
     resource_name: str
     primary_key: tuple[str, ...]
     relation: Relation
-    columns: list[ColumnSpec]
+    columns: list[ColumnSpec]  # the relation's columns, then the generated ones pgoutput leaves out
     key_positions: tuple[int, ...]
+    generated: tuple[GeneratedColumn, ...] = ()
 
     def shape(self) -> tuple[tuple[str, int, int], ...]:
         return tuple((c.name, c.type_oid, c.typmod) for c in self.columns)
 
+    @property
+    def keyless(self) -> bool:
+        return not self.key_positions
+
+    @property
+    def merge_key(self) -> list[str]:
+        return list(self.primary_key) if self.primary_key else [multiset.ROW_KEY_COLUMN]
+
     def __post_init__(self) -> None:
+        if not self.key_positions:
+            self._key: Callable[[list[Value]], tuple[Value, ...]] = lambda values: ()
+            return
         getter = operator.itemgetter(*self.key_positions)
         self._key = getter if len(self.key_positions) > 1 else lambda values: (getter(values),)
 
     def key(self, values: list[Value]) -> tuple[Value, ...]:
         return self._key(values)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class GeneratedColumn:
+    """A `GENERATED ALWAYS AS (...) STORED` column: PostgreSQL before 18 does not send it, so it is computed."""
+
+    name: str
+    expression: str  # pg_get_expr() of its generation expression
+    sql_type: str  # format_type() of the column
 
 
 @dataclass(slots=True)
@@ -84,6 +107,7 @@ class RowChange:
     commit_time: datetime
     values: list[Value]  # relation column order; UNCHANGED = take the destination's current value
     lookup_key: tuple[Value, ...]  # destination key holding those values (the old key if the key changed)
+    ordinal: int = 0  # position of the change in its transaction (keyless tables: the copy's identity)
 
 
 @dataclass
@@ -105,6 +129,9 @@ class ChangeBatch:
         self.started: float | None = None  # monotonic time of the first change
         self.safe_lsn: int | None = None  # end LSN of the last complete transaction in the batch
         self.newest_commit_time: datetime | None = None
+        # (final LSN, changes of it in this and earlier batches) when the batch ends inside a transaction: a
+        # restart resends that transaction whole, and skips that many of its changes
+        self.partial: tuple[int, int] | None = None
 
     def __bool__(self) -> bool:
         return self.changes > 0
@@ -128,18 +155,28 @@ class ChangeBatch:
         self.changes += 1
         self.bytes += size + ROW_OVERHEAD_BYTES
 
-    def insert(self, table: LiveTable, new: list[Value], lsn: int, at: datetime, now: float, size: int = 0) -> None:
+    def insert(self, table: LiveTable, new: list[Value], lsn: int, at: datetime, now: float, size: int = 0,
+               ordinal: int = 0) -> None:
         self._count(size)
         changes = self._table(table)
         changes.inserts += 1
+        if table.keyless:
+            self._put(changes, ("#", len(changes.rows)), RowChange("I", lsn, at, new, (), ordinal), now)
+            return
         key = table.key(new)
-        self._put(changes, key, RowChange("I", lsn, at, new, key), now)
+        self._put(changes, key, RowChange("I", lsn, at, new, key, ordinal), now)
 
     def update(self, table: LiveTable, old: list[Value] | None, new: list[Value], lsn: int, at: datetime,
-               now: float, size: int = 0) -> None:
+               now: float, size: int = 0, ordinal: int = 0) -> None:
         self._count(size)
         changes = self._table(table)
         changes.updates += 1
+        if table.keyless:  # REPLICA IDENTITY FULL: the old row, then the new one (unchanged TOAST from the old)
+            assert old is not None, f"{table.qualified}: an update without its old row (REPLICA IDENTITY FULL?)"
+            new = [o if v is UNCHANGED else v for v, o in zip(new, old, strict=True)]
+            self._put(changes, ("#", len(changes.rows)), RowChange("D", lsn, at, list(old), (), ordinal), now)
+            self._put(changes, ("#", len(changes.rows)), RowChange("I", lsn, at, new, (), ordinal), now)
+            return
         key = table.key(new)
         old_key = table.key(old) if old is not None else key
         previous = changes.rows.get(old_key)
@@ -153,10 +190,14 @@ class ChangeBatch:
             self._put(changes, old_key, tombstone, now)
         self._put(changes, key, RowChange("U", lsn, at, new, lookup_key), now)
 
-    def delete(self, table: LiveTable, old: list[Value], lsn: int, at: datetime, now: float, size: int = 0) -> None:
+    def delete(self, table: LiveTable, old: list[Value], lsn: int, at: datetime, now: float, size: int = 0,
+               ordinal: int = 0) -> None:
         self._count(size)
         changes = self._table(table)
         changes.deletes += 1
+        if table.keyless:
+            self._put(changes, ("#", len(changes.rows)), RowChange("D", lsn, at, list(old), (), ordinal), now)
+            return
         key = table.key(old)
         previous = changes.rows.get(key)
         lookup_key = previous.lookup_key if previous is not None and previous.op != "D" else key
@@ -169,7 +210,7 @@ class ChangeBatch:
             return list(previous.values)
         if old is not None and table.relation.replica_identity == "f":
             return list(old)  # REPLICA IDENTITY FULL sent the whole row
-        values: list[Value] = [UNCHANGED] * len(table.columns)
+        values: list[Value] = [UNCHANGED] * len(table.relation.columns)  # generated ones are added later
         for i in table.key_positions:
             values[i] = old[i] if old is not None else None
         return values
@@ -188,6 +229,7 @@ class PreparedTable:
     updates: int = 0
     deletes: int = 0
     fill_rows: int = 0
+    unmatched_deletes: int = 0  # keyless tables: deletes of a row the destination did not hold
 
 
 ArrayConverter = Callable[[ColumnSpec, list[bytes]], list[bytes | None]]
@@ -214,16 +256,27 @@ def _parse(plans: list[ColumnPlan], rows: list[list[Value]], not_null: frozenset
     return pa.concat_tables(tables), rejected
 
 
-def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: ArrayConverter) -> PreparedTable:
+# (table, the batch's rows, their values in relation order) -> the generated columns' values of each row
+GeneratedValues = Callable[["LiveTable", list[RowChange], list[list[Value]]], list[list[Value]]]
+# (table, row hashes) -> the destination's live copies (their `_row_key`s) of each hash
+ExistingCopies = Callable[["LiveTable", set[str]], dict[str, list[str]]]
+
+
+def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: ArrayConverter,
+            generated: GeneratedValues | None = None, existing: ExistingCopies | None = None) -> PreparedTable:
     table = changes.table
     rows = list(changes.rows.values())
     keyset = set(table.key_positions)
     values_rows: list[list[Value]] = []
     for row in rows:
-        if row.op == "D" and delete_mode == "hard":
+        if row.op == "D" and delete_mode == "hard" and not table.keyless:
             values_rows.append([v if i in keyset else None for i, v in enumerate(row.values)])
         else:
             values_rows.append(list(row.values))
+    if table.generated:
+        assert generated is not None, "a table with generated columns needs their values"
+        for values, extra in zip(values_rows, generated(table, rows, values_rows), strict=True):
+            values.extend(extra)
     for j, column in enumerate(table.columns):
         if column.is_bytea:
             for values in values_rows:
@@ -236,7 +289,7 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
                 converted = convert_arrays(column, [values_rows[i][j] for i in positions])  # type: ignore[misc]
                 for i, v in zip(positions, converted, strict=True):
                     values_rows[i][j] = v
-    if delete_mode == "hard":  # the merge deletes by key; the other values only have to be valid
+    if delete_mode == "hard" and not table.keyless:  # the merge deletes by key; the rest only has to be valid
         placeholders = [c.placeholder for c in table.columns]
         for row, values in zip(rows, values_rows, strict=True):
             if row.op == "D":
@@ -246,6 +299,9 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
     arrow, rejected = _parse([c.plan for c in table.columns], values_rows, frozenset(table.primary_key))
     order = arrow[_ROW.name].to_pylist()
     arrow = arrow.drop_columns([_ROW.name])
+    if table.keyless:
+        assert existing is not None, "a keyless table needs the destination's copies"
+        return _prepare_multiset(changes, arrow, [rows[i] for i in order], delete_mode, rejected, existing)
     kept = [rows[i] for i in order]
     deleted = [r.commit_time if r.op == "D" else None for r in kept]
     for name, column in system_columns(delete_mode, [r.lsn for r in kept], deleted).items():
@@ -268,6 +324,26 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
         fill_keys = fill_keys.drop_columns([_ROW.name])
     return PreparedTable(table, arrow, masks, fill_keys, rejected,
                          changes.inserts, changes.updates, changes.deletes, sum(needs_fill) if masks else 0)
+
+
+def _prepare_multiset(changes: TableChanges, arrow: pa.Table, kept: list[RowChange], delete_mode: DeleteMode,
+                      rejected: list[RejectedRow], existing: ExistingCopies) -> PreparedTable:
+    """A keyless table's changes as copies to insert and copies to delete (see `multiset`)."""
+    table = changes.table
+    hashes = multiset.row_hashes(arrow, [c.name for c in table.columns])
+    ops = [(r.op, i, h, multiset.change_key(r.lsn, r.ordinal)) for i, (r, h) in enumerate(zip(kept, hashes,
+                                                                                            strict=True))]
+    planned = multiset.plan(ops, lambda wanted: existing(table, wanted))
+    picks = planned.inserts + planned.deletes
+    out = arrow.take(pa.array([i for i, _ in picks], pa.int64()))
+    out = out.append_column(multiset.ROW_KEY_COLUMN, pa.array([k for _, k in picks], pa.string()))
+    out = out.append_column(multiset.ROW_HASH_COLUMN, pa.array([hashes[i] for i, _ in picks], pa.string()))
+    deleted = [None] * len(planned.inserts) + [kept[i].commit_time for i, _ in planned.deletes]
+    for name, column in system_columns(delete_mode, [kept[i].lsn for i, _ in picks], deleted).items():
+        out = out.append_column(name, column)
+    prepared = PreparedTable(table, out, {}, None, rejected, changes.inserts, changes.updates, changes.deletes)
+    prepared.unmatched_deletes = planned.unmatched
+    return prepared
 
 
 def apply_fill(prepared: PreparedTable, current: pa.Table | None, delete_mode: DeleteMode) -> tuple[pa.Table, int]:

@@ -54,8 +54,22 @@ class ColumnSpec:
         return b"null" if self.hint.get("data_type") == "json" else b""
 
 
+GENERATED_SQL = """
+SELECT a.attname::text, a.atttypid, a.atttypmod, pg_get_expr(d.adbin, d.adrelid), format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attrelid = %s AND a.attgenerated = 's' AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+
 class TypeResolver(PgTypes):
     """(oid, typmod) → the ColumnSpec a replicated column travels by."""
+
+    def generated_columns(self, relid: int) -> list[tuple[str, int, int, str, str]]:
+        """A table's stored generated columns: (name, type oid, typmod, expression, SQL type)."""
+        if int(self.query("SHOW server_version_num", ())[0][0]) < 120000:
+            return []
+        return [(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in self.query(GENERATED_SQL, (relid,))]
 
     def column(self, name: str, oid: int, typmod: int, key: bool, override: str | None = None) -> ColumnSpec:
         sa_type = override_type(override, name) if override else self.sa_type(oid, typmod)

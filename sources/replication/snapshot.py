@@ -21,6 +21,7 @@ from sources.postgres.conversion import RejectedRow
 from sources.postgres.copy_loader import arrow_schema, copy_to_arrow
 from sources.postgres.session import APPLICATION_NAME, session_options
 
+from . import multiset
 from .batch import DeleteMode, system_columns
 from .columns import ColumnSpec, TypeResolver
 from .slot import qualified_identifier
@@ -28,18 +29,18 @@ from .slot import qualified_identifier
 COLUMNS_SQL = """
 SELECT a.attname, a.atttypid, a.atttypmod
 FROM pg_attribute a
-WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped {generated}
-ORDER BY a.attnum
+WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY {order}
 """
 
 
 def table_columns(conn: Any, spec: TableSpec, resolver: TypeResolver) -> list[ColumnSpec]:
-    """The columns pgoutput replicates: generated columns are left out (PostgreSQL before 18 never sends
-    them, so copying them once would leave stale values after the next update)."""
+    """Every column, stored generated ones last: the order in which the change stream completes a row
+    (pgoutput before PostgreSQL 18 leaves generated columns out; CDC computes them, see `columns`)."""
     relation = qualified_identifier(spec).as_string(conn)
-    generated = "AND a.attgenerated = ''" if conn.server_version >= 120000 else ""
+    order = "a.attgenerated <> '', a.attnum" if conn.server_version >= 120000 else "a.attnum"
     with conn.cursor() as cur:
-        cur.execute(COLUMNS_SQL.format(generated=generated), (relation,))
+        cur.execute(COLUMNS_SQL.format(order=order), (relation,))
         rows = cur.fetchall()
     return [resolver.column(name, int(oid), int(typmod), name in spec.primary_key, spec.overrides.get(name))
             for name, oid, typmod in rows]
@@ -90,6 +91,11 @@ class TableSnapshot:
                 self.rejected += rejected
                 if not table.num_rows:
                     continue
+                if not self.spec.has_key:  # every copy of a keyless row gets an identity (see `multiset`)
+                    hashes = multiset.row_hashes(table, [c.name for c in self.columns])
+                    table = table.append_column(multiset.ROW_KEY_COLUMN, pa.array(
+                        multiset.snapshot_keys(self.lsn, self.rows, table.num_rows), pa.string()))
+                    table = table.append_column(multiset.ROW_HASH_COLUMN, pa.array(hashes, pa.string()))
                 for name, column in system_columns(self.delete_mode, [self.lsn] * table.num_rows,
                                                    [None] * table.num_rows).items():
                     table = table.append_column(name, column)
@@ -97,6 +103,9 @@ class TableSnapshot:
                 yield table
             if not self.rows:  # an empty table still replaces what the destination had
                 empty = arrow_schema(plans, frozenset(self.spec.primary_key)).empty_table()
+                if not self.spec.has_key:
+                    empty = empty.append_column(multiset.ROW_KEY_COLUMN, pa.array([], pa.string()))
+                    empty = empty.append_column(multiset.ROW_HASH_COLUMN, pa.array([], pa.string()))
                 for name, column in system_columns(self.delete_mode, [], []).items():
                     empty = empty.append_column(name, column)
                 yield empty

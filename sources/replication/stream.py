@@ -23,7 +23,7 @@ from datetime import datetime
 
 from sources.postgres.catalog import TableSpec
 
-from .batch import ChangeBatch, LiveTable
+from .batch import ChangeBatch, GeneratedColumn, LiveTable
 from .columns import TypeResolver
 from .errors import ReplicationError, TruncateRefused
 from .lsn import format_lsn
@@ -99,6 +99,7 @@ class ChangeStream:
         limits: Limits,
         truncate_mode: str,
         start_lsn: int,
+        skip: tuple[int, int] | None = None,
     ) -> None:
         self.wal = wal
         self.tracked = tracked
@@ -110,6 +111,9 @@ class ChangeStream:
         self._live: dict[int, LiveTable | None] = {}
         self.safe_lsn = start_lsn  # every transaction committed before it has been yielded or skipped
         self.messages_seen = 0
+        # (final LSN, changes) of a transaction whose first changes were loaded before a restart: the server
+        # resends it whole, and those changes are skipped (a replayed delete of a keyless row is not harmless)
+        self.skip = skip
 
     # -- tables --------------------------------------------------------------------------------
     def track(self, table: TrackedTable) -> None:
@@ -136,8 +140,12 @@ class ChangeStream:
             if missing:
                 raise ReplicationError(
                     f"Primary key column(s) {missing} of {spec.qualified} are no longer in the table.")
+            generated = [g for g in self.resolver.generated_columns(relation.relid) if g[0] not in names]
+            columns += [self.resolver.column(name, oid, typmod, False, spec.overrides.get(name))
+                        for name, oid, typmod, _, _ in generated]
             live = LiveTable(spec.qualified, spec.resource_name, spec.primary_key, relation, columns,
-                             tuple(names.index(k) for k in spec.primary_key))
+                             tuple(names.index(k) for k in spec.primary_key),
+                             tuple(GeneratedColumn(name, expr, sql_type) for name, _, _, expr, sql_type in generated))
         self._live[relid] = live
         return live
 
@@ -147,6 +155,7 @@ class ChangeStream:
         limits = self.limits
         batch = ChangeBatch()
         txn: Begin | None = None
+        txn_changes = skipping = 0
         last_heartbeat = time.monotonic()
         last_idle_event = 0.0
         reported_idle = 0
@@ -161,7 +170,7 @@ class ChangeStream:
             now = time.monotonic()
             if item is None:
                 if batch and batch.started is not None and now - batch.started >= limits.max_batch_seconds:
-                    yield BatchReady(batch, "time")
+                    yield BatchReady(self._mark(batch, txn, txn_changes), "time")
                     batch = ChangeBatch()
                 if txn is None and self.wal.server_wal_end > self.safe_lsn:
                     self.safe_lsn = self.wal.server_wal_end
@@ -182,21 +191,29 @@ class ChangeStream:
             if isinstance(message, Insert | Update | Delete):
                 if txn is None:
                     continue
+                txn_changes += 1
+                if skipping:
+                    skipping -= 1
+                    continue
                 table = self._live_table(message.relid)
                 if table is None or txn.final_lsn < self.tracked[table.qualified].snapshot_lsn:
                     continue
                 size = len(item[1])
                 if isinstance(message, Insert):
-                    batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now, size)
+                    batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now, size, txn_changes)
                 elif isinstance(message, Update):
-                    batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now, size)
+                    batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now, size,
+                                 txn_changes)
                 else:
-                    batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now, size)
+                    batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now, size, txn_changes)
                 if batch.changes >= limits.max_batch_rows or batch.bytes >= limits.max_batch_bytes:
-                    yield BatchReady(batch, "rows" if batch.changes >= limits.max_batch_rows else "bytes")
+                    yield BatchReady(self._mark(batch, txn, txn_changes),
+                                     "rows" if batch.changes >= limits.max_batch_rows else "bytes")
                     batch = ChangeBatch()
             elif isinstance(message, Begin):
                 txn = message
+                txn_changes = 0
+                skipping = self.skip[1] if self.skip and self.skip[0] == message.final_lsn else 0
             elif isinstance(message, Commit):
                 txn = None
                 self.safe_lsn = max(self.safe_lsn, message.end_lsn)
@@ -216,7 +233,7 @@ class ChangeStream:
                     log.info(f"{current.qualified}: columns changed at {format_lsn(txn.final_lsn if txn else 0)}",
                              extra={"fields": {"table": current.qualified, "phase": "cdc"}})
                     if current.qualified in batch.tables:  # one batch holds one shape per table
-                        yield BatchReady(batch, "schema")
+                        yield BatchReady(self._mark(batch, txn, txn_changes), "schema")
                         batch = ChangeBatch()
                 if current is not None and (changed or previous is None):
                     yield RelationEvent(current, changed)
@@ -235,7 +252,7 @@ class ChangeStream:
                             "`truncate_mode = \"fail\"`: nothing after it was confirmed. Resnapshot the table(s) "
                             "or set truncate_mode = \"apply\" and rerun.")
                     if batch:
-                        yield BatchReady(batch, "truncate")
+                        yield BatchReady(self._mark(batch, txn, txn_changes), "truncate")
                         batch = ChangeBatch()
                     yield TruncateEvent(tables, txn.final_lsn, txn.commit_time)
             elif isinstance(message, Message) and not message.transactional and message.prefix == MARKER_PREFIX:
@@ -245,5 +262,11 @@ class ChangeStream:
                     break
             # TypeInfo and Origin need no action: types are looked up by OID
         if batch:
-            yield BatchReady(batch, "end")
+            yield BatchReady(self._mark(batch, txn, txn_changes), "end")
         yield IdleEvent(self.safe_lsn)
+
+    @staticmethod
+    def _mark(batch: ChangeBatch, txn: Begin | None, txn_changes: int) -> ChangeBatch:
+        """A batch cut inside a transaction records how far into it it goes (see `skip`)."""
+        batch.partial = (txn.final_lsn, txn_changes) if txn is not None else None
+        return batch

@@ -66,8 +66,8 @@ def test_cdc_merge_applies_latest_lsn_and_deletes(
     p.run(cdc_resource([row(i, f"a{i}@x", f"{i}.00", 10 + i) for i in range(1, 6)])).raise_on_failed_jobs()
     assert replica() == [(i, f"a{i}@x", Decimal(f"{i}.00"), 10 + i) for i in range(1, 6)]
 
-    # a batch holds one row per key, the latest change of it (sources/replication/batch.py collapses them)
     changes = [
+        row(1, "late@x", "1.50", 21),        # two versions of 1 staged (a retried load): LSN 22 wins
         row(1, "latest@x", "1.75", 22),
         row(2, "a2@x", "2.00", 23, deleted=True),   # deleted
         row(3, "gone@x", "3.30", 25, deleted=True),  # updated, then deleted in the same batch
