@@ -58,6 +58,9 @@ def granted(pg: LocalPostgres, tmp_path: Path) -> Iterator[tuple[dict[str, str],
         execute(dsn, "CREATE SCHEMA app", "CREATE SCHEMA other",
                 "CREATE TABLE app.items (id int PRIMARY KEY, v text, updated_at timestamptz NOT NULL DEFAULT now())",
                 "CREATE TABLE other.things (id bigint PRIMARY KEY, n numeric(12, 4))",
+                # more tables than the pools hold: they are read one after another ([extract] next_item_mode)
+                *[f"CREATE TABLE app.t{i} (id int PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT now())"
+                  for i in range(6)],
                 "INSERT INTO app.items (id, v) SELECT g, 'v' || g FROM generate_series(1, 500) g",
                 "INSERT INTO other.things SELECT g, g / 3.0 FROM generate_series(1, 200) g")
         budget = connection_budget(1)
