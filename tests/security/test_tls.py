@@ -91,6 +91,10 @@ def test_verify_full_with_the_right_ca_connects_encrypted_and_doctor_shows_it(en
     assert run.returncode == ExitCode.SUCCESS, run.stderr
     identity = next(e for e in events(run) if e["message"] == "identity")
     assert identity["db_ssl"] is True and identity["db_sslmode"] == "verify-full"
+    # CDC's own connections (control session, exported-snapshot copy, the walsender) go through the same policy
+    for command in (["setup"], ["run", "--mode", "cdc"], ["teardown", "--yes"]):
+        result = aurora_sync(env, *command)
+        assert result.returncode == ExitCode.SUCCESS, (command, result.stderr[-1500:])
 
 
 def test_a_wrong_ca_fails_with_a_clear_message(env: dict[str, str], tmp_path: Path) -> None:
