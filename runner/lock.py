@@ -15,7 +15,9 @@ import psycopg2
 
 from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import APPLICATION_NAME, session_options
+from sources.postgres.transport import secure_dsn
 
+from . import identity
 from .errors import RunnerError
 from .exit_codes import ExitCode
 
@@ -29,8 +31,8 @@ def lock_key(pipeline_name: str) -> int:
 @contextmanager
 def pipeline_lock(dsn: str, pipeline_name: str) -> Iterator[None]:
     try:
-        conn = psycopg2.connect(dsn, application_name=f"{APPLICATION_NAME} lock", options=session_options(10_000),
-                                connect_timeout=10)
+        conn = psycopg2.connect(secure_dsn(dsn), application_name=f"{APPLICATION_NAME} lock",
+                                options=session_options(10_000), connect_timeout=10)
     except psycopg2.OperationalError as exc:
         raise (explain_connection_error(exc, describe_url(dsn)) or exc) from None
     conn.autocommit = True
@@ -44,6 +46,7 @@ def pipeline_lock(dsn: str, pipeline_name: str) -> Iterator[None]:
                 "If no other run is active, the lock frees itself when that session ends.",
                 ExitCode.LOCK_HELD,
             )
+        identity.log_identity(conn)  # once per run, on the session it already has
         yield
     finally:
         conn.close()  # ends the session, which releases the lock on every exit path

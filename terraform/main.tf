@@ -68,7 +68,17 @@ module "storage" {
   pipelines                   = var.pipelines
   archive_lifecycle           = var.archive_lifecycle
   dead_letter_expiration_days = var.dead_letter_expiration_days
-  access_log_bucket           = var.access_log_bucket
+  # null: the module creates a <bucket>-logs bucket, so server access logs are always on
+  access_log_bucket = var.access_log_bucket
+}
+
+module "audit" {
+  source = "./modules/audit"
+
+  archive_bucket_arn            = module.storage.bucket_arn
+  log_bucket                    = module.storage.access_log_bucket
+  name_prefix                   = local.name_prefix
+  enable_cloudtrail_data_events = var.enable_cloudtrail_data_events
 }
 
 module "ecr" {

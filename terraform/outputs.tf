@@ -122,3 +122,13 @@ output "aurora_parameter_group_name" {
   description = "Cluster parameter group to attach to the existing Aurora cluster (then reboot the writer)."
   value       = module.aurora.parameter_group_name
 }
+
+output "access_log_bucket" {
+  description = "Bucket receiving the archive bucket's S3 server access logs."
+  value       = module.storage.access_log_bucket
+}
+
+output "archive_cloudtrail_arn" {
+  description = "Trail recording the archive bucket's data events, or null when enable_cloudtrail_data_events is false."
+  value       = module.audit.cloudtrail_arn
+}

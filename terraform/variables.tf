@@ -475,9 +475,15 @@ variable "dead_letter_expiration_days" {
 }
 
 variable "access_log_bucket" {
-  description = "Existing bucket that receives S3 server access logs of the staging bucket; null = none (audit through CloudTrail data events)."
+  description = "Existing bucket that receives S3 server access logs of the staging bucket; null = a <bucket>-logs bucket is created (access logs are always on)."
   type        = string
   default     = null
+}
+
+variable "enable_cloudtrail_data_events" {
+  description = "Record CloudTrail data events (object reads, writes, deletes) of the archive bucket in a trail of its own. Leave false where an organisation trail already records S3 data events."
+  type        = bool
+  default     = false
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@
 #   PG_PASSWORD_AUTHENTICATION [scram-sha-256]  PG_RECONFIGURE [0]
 #   DB_DEFAULT_TTL [1h]  DB_MAX_TTL [24h]  TOKEN_TTL [1h]  TOKEN_MAX_TTL [24h]
 #   ENABLE_APPROLE [1]  ENABLE_AWS_AUTH [1]  ROTATE_ROOT [1]
+#   PG_CONNECTION_LIMIT [10]           CONNECTION LIMIT of each dynamic user (docs/security.md: the budget)
+#   AUDIT_DEVICE [1]  AUDIT_FILE_PATH [/vault/logs/aurora-sync-audit.log]
+#                                      an audit device is enabled first, so every later change is recorded;
+#                                      an existing one is kept. OpenBao accepts audit devices only from its
+#                                      server configuration: there setup.sh stops and prints the stanza to add
 #   AWS_STS_REGION [us-east-1]  AWS_STS_ENDPOINT [global]  AWS_IAM_SERVER_ID (X-Vault-AWS-IAM-Server-ID)
 #   VAULT_BIN [vault, else bao]
 set -euo pipefail
@@ -37,6 +42,9 @@ ENABLE_APPROLE="${ENABLE_APPROLE:-1}"
 ENABLE_AWS_AUTH="${ENABLE_AWS_AUTH:-1}"
 ROTATE_ROOT="${ROTATE_ROOT:-1}"
 AWS_STS_REGION="${AWS_STS_REGION:-us-east-1}"
+PG_CONNECTION_LIMIT="${PG_CONNECTION_LIMIT:-10}"
+AUDIT_DEVICE="${AUDIT_DEVICE:-1}"
+AUDIT_FILE_PATH="${AUDIT_FILE_PATH:-/vault/logs/aurora-sync-audit.log}"
 # names the policy in vault/policies/aurora-sync.hcl refers to: change both together
 KV_MOUNT=kv DB_MOUNT=database DB_CONNECTION=aurora ROLE=aurora-sync
 
@@ -51,7 +59,8 @@ schemas_sql="${schemas_sql%, }"
 # the admin role needs `GRANT rds_replication TO <admin> WITH ADMIN OPTION` to hand it out.
 # (plain `if`s, not ${VAR:-default}: the first `}` of `{{name}}` would end the expansion)
 if [[ -z "${PG_CREATION_STATEMENTS:-}" ]]; then
-  PG_CREATION_STATEMENTS="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';
+  PG_CREATION_STATEMENTS="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' CONNECTION LIMIT ${PG_CONNECTION_LIMIT};
+ALTER ROLE \"{{name}}\" SET idle_in_transaction_session_timeout = '10min';
 GRANT rds_replication TO \"{{name}}\";
 GRANT USAGE ON SCHEMA ${schemas_sql} TO \"{{name}}\";
 GRANT SELECT ON ALL TABLES IN SCHEMA ${schemas_sql} TO \"{{name}}\";"
@@ -60,6 +69,26 @@ if [[ -z "${PG_REVOCATION_STATEMENTS:-}" ]]; then
   PG_REVOCATION_STATEMENTS="REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA ${schemas_sql} FROM \"{{name}}\";
 REVOKE USAGE ON SCHEMA ${schemas_sql} FROM \"{{name}}\";
 DROP ROLE IF EXISTS \"{{name}}\";"
+fi
+
+if [[ "${AUDIT_DEVICE}" == "1" ]]; then
+  echo "== audit device"
+  devices="$(v audit list -format=json)"
+  if [[ -n "${devices//[[:space:]\{\}]/}" ]]; then
+    # keep what the operators run (a file, socket or syslog device, or OpenBao's declared ones)
+    echo "   already enabled: $(printf '%s' "${devices}" | grep -o '"[^"]*/": *{' | tr -d '":{ ' | tr '\n' ' ')"
+  elif ! out="$(v audit enable -path=aurora-sync file file_path="${AUDIT_FILE_PATH}" 2>&1)"; then
+    if [[ "${out}" == *"declarative"* ]]; then
+      printf '%s\n' "error: this server (OpenBao) accepts audit devices only from its configuration file. Add" "" \
+        "  audit \"file\" \"aurora-sync\" { options { file_path = \"${AUDIT_FILE_PATH}\" } }" "" \
+        "to the server configuration, restart it and run setup.sh again (nothing was changed)." >&2
+    else
+      printf 'error: could not enable the audit device at %s: %s\n' "${AUDIT_FILE_PATH}" "${out}" >&2
+    fi
+    exit 1
+  else
+    echo "   file device aurora-sync/ writing ${AUDIT_FILE_PATH}"
+  fi
 fi
 
 echo "== secrets engines"

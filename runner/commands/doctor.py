@@ -44,12 +44,16 @@ def _setting(conn: sa.Connection, name: str) -> str | None:
 
 
 def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
+    from .doctor_security import role_checks, tls_check, write_privilege_check
+
     checks: list[Check] = []
     engine = make_engine(dsn, statement_timeout_ms=30_000)
     try:
         with engine.connect() as conn:
             version = int(_setting(conn, "server_version_num") or 0)
             checks.append(Check("source: connection", "ok", f"connected to {describe_url(engine)}"))
+            checks.append(tls_check(conn))
+            checks += role_checks(conn)
             checks.append(Check("source: PostgreSQL version", "ok" if version >= 130000 else "warn",
                                 f"{version // 10000}.{version % 10000}", "" if version >= 130000 else
                                 "PostgreSQL 13+ (Aurora PostgreSQL v2 is 13+) is what this tool is tested on"))
@@ -101,6 +105,8 @@ def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
         checks.append(Check("source: SELECT privilege", "fail" if denied else "ok",
                             f"missing on {', '.join(denied)}" if denied else "granted on every table",
                             "GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO <user>" if denied else ""))
+        with engine.connect() as conn:
+            checks.append(write_privilege_check(conn, specs))
         no_cursor = [s.qualified for s in specs if not s.cursor_column]
         if no_cursor:
             checks.append(Check("source: cursor columns", "warn", f"no cursor column on {', '.join(no_cursor)}",

@@ -1,13 +1,16 @@
-"""`aurora-sync restore`: rebuild one table as of a point in time from the S3 archive (see replica.restore)."""
+"""`aurora-sync restore`: rebuild one table, or every table, as of a point in time from the S3 archive
+(see replica.restore and replica.restore_all)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 import dlt
 
 from replica.restore import RestoreError, parse_as_of, restore
+from replica.restore_all import TableOutcome, restore_all
 
 from .. import logs
 from ..errors import RunnerError
@@ -16,11 +19,15 @@ from ..exit_codes import ExitCode
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "restore", help="rebuild a table as of a point in time from the archived files in S3",
-        description="Rebuild <schema.table> from the pipeline's archive (the staged parquet files) as it was at "
-                    "--as-of, into PostgreSQL or DuckDB. Reads only the bucket.",
+        "restore", help="rebuild a table (or --all) as of a point in time from the archived files in S3",
+        description="Rebuild <schema.table>, or with --all every archived table, from the pipeline's archive (the "
+                    "staged parquet files) as it was at --as-of, into PostgreSQL or DuckDB. Reads only the bucket: "
+                    "the disaster-recovery path when Aurora and Snowflake are gone (docs/operations.md).",
     )
-    parser.add_argument("--table", required=True, metavar="SCHEMA.TABLE", help="source table, e.g. orders.orders")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--table", metavar="SCHEMA.TABLE", help="source table, e.g. orders.orders")
+    which.add_argument("--all", action="store_true", help="every table of the archive (tables created after "
+                                                          "--as-of are skipped and listed)")
     parser.add_argument("--as-of", metavar="TIME",
                         help="ISO-8601 time (naive = UTC) or unix seconds; default: the latest load")
     parser.add_argument("--to", required=True, metavar="URL",
@@ -40,10 +47,16 @@ def main(args: argparse.Namespace) -> ExitCode:
     if not bucket_url:
         raise RunnerError("No archive bucket: pass --bucket-url or set DESTINATION__FILESYSTEM__BUCKET_URL.",
                           ExitCode.CONFIG_ERROR)
+    if args.all and (args.as_table or args.primary_key):
+        raise RunnerError("--as-table and --primary-key name one table: they cannot be used with --all.",
+                          ExitCode.CONFIG_ERROR)
     dataset = dlt.config.get(f"{args.pipeline}.dataset_name") or args.pipeline
     logs.bind(pipeline=args.pipeline, table=args.table)
-    logs.event("restore started", phase="restore", as_of=args.as_of or "latest")
+    logs.event("restore started", phase="restore", as_of=args.as_of or "latest", all_tables=bool(args.all))
+    started = time.monotonic()
     try:
+        if args.all:
+            return _restore_all(args, str(bucket_url), str(dataset), started)
         result = restore(
             args.table, args.to, str(bucket_url), str(dataset), as_of=parse_as_of(args.as_of),
             as_table=args.as_table, if_exists=args.if_exists, primary_key=args.primary_key,
@@ -51,5 +64,20 @@ def main(args: argparse.Namespace) -> ExitCode:
     except RestoreError as exc:
         raise RunnerError(str(exc), ExitCode.CONFIG_ERROR) from exc
     logs.event("restore succeeded", phase="restore", rows=result.rows, target=result.target,
-               base_load_id=result.base_load_id, loads=len(result.load_ids), outcome="succeeded")
+               base_load_id=result.base_load_id, loads=len(result.load_ids), outcome="succeeded",
+               duration_s=round(time.monotonic() - started, 3))
+    return ExitCode.SUCCESS
+
+
+def _restore_all(args: argparse.Namespace, bucket_url: str, dataset: str, started: float) -> ExitCode:
+    def report(outcome: TableOutcome) -> None:
+        logs.event("table restored" if outcome.rows is not None else "table skipped", phase="restore",
+                   table=outcome.table, rows=outcome.rows, duration_s=round(outcome.seconds, 3), detail=outcome.note)
+
+    outcomes = restore_all(args.to, bucket_url, dataset, as_of=parse_as_of(args.as_of), if_exists=args.if_exists,
+                           on_table=report)
+    restored = [o for o in outcomes if o.rows is not None]
+    logs.event("restore succeeded", phase="restore", outcome="succeeded", tables=len(restored),
+               skipped=[o.table for o in outcomes if o.rows is None], rows=sum(o.rows or 0 for o in restored),
+               duration_s=round(time.monotonic() - started, 3))
     return ExitCode.SUCCESS

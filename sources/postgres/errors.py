@@ -30,6 +30,14 @@ class SourceAuthFailed(SourceError):
     """The database refused the credentials or does not exist: retrying will not help."""
 
 
+class TLSVerificationFailed(SourceError):
+    """TLS to the database could not be set up or its certificate was not trusted: retrying will not help."""
+
+
+TLS_FAILURES = ("certificate verify failed", "does not match host name", "root certificate file",
+                "server does not support ssl", "ssl error", "sslmode value")
+
+
 def describe_url(engine_or_url: sa.Engine | str) -> str:
     """host:port/database with user, never the password."""
     url = engine_or_url.url if isinstance(engine_or_url, sa.Engine) else sa.engine.make_url(engine_or_url)
@@ -44,6 +52,13 @@ def explain_connection_error(exc: BaseException, where: str) -> SourceError | No
         return SourceAuthFailed(
             f"PostgreSQL rejected the credentials for {where}: check the user and password in "
             "`sources.postgres.credentials` (or the Vault path that supplies them)."
+        )
+    if any(s in lowered for s in TLS_FAILURES):
+        detail = text.strip().splitlines()[-1].split("failed: ", 1)[-1]
+        return TLSVerificationFailed(
+            f"TLS to {where} failed ({detail}): check that `sslrootcert` / `sources.postgres.ssl_root_cert` is the "
+            "CA bundle that signed the server's certificate (Amazon RDS: global-bundle.pem) and that the DSN's host "
+            "is the name in the certificate (the cluster endpoint, not an IP address)."
         )
     if "does not exist" in lowered and "database" in lowered:
         return SourceAuthFailed(f"The database in {where} does not exist: check `sources.postgres.credentials`.")

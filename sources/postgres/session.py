@@ -12,6 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from dlt.common.configuration.specs import ConnectionStringCredentials
 
+from .limits import pool_limits
+from .transport import secure_url
+
 APPLICATION_NAME = "aurora-snowflake-sync"
 
 
@@ -36,12 +39,12 @@ def make_engine(
     connect_timeout_s: int = 10,
     **engine_kwargs: Any,
 ) -> sa.Engine:
-    """A SQLAlchemy engine whose every connection is a read-only, time-bounded session."""
+    """A SQLAlchemy engine whose every connection is a read-only, time-bounded session, in a bounded pool."""
     if isinstance(credentials, ConnectionStringCredentials):
         url = credentials.to_native_representation()
     else:
         url = credentials
-    url = sa.engine.make_url(url).set(drivername="postgresql+psycopg2")
+    url = secure_url(sa.engine.make_url(url).set(drivername="postgresql+psycopg2"))
     return sa.create_engine(
         url,
         connect_args={
@@ -50,5 +53,5 @@ def make_engine(
             "options": session_options(statement_timeout_ms),
         },
         pool_pre_ping=True,
-        **engine_kwargs,
+        **{**pool_limits(), **engine_kwargs},
     )

@@ -23,6 +23,7 @@ from psycopg2 import sql
 from sources.postgres.catalog import TableSpec
 from sources.postgres.errors import explain_connection_error
 from sources.postgres.session import APPLICATION_NAME, session_options
+from sources.postgres.transport import secure_dsn
 
 from .errors import PrerequisiteMissing, PublicationError, ReplicationError, SlotInUse, SlotMissing
 from .lsn import format_lsn, parse_lsn
@@ -48,7 +49,7 @@ def check_name(kind: str, name: str) -> str:
 def connect(dsn: str, *, read_only: bool = True, statement_timeout_ms: int = 600_000, where: str = "") -> Any:
     """An autocommit psycopg2 session with the same pinned settings as the snapshot source's sessions."""
     try:
-        conn = psycopg2.connect(dsn, application_name=APPLICATION_NAME, connect_timeout=10,
+        conn = psycopg2.connect(secure_dsn(dsn), application_name=APPLICATION_NAME, connect_timeout=10,
                                 options=session_options(statement_timeout_ms, read_only=read_only))
     except psycopg2.OperationalError as exc:
         raise (explain_connection_error(exc, where or "the source database") or exc) from None

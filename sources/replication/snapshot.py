@@ -20,6 +20,7 @@ from sources.postgres.catalog import TableSpec
 from sources.postgres.conversion import RejectedRow
 from sources.postgres.copy_loader import arrow_schema, copy_to_arrow
 from sources.postgres.session import APPLICATION_NAME, session_options
+from sources.postgres.transport import secure_dsn
 
 from . import multiset
 from .batch import DeleteMode, system_columns
@@ -68,7 +69,7 @@ class TableSnapshot:
         self._conn: Any = None
 
     def open(self) -> list[ColumnSpec]:
-        conn = psycopg2.connect(self.dsn, application_name=APPLICATION_NAME, connect_timeout=10,
+        conn = psycopg2.connect(secure_dsn(self.dsn), application_name=APPLICATION_NAME, connect_timeout=10,
                                 options=session_options(self.statement_timeout_ms))
         conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         self._conn = conn

@@ -28,6 +28,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from sources.postgres.errors import describe_url, explain_connection_error
+from sources.postgres.transport import secure_dsn
 
 from .errors import PrerequisiteMissing, ReplicationError, SlotInUse, SlotInvalidated, SlotMissing, StreamInterrupted
 
@@ -100,7 +101,7 @@ class _LibPQ:
 def replication_connection(dsn: str, application_name: str, connect_timeout: int = 10) -> Any:
     """A `replication=database` connection whose walsender prints values like our snapshot sessions."""
     try:
-        return psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        return psycopg2.connect(secure_dsn(dsn), connection_factory=psycopg2.extras.LogicalReplicationConnection,
                                 application_name=application_name, connect_timeout=connect_timeout,
                                 options=WALSENDER_OPTIONS)
     except psycopg2.OperationalError as exc:

@@ -101,7 +101,43 @@ run "storage" {
   }
 
   assert {
-    condition     = length(aws_s3_bucket_logging.this) == 0
-    error_message = "No access logging without access_log_bucket."
+    condition = (
+      aws_s3_bucket_logging.this.target_bucket == "aurora-snowflake-sync-prod-111122223333-eu-west-1-logs" &&
+      output.access_log_bucket == aws_s3_bucket.logs[0].bucket
+    )
+    error_message = "Without access_log_bucket, access logs go to a <bucket>-logs bucket created by the module."
+  }
+
+  assert {
+    condition = alltrue([
+      for s in jsondecode(aws_s3_bucket_policy.logs[0].policy).Statement :
+      s.Effect == "Deny" || try(s.Condition.StringEquals["aws:SourceAccount"], "") == "111122223333"
+    ])
+    error_message = "Only this account's log deliveries (S3 access logs, CloudTrail) may write to the log bucket."
+  }
+
+  assert {
+    condition = (
+      one(aws_s3_bucket_lifecycle_configuration.logs[0].rule).expiration[0].days == 400 &&
+      one(aws_s3_bucket_server_side_encryption_configuration.logs[0].rule).apply_server_side_encryption_by_default[0].sse_algorithm == "AES256"
+    )
+    error_message = "Logs expire after log_retention_days and are encrypted with SSE-S3 (the only kind log delivery supports)."
+  }
+}
+
+run "existing_access_log_bucket_is_used_as_is" {
+  command = apply
+
+  module {
+    source = "./modules/storage"
+  }
+
+  variables {
+    access_log_bucket = "org-s3-access-logs"
+  }
+
+  assert {
+    condition     = aws_s3_bucket_logging.this.target_bucket == "org-s3-access-logs" && length(aws_s3_bucket.logs) == 0
+    error_message = "A given access-log bucket is used, and no log bucket is created."
   }
 }

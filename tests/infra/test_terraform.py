@@ -291,6 +291,8 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         # A second pipeline that follows (the example's pipeline is scheduled; a follower holds its lock).
         "pipelines": ["customers_orders", "orders_cdc"],
         "cdc_follow": {"enabled": True, "pipeline": "orders_cdc"},
+        # the optional trail of the archive's data events (off by default: organisation trails record them)
+        "enable_cloudtrail_data_events": True,
     }
     (workdir / "moto.tfvars.json").write_text(json.dumps(overrides, indent=2))
     var_files = ("-var-file=example.tfvars", "-var-file=moto.tfvars.json")
@@ -332,6 +334,15 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
     assert set(rules) == {"archive-customers_orders", "archive-orders_cdc", "dead-letter"}
     assert rules["dead-letter"]["Filter"]["Prefix"] == "dead_letter/"
+    # --- audit: server access logs always on (into the created <bucket>-logs), the archive's data-event trail
+    assert outputs["access_log_bucket"] == f"{bucket}-logs"
+    logging_target = s3.get_bucket_logging(Bucket=bucket)["LoggingEnabled"]
+    assert logging_target["TargetBucket"] == f"{bucket}-logs" and logging_target["TargetPrefix"] == f"s3/{bucket}/"
+    trail = client("cloudtrail").get_trail(Name=outputs["archive_cloudtrail_arn"])["Trail"]
+    assert trail["S3BucketName"] == f"{bucket}-logs" and trail["LogFileValidationEnabled"]
+    selectors = client("cloudtrail").get_event_selectors(TrailName=outputs["archive_cloudtrail_arn"])
+    fields = {f["Field"]: f for f in selectors["AdvancedEventSelectors"][0]["FieldSelectors"]}
+    assert fields["resources.ARN"]["StartsWith"] == [f"arn:aws:s3:::{bucket}/"]
     key_id = outputs["data_kms_key_arn"].rsplit("/", 1)[-1]
     assert client("kms").get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"]
 
@@ -399,6 +410,17 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         f"second plan is not clean (exit {plan.returncode}):\n{plan.stdout[-15000:]}{plan.stderr}"
     )
     assert "Warning" not in plan.stdout + plan.stderr, plan.stdout[-5000:] + plan.stderr
+
+    # moto delivers the archive's server access logs like S3 does; audit logs are never force-destroyed, so
+    # emptying the log bucket is the deliberate step a real teardown takes too
+    logs_bucket = outputs["access_log_bucket"]
+    delivered = s3.list_objects_v2(Bucket=logs_bucket, Prefix=f"s3/{bucket}/").get("KeyCount", 0)
+    assert delivered > 0, "no server access log of the archive bucket was delivered"
+    s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={})  # or destroy's own calls log into it again
+    s3.delete_bucket_policy(Bucket=logs_bucket)  # its TLS-only rule refuses the test's plain-HTTP client
+    listing = s3.list_object_versions(Bucket=logs_bucket)
+    for version in listing.get("Versions", []) + listing.get("DeleteMarkers", []):
+        s3.delete_object(Bucket=logs_bucket, Key=version["Key"], VersionId=version["VersionId"])
 
     _tf_ok(
         terraform.run(

@@ -79,11 +79,11 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
 }
 
 resource "aws_s3_bucket_logging" "this" {
-  count = var.access_log_bucket == null ? 0 : 1
-
   bucket        = aws_s3_bucket.this.id
-  target_bucket = var.access_log_bucket
+  target_bucket = local.access_log_bucket
   target_prefix = "s3/${var.bucket_name}/"
+
+  depends_on = [aws_s3_bucket_policy.logs]
 }
 
 resource "aws_s3_bucket_policy" "this" {

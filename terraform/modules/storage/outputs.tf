@@ -17,3 +17,10 @@ output "dead_letter_prefix" {
   description = "Key prefix of dead-letter files."
   value       = local.dead_letter_prefix
 }
+
+output "access_log_bucket" {
+  description = "Bucket that receives the archive's S3 server access logs (given, or created here)."
+  value       = local.access_log_bucket
+  # CloudTrail checks the bucket policy when the trail is created
+  depends_on = [aws_s3_bucket_policy.logs]
+}

@@ -39,7 +39,13 @@ variable "dead_letter_expiration_days" {
 }
 
 variable "access_log_bucket" {
-  description = "Bucket for S3 server access logs; null = none."
+  description = "Existing bucket for S3 server access logs; null = a <bucket_name>-logs bucket is created."
   type        = string
   default     = null
+}
+
+variable "log_retention_days" {
+  description = "Days the created log bucket keeps access logs and trail files."
+  type        = number
+  default     = 400
 }

@@ -15,6 +15,7 @@ provider "aws" {
   skip_region_validation      = true
 
   endpoints {
+    cloudtrail = var.moto_endpoint
     cloudwatch = var.moto_endpoint
     ec2        = var.moto_endpoint
     ecr        = var.moto_endpoint
