@@ -18,7 +18,7 @@ from sources.replication.lsn import parse_lsn
 from .conftest import Harness
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()

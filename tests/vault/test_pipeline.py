@@ -70,18 +70,20 @@ def test_lease_and_token_are_renewed_during_a_run_longer_than_their_ttl(
     bao: LocalOpenBao, root: hvac.Client, vault_db: VaultDb, approle: dict[str, str], tmp_path: Path,
     in_process_env, short_ttl,
 ) -> None:
-    short_ttl("3s", "60s")
-    set_token_ttl(root, "4s", "60s")
+    # TTLs short enough to need several renewals in the run, long enough that a renewal due at 2/3 of one still
+    # happens in time on a CI machine with both cores busy (3 s leases expired there, starved of the GIL)
+    short_ttl("5s", "60s")
+    set_token_ttl(root, "6s", "60s")
     try:
         kv_put(root, DUCKDB_KV, database=str(tmp_path / "renew.duckdb"))
         in_process_env(vault_env(bao, vault_db, approle, tmp_path))
         with activate() as session:
             assert session is not None
             lease = session.leases.get(CREDS_PATH)
-            assert lease is not None and lease.duration == 3
+            assert lease is not None and lease.duration == 5
             started = time.monotonic()
             runs = 0
-            while time.monotonic() - started < 8 or runs < 2:  # well past the 3 s TTL
+            while time.monotonic() - started < 12 or runs < 2:  # well past the 5 s TTL
                 run_pipeline(tmp_path)
                 runs += 1
             assert session.leases.get(CREDS_PATH) is lease, "renewed in place: the same credentials throughout"
