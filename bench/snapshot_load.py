@@ -164,6 +164,21 @@ def pin_postgres(pg: LocalPostgres, cpus: set[int]) -> None:
     pin([root, *children_of(root)], cpus)
 
 
+def observed_affinity(ctx: Context) -> dict[str, str]:
+    """CPUs the postmaster and a backend forked now may run on, and this process's: proof of the pinning."""
+    def allowed(pid: int) -> str:
+        status = Path(f"/proc/{pid}/status").read_text()
+        found = re.search(r"^Cpus_allowed_list:\s+(\S+)", status, re.M)
+        return found.group(1) if found else "?"
+
+    conn = psycopg2.connect(ctx.dsn)
+    backend = conn.get_backend_pid()
+    observed = {"postmaster": allowed(postmaster_pid(ctx.pg)), "new_backend": allowed(backend),
+                "harness": allowed(os.getpid())}
+    conn.close()
+    return observed
+
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -819,7 +834,8 @@ def pgbench_phase(ctx: Context) -> dict[str, Any]:
         phase: dict[str, Any] = {"clients": o.pgbench_clients, "threads": o.pgbench_threads, "scale": o.pgbench_scale,
                                  "seconds": o.pgbench_seconds, "workers": o.pgbench_workers,
                                  "postgres_cpus": sorted(pg_cpus) if pg_cpus else None,
-                                 "client_cpus": sorted(client_cpus) if client_cpus else None, "pinned": pinned}
+                                 "client_cpus": sorted(client_cpus) if client_cpus else None, "pinned": pinned,
+                                 "affinity_observed": observed_affinity(ctx)}
         pgbench(ctx, min(5, o.pgbench_seconds), client_cpus)  # warm-up, not reported
         with ctx.sampler():
             phase["baseline_before"] = pgbench(ctx, o.pgbench_seconds, client_cpus)
@@ -863,18 +879,20 @@ def pgbench_during_snapshots(ctx: Context, throttle: str, cpus: set[int] | None)
     with ctx.sampler() as sampler:
         thread = threading.Thread(target=loop, name=f"syncs-{throttle}", daemon=True)
         thread.start()
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not stop.is_set():
-            sync = current.get("sync")
-            if sampler.progress(SYNC_APP) or (sync is not None and sync.chunks):
-                break
-            time.sleep(0.01)
-        counter_before = table_counters(ctx.dsn, "bench.orders")
-        bench = pgbench(ctx, ctx.options.pgbench_seconds, cpus)
-        stop.set()
-        if current.get("sync"):
-            current["sync"].kill()
-        thread.join(60)
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not stop.is_set():
+                sync = current.get("sync")
+                if sampler.progress(SYNC_APP) or (sync is not None and sync.chunks):
+                    break
+                time.sleep(0.01)
+            counter_before = table_counters(ctx.dsn, "bench.orders")
+            bench = pgbench(ctx, ctx.options.pgbench_seconds, cpus)
+        finally:
+            stop.set()  # first, so the loop neither reports the kill nor starts another sync
+            if current.get("sync"):
+                current["sync"].kill()
+            thread.join(60)
     wait_sessions_gone(ctx.dsn, SYNC_APP)
     rows_read = table_counters(ctx.dsn, "bench.orders") - counter_before
     shutil.rmtree(ctx.work / f"dlt-pgbench-{throttle}", ignore_errors=True)
@@ -1035,6 +1053,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, terminate)
     try:
         run(options)
+    except KeyboardInterrupt:
+        log("interrupted: every process started here was killed and the cluster removed")
+        raise SystemExit(130) from None
     finally:
         cleanup_processes()
 

@@ -82,7 +82,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         target = ONE_WORKER_RATIO if n == 1 else N_WORKERS_RATIO
         ratio = sync["rows_per_s"] / copy["rows_per_s"] if copy else None
         applicable = cores >= n
+        reading = (sync["copy_end_s"] - sync["startup_s"]) if sync.get("copy_end_s") is not None and sync.get(
+            "startup_s") is not None else None
+        phase_rate = round(sync["rows"] / reading) if reading else None
         rows.append({
+            "reading_s": round(reading, 3) if reading is not None else None, "copy_phase_rows_per_s": phase_rate,
+            "copy_phase_ratio": round(phase_rate / copy["rows_per_s"], 3) if phase_rate and copy else None,
+            "server_cpu_cores": round(sync["server_cpu_s"] / sync["seconds"], 2)
+            if sync.get("server_cpu_s") is not None else None,
             "table": sync["table"], "workers": n, "copy_rows_per_s": copy["rows_per_s"] if copy else None,
             "sync_rows_per_s": sync["rows_per_s"], "ratio": round(ratio, 3) if ratio is not None else None,
             "target_ratio": target, "applicable": applicable,
@@ -257,27 +264,37 @@ def _where_time_goes(results: dict[str, Any], s: dict[str, Any]) -> list[str]:
     """Sentences derived from the measurements, for the targets not met."""
     lines = []
     cores = s["cores"]
-    by_key = {(r["table"], r["workers"]): r for r in s["throughput"]}
-    for row in s["throughput"]:
-        if row["met"] is not False and row["applicable"]:
+
+    def span(rows: list[dict[str, Any]], key: str, digits: int = 1) -> str:
+        """`low-high` of a figure over several runs, or the one value when they agree at that precision."""
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if not values:
+            return DASH
+        low, high = f"{min(values):,.{digits}f}", f"{max(values):,.{digits}f}"
+        return low if low == high else f"{low} to {high}"
+
+    for table in dict.fromkeys(r["table"] for r in s["throughput"]):
+        rows = [r for r in s["throughput"] if r["table"] == table and (r["met"] is False or not r["applicable"])]
+        if not rows:
             continue
-        parts = [f"`{row['table']}`, workers={row['workers']}: the sync took {row['seconds']:.1f} s"]
-        if row.get("startup_s") is not None and row.get("copy_end_s") is not None:
-            parts.append(f"of which {row['startup_s']:.1f} s before its first COPY started (interpreter start, "
-                         f"imports, discovery, the run lock), {row['copy_end_s'] - row['startup_s']:.1f} s reading, "
-                         f"{row['after_copy_s']:.1f} s after the last COPY (normalize, load, the run record)")
-        if row.get("cpu_cores") is not None:
-            server = row["server_cpu_s"] / row["seconds"] if row.get("server_cpu_s") is not None else None
-            parts.append(f"the sync process used {row['cpu_cores']:.2f} cores and the server "
-                         f"{server:.2f} cores on average, of {cores}" if server is not None else
-                         f"the sync process used {row['cpu_cores']:.2f} cores")
-        one = by_key.get((row["table"], 1))
-        if row["workers"] > 1 and one and not row.get("chunks") and row["sync_rows_per_s"] < 1.15 * one[
-                "sync_rows_per_s"]:
-            parts.append(f"more workers did not make it faster ({row['sync_rows_per_s']:,} vs "
-                         f"{one['sync_rows_per_s']:,} rows/s with one): no `chunk loaded` lines, i.e. one COPY "
-                         "per table whatever `workers` is")
-        lines.append("; ".join(parts) + ".")
+        workers = "/".join(str(r["workers"]) for r in rows)
+        text = f"`{table}`, workers {workers}: each sync took {span(rows, 'seconds')} s"
+        if any(r.get("reading_s") is not None for r in rows):
+            text += (f", of which {span(rows, 'startup_s')} s passed before its first COPY started (interpreter "
+                     f"start, imports, discovery, the run lock), {span(rows, 'reading_s')} s reading at "
+                     f"{span(rows, 'copy_phase_rows_per_s', 0)} rows/s ({span(rows, 'copy_phase_ratio', 2)}{TIMES} "
+                     f"the COPY streams) and {span(rows, 'after_copy_s')} s after the last COPY (normalize, load, "
+                     "the run record)")
+        text += (f"; the sync process used {span(rows, 'cpu_cores', 2)} cores and the server "
+                 f"{span(rows, 'server_cpu_cores', 2)}, of {cores}.")
+        one = next((r for r in s["throughput"] if r["table"] == table and r["workers"] == 1), None)
+        flat = [r for r in rows if one and r["workers"] > 1 and not r.get("chunks")
+                and r["sync_rows_per_s"] < 1.15 * one["sync_rows_per_s"]]
+        if one and flat:
+            rates = ", ".join(f"{r['sync_rows_per_s']:,}" for r in flat)
+            text += (f" More workers were no faster ({rates} vs {one['sync_rows_per_s']:,} rows/s with one): "
+                     "without `chunk loaded` lines a table is one COPY whatever `workers` is.")
+        lines.append(text)
     pg = s.get("pgbench")
     if pg and pg.get("default") and pg.get("met") is False:
         d = pg["default"]
@@ -286,6 +303,13 @@ def _where_time_goes(results: dict[str, Any], s: dict[str, Any]) -> list[str]:
                      f"(unthrottled: {pg['unthrottled']['snapshot_rows_per_s']:,} rows/s); the baselines before and "
                      f"after differ by {pg['baseline_spread_pct']} %, the noise floor of this figure."
                      + ("" if s["chunked"] else " Today's code has no throttle: both runs are the same snapshot."))
+        raw = results["pgbench"]
+        server = [raw[k].get("server_cpu_cores") for k in ("unthrottled", "default") if raw.get(k)]
+        if server and all(c is not None and c < 0.9 for c in server):
+            lines.append(f"The server's core was not saturated during the loaded runs ({', '.join(map(str, server))} "
+                         "cores of 1): part of the drop is not the source's CPU. The pgbench client shares its core "
+                         "with the sync (pgbench CPU in the table), and other work on the machine shows in the spread "
+                         "of the baselines.")
     k = s.get("kill")
     if k and k.get("met") is False:
         lines.append(f"kill -9: run 1 read {k['rows_read_run1']:,} rows before the kill; the resume read "
@@ -376,9 +400,9 @@ def render(results: dict[str, Any], results_path: Path, kind: str) -> list[str]:
                  "sync CPU", "server CPU", "peak RSS MB", "processes / threads", "oldest xact s", "xmin age s (xids)"],
                 [[f"`{r['table']}`", str(r["workers"]), _mb(r["copy_rows_per_s"]), _mb(r["sync_rows_per_s"]),
                   _n(r["ratio"], 2), _n(r["seconds"]), _n(r["startup_s"]), _n(r["after_copy_s"]), _n(r["cpu_cores"], 2),
-                  _n(r["server_cpu_s"] / r["seconds"], 2) if r.get("server_cpu_s") is not None else DASH,
+                  _n(r["server_cpu_cores"], 2),
                   _mb(r["peak_rss_mb"]), f"{r.get('processes') or DASH} / {r.get('threads') or DASH}",
-                  _n(r["max_xact_age_s"]), f"{_n(r['max_xmin_age_s'])} ({r['max_xmin_age_xids'] or DASH})"]
+                  _n(r["max_xact_age_s"]), f"{_n(r['max_xmin_age_s'])} ({_mb(r['max_xmin_age_xids'])})"]
                  for r in s["throughput"]]),
         "",
     ]
@@ -388,8 +412,10 @@ def render(results: dict[str, Any], results_path: Path, kind: str) -> list[str]:
     lines += ["#### pgbench on the source", ""]
     if pg:
         raw = results["pgbench"]
-        pin_text = (f"PostgreSQL pinned to CPU {pg['postgres_cpus']}, syncs and pgbench to CPU {pg['client_cpus']}"
-                    if pg["pinned"] else "**not pinned** (fewer than 2 cores)")
+        seen = raw.get("affinity_observed") or {}
+        pin_text = (f"PostgreSQL pinned to CPU {pg['postgres_cpus']}, syncs and pgbench to CPU {pg['client_cpus']} "
+                    f"(observed: postmaster {seen.get('postmaster')}, a new backend {seen.get('new_backend')}, "
+                    f"the harness {seen.get('harness')})" if pg["pinned"] else "**not pinned** (fewer than 2 cores)")
         lines += [f"`pgbench -c {raw['clients']} -j {raw['threads']} -T {raw['seconds']}` (scale {raw['scale']}, "
                   f"its own database) while snapshots of `bench.orders` with workers={raw['workers']} run back to "
                   f"back; {pin_text}.", ""]
