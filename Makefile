@@ -39,7 +39,7 @@ bench: venv
 
 # Issue 11's snapshot benchmark (docs/performance.md): 5M + 1M rows, ~15 min on a quiet machine; it rewrites
 # docs/performance.md from its results. A small run: make bench-snapshot BENCH_ARGS="--rows 300000 --wide-rows 50000
-# --pgbench-seconds 10"
+# --repeat 1 --pgbench-seconds 10"
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 BENCH_ARGS ?=
 

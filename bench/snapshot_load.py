@@ -332,10 +332,6 @@ class Sampler:
                 series.setdefault((s["pid"], s["query_start"]), []).append((s["t"], s["tuples"]))
         return series
 
-    def rows_read(self, app: str) -> int:
-        """Rows the COPY statements of `app` had sent at their last poll."""
-        return sum(points[-1][1] for points in self.progress(app).values())
-
     def ages(self, app: str) -> dict[str, float | int | None]:
         """The maxima of the transaction and xmin ages of `app`'s sessions, and of every other session."""
         mine = [s for s in self.samples if (s["app"] or "").startswith(app)]
@@ -704,17 +700,26 @@ def kill_and_resume(ctx: Context) -> dict[str, Any]:
     env = sync_env(ctx.base_env, ctx.work, "kill", workers, ctx.options, "unthrottled")
     counter_0 = table_counters(ctx.dsn, table)
     read_at_kill, killed_at = 0, None
-    with ctx.sampler() as sampler:
+    seen: dict[tuple[int, float], int] = {}
+    watcher = psycopg2.connect(ctx.dsn, application_name="bench-sampler")  # polls faster than the sampler
+    watcher.autocommit = True
+    with ctx.sampler() as sampler, contextlib.closing(watcher), watcher.cursor() as cur:
         first = Sync(env, table).start()
         sampler.watch_pid = first.process.pid
         while first.running():
+            cur.execute("SELECT p.pid, extract(epoch FROM a.query_start), p.tuples_processed FROM "
+                        "pg_stat_progress_copy p JOIN pg_stat_activity a USING (pid) "
+                        "WHERE starts_with(a.application_name, %s)", (SYNC_APP,))
+            for pid, query_start, tuples in cur.fetchall():
+                key = (pid, float(query_start))
+                seen[key] = max(seen.get(key, 0), int(tuples))
             loaded = sum(int(c.get("rows") or 0) for c in first.chunks)
-            read_at_kill = max(sampler.rows_read(SYNC_APP), loaded)
+            read_at_kill = max(sum(seen.values()), loaded)
             if read_at_kill >= ctx.options.kill_at * total:
                 killed_at = time.time()
                 first.kill()
                 break
-            time.sleep(0.01)
+            time.sleep(0.002)
         run1 = first.wait()
     wait_sessions_gone(ctx.dsn, SYNC_APP)
     counter_1 = table_counters(ctx.dsn, table)
@@ -995,7 +1000,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=5_000_000, help="rows of the orders-like table")
     parser.add_argument("--wide-rows", type=int, default=1_000_000, help="rows of the wide jsonb table (0: none)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="snapshot workers to measure")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per throughput measurement (the median)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per throughput measurement (the median)")
     parser.add_argument("--destination", choices=["filesystem", "duckdb"], default="filesystem",
                         help="where the syncs load: parquet files (default) or a DuckDB file")
     parser.add_argument("--chunk-rows", type=int, help="SOURCES__POSTGRES__SNAPSHOT__CHUNK_ROWS (default: the code's)")
