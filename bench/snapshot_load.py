@@ -959,7 +959,8 @@ def run(options: argparse.Namespace) -> Path:
         conn = psycopg2.connect(dsn)
         results["machine"]["postgres"] = conn.server_version
         conn.close()
-        log(f"PostgreSQL {results['machine']['postgres']} on port {pg.port}; {results['machine']['cores']} cores; "
+        version = results["machine"]["postgres"]
+        log(f"PostgreSQL {version // 10000}.{version % 10000} on port {pg.port}; {results['machine']['cores']} cores; "
             f"load average {results['machine']['load_average_at_start']}")
         generate(ctx)
         results["tables"] = ctx.tables
