@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv tools demo demo-snowflake test test-fast lint bench clean
+.PHONY: venv tools demo demo-snowflake test test-fast lint bench bench-snapshot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -36,6 +36,19 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python -m bench.snapshot_vs_copy --rows 1000000
+
+# Issue 11's snapshot benchmark (docs/performance.md): 5M + 1M rows, ~15 min on a quiet machine; it rewrites
+# docs/performance.md from its results. A small run: make bench-snapshot BENCH_ARGS="--rows 300000 --wide-rows 50000
+# --repeat 1 --pgbench-seconds 10"
+BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,bench]'
+	@rm -f $(VENV)/.bench-* && touch $@
+
+bench-snapshot: $(BENCH_STAMP)
+	$(BIN)/python -m bench.snapshot_load --write-docs $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-tools demo.duckdb .pytest_cache .ruff_cache
