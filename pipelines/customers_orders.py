@@ -14,10 +14,13 @@ from typing import Any, Literal
 import dlt
 from dlt.extract import DltSource
 
-from pipelines.isolation import IsolatedRun, run_isolated
+from pipelines import chunked
+from pipelines.isolation import IsolatedRun, RunPlan, run_isolated
 from pipelines.progress import collector_for
 from sources.postgres import SOURCE_NAME, postgres_replica
+from sources.postgres.chunking import Chunk, snapshot_settings
 from sources.postgres.shapes import detect_schema_changes
+from sources.postgres.snapshot_plan import plan_snapshots
 
 PIPELINE_NAME = "customers_orders"
 log = logging.getLogger("aurora_sync.run")
@@ -48,24 +51,49 @@ def run(
     pipeline = pipeline or make_pipeline(pipelines_dir)
     reread: list[str] = []
 
-    def reload_tables() -> list[str]:
-        """Schema changes a cursor cannot see, found against the shapes the last sync recorded."""
+    def plan() -> RunPlan:
+        """Schema changes a cursor cannot see (against the shapes the last sync recorded), and the large tables
+        read whole this run, chunk by chunk (resuming a snapshot an earlier run left unfinished)."""
         if only_keys is not None:
-            return []
+            return RunPlan()
         changes = detect_schema_changes(pipeline.pipeline_name, pipeline.state, SOURCE_NAME, tables)
         for table, change in sorted(changes.items()):
             log.warning(f"{table}: {change.reason}: " + ("the table is loaded anew" if change.kind == "reload" else
                         "its rows are read again in full"), extra={"fields": {"table": table, "phase": "extract"}})
         reread.extend(t for t, c in changes.items() if c.kind == "reread")
-        return [t for t, c in changes.items() if c.kind == "reload"]
+        pacing = snapshot_settings()  # type: ignore[call-arg]
+        progress = chunked.in_progress(pipeline)
+        if full_refresh:
+            progress = {}
+        planned = plan_snapshots(pipeline.pipeline_name, mode, pipeline.state, SOURCE_NAME, progress, pacing,
+                                 tables, reread)
+        separately = {}
+        for resource, snapshot_plan in planned.items():
+            current = progress.get(resource)
+            snapshot = (chunked.ChunkedSnapshot.from_state(resource, snapshot_plan.spec.qualified, current)
+                        if current else chunked.new_snapshot(resource, snapshot_plan.chunks, snapshot_plan.cursor,
+                                                             snapshot_plan.cursor_floor))
+            separately[resource] = _chunked_loader(pipeline, snapshot, pacing.workers, dead_letter_url)
+        return RunPlan(reload={t for t, c in changes.items() if c.kind == "reload"}, separately=separately)
 
     def make_source(names: list[str] | None) -> DltSource:
         source = postgres_replica(mode=mode, only_tables=tables, only_keys=only_keys, dead_letter_url=dead_letter_url,
                                   reread_tables=reread)
         return source if names is None else source.with_resources(*names)
 
-    return run_isolated(pipeline, make_source, refresh="drop_data" if full_refresh else None,
-                        reload_tables=reload_tables)
+    return run_isolated(pipeline, make_source, refresh="drop_data" if full_refresh else None, plan=plan)
+
+
+def _chunked_loader(pipeline: dlt.Pipeline, snapshot: chunked.ChunkedSnapshot, workers: int,
+                    dead_letter_url: str | None) -> Any:
+    def make_chunk_source(chunks: dict[str, list[Chunk]], disposition: str, progress: Any) -> DltSource:
+        return postgres_replica(only_tables=[c[0].table for c in chunks.values()], chunks=chunks,
+                                chunk_disposition=disposition, progress=progress, dead_letter_url=dead_letter_url)
+
+    def load(result: IsolatedRun, drop_first: bool) -> Any:
+        return chunked.load_in_chunks(pipeline, snapshot, workers, make_chunk_source, result, drop_first)
+
+    return load
 
 
 if __name__ == "__main__":

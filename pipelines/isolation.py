@@ -20,7 +20,7 @@ longer load is aborted the same way, so it can never wedge the pipeline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -181,22 +181,33 @@ def _attempt(pipeline: dlt.Pipeline, make_source: Callable[[list[str]], DltSourc
     return None
 
 
+@dataclass
+class RunPlan:
+    """What a run does beyond loading its tables together: decided once pending packages are dealt with."""
+
+    reload: set[str] = field(default_factory=set)  # dropped and loaded anew alone (a column type changed)
+    # loaded on their own, by their own means (a chunked snapshot), which report a failure or None
+    separately: dict[str, Callable[[IsolatedRun, bool], TableFailure | None]] = field(default_factory=dict)
+
+
 def run_isolated(
     pipeline: dlt.Pipeline,
     make_source: Callable[[list[str] | None], DltSource],
     *,
     refresh: Any = None,
-    reload_tables: Callable[[], Collection[str]] = tuple,
+    plan: Callable[[], RunPlan] = RunPlan,
 ) -> IsolatedRun:
     """Load every resource of `make_source(None)`; `make_source(names)` must return a fresh source of those.
 
-    `reload_tables()`, asked once pending packages are dealt with, names tables whose destination table must be
-    dropped and loaded anew (a column type changed): each goes alone, with dlt's `drop_resources` refresh.
+    `plan()`, asked once pending packages are dealt with, names tables to drop and load anew (each alone, with
+    dlt's `drop_resources` refresh) and tables loaded by their own means (`RunPlan.separately`, given whether they
+    must be dropped first), each isolated like any other table.
     """
     result = IsolatedRun(pipeline)
     recover_pending(pipeline, result)
     names = list(make_source(None).selected_resources)  # first: it validates the source's configuration
-    reload = set(reload_tables())
+    run_plan = plan()
+    reload = set(run_plan.reload)
     previously = failed_tables(pipeline)
 
     def fail(failure: TableFailure) -> None:
@@ -204,13 +215,20 @@ def run_isolated(
         log.error(f"{failure.table} set aside in this run ({failure.step} failed: {failure.error}); the other "
                   "tables go on", extra={"fields": {"table": failure.table, "phase": failure.step}})
 
-    for name in [n for n in names if n in previously or n in reload]:
+    for name, load in run_plan.separately.items():
+        failure = load(result, name in reload)
+        if failure is None and name in previously:
+            result.recovered.append(name)
+        elif failure is not None:
+            fail(TableFailure(name, failure.step, failure.error))
+    names_alone = [n for n in names if (n in previously or n in reload) and n not in run_plan.separately]
+    for name in names_alone:
         failure = _attempt(pipeline, make_source, [name], "drop_resources" if name in reload else refresh, result)
         if failure is None and name in previously:
             result.recovered.append(name)
         elif failure is not None:
             fail(TableFailure(name, failure.step, failure.error))
-    together = [n for n in names if n not in previously and n not in reload]
+    together = [n for n in names if n not in previously and n not in reload and n not in run_plan.separately]
     while together:
         failure = _attempt(pipeline, make_source, together, refresh, result)
         if failure is None:

@@ -34,7 +34,7 @@ CONFIG_TOML = REPO / ".dlt" / "config.toml"
 REGENERATE = ".venv/bin/python -m runner.reference"
 
 # arguments the runner passes on every call (from --mode, --tables, dlq replay): not configuration
-RUNTIME_ARGUMENTS = {"mode", "only_tables", "only_keys", "reread_tables"}
+RUNTIME_ARGUMENTS = {"mode", "only_tables", "only_keys", "reread_tables", "chunks", "chunk_disposition", "progress"}
 # meanings for keys whose code has no docstring for them (prefer adding one to the code)
 MEANINGS: dict[str, str] = {
     "sources.postgres.credentials": "Writer DSN (`postgresql://user:password@host:5432/db`); a secret: env var, "
@@ -288,6 +288,7 @@ def toml_keys(covered: set[str]) -> Iterator[ConfigKey]:
 def config_keys() -> list[ConfigKey]:
     from runner.settings import RunnerSettings
     from sources.postgres import postgres_replica
+    from sources.postgres.chunking import snapshot_settings
     from sources.postgres.limits import snapshot_workers
     from sources.postgres.settings import _source_settings
     from sources.postgres.transport import transport_settings
@@ -299,6 +300,7 @@ def config_keys() -> list[ConfigKey]:
         function_keys(_source_settings, "sources.postgres"),  # verify and doctor: a subset of the above
         function_keys(transport_settings, "sources.postgres"),
         function_keys(snapshot_workers, "sources.postgres.snapshot"),
+        function_keys(snapshot_settings, "sources.postgres.snapshot"),
         function_keys(replication_settings, "sources.postgres.replication",
                       {"credentials", "schemas", "include", "exclude", "tables"}),
         configspec_keys(RunnerSettings, "runner"),

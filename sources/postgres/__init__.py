@@ -17,6 +17,7 @@ from dlt.extract import DltResource
 from dlt.sources.sql_database import sql_table
 
 from .catalog import TableSpec, discover_tables, matches
+from .chunking import Chunk, SnapshotSettings, snapshot_settings
 from .copy_loader import CopyTableLoader
 from .errors import SourceConfigError, describe_url, explain_connection_error
 from .pg_types import domain_column_types
@@ -36,15 +37,20 @@ def _validate(name: str, value: Any, kind: type, minimum: float | None = None) -
         raise SourceConfigError(f"`sources.postgres.{name}` must be >= {minimum}, got {value!r}.")
 
 
-@dlt.source(name=SOURCE_NAME, max_table_nesting=0)
-def source_state(update: Callable[[dict[str, Any]], None]) -> Iterable[DltResource]:
-    """A package with no rows, only this source's state: commits bookkeeping the way data is committed."""
+def _state_update(name: str, update: Callable[[dict[str, Any]], None]) -> DltResource:
+    """A resource with no rows that updates this source's state: committed with its package, like data."""
 
     def state() -> Iterator[Any]:
         update(dlt.current.source_state())
         yield from ()
 
-    yield dlt.resource(state, name="_source_state")
+    return dlt.resource(state, name=name)
+
+
+@dlt.source(name=SOURCE_NAME, max_table_nesting=0)
+def source_state(update: Callable[[dict[str, Any]], None]) -> Iterable[DltResource]:
+    """A package with no rows, only this source's state: commits bookkeeping the way data is committed."""
+    yield _state_update("_source_state", update)
 
 
 @dlt.source(name=SOURCE_NAME, max_table_nesting=0)
@@ -65,6 +71,9 @@ def postgres_replica(
     only_keys: dict[str, list[dict[str, Any]]] | None = None,
     dead_letter_url: str | None = None,
     reread_tables: list[str] | None = None,
+    chunks: dict[str, list[Chunk]] | None = None,
+    chunk_disposition: str = "append",
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterable[DltResource]:
     """Every table of `schemas` that matches `include` and not `exclude`.
 
@@ -81,6 +90,9 @@ def postgres_replica(
             local `dead_letter/` folder).
         reread_tables: destination tables to read in full this run, whatever their cursor (a schema change the
             cursor cannot see filled their existing rows; see `shapes`).
+        chunks: read only these chunks of these tables (destination table → chunks), each a resource of its own
+            loaded with `chunk_disposition`, in parallel; `progress` updates the source state in the same package
+            (`pipelines.chunked`).
     """
     if isinstance(schemas, str):
         schemas = [s.strip() for s in schemas.split(",") if s.strip()]
@@ -114,6 +126,21 @@ def postgres_replica(
     finally:
         raw.close()
 
+    if chunks is not None:
+        pacing = snapshot_settings()  # type: ignore[call-arg]
+        for spec in [s for s in specs if s.resource_name in chunks]:
+            parts = chunks[spec.resource_name]
+            for chunk in parts:
+                resource = _table_resource(
+                    spec, reader, writer, "snapshot", lookback_seconds, cursor_timezone, block_size_bytes,
+                    dead_letter_url, shape=shapes.get(spec.qualified, []),
+                    domains=domains.get((spec.schema, spec.name), {}), chunk=chunk, pacing=pacing,
+                    disposition=chunk_disposition)
+                yield resource.parallelize() if len(parts) > 1 else resource
+        if progress is not None:
+            yield _state_update("_snapshot_progress", progress)
+        return
+
     for spec in specs:
         resource = _table_resource(
             spec, reader, writer, mode, lookback_seconds, cursor_timezone, block_size_bytes, dead_letter_url,
@@ -142,11 +169,16 @@ def _table_resource(
     shape: Shape | None = None,
     reread: bool = False,
     domains: dict[str, Any] | None = None,
+    chunk: Chunk | None = None,
+    pacing: SnapshotSettings | None = None,
+    disposition: str = "replace",
 ) -> DltResource:
     incremental = None
     write_disposition: Any = "replace"
     query_adapter = None
-    if keys and spec.has_key:
+    if chunk is not None:
+        write_disposition = disposition  # replace for the first chunks of a snapshot, append for the rest
+    elif keys and spec.has_key:
         # a handful of known rows (dead-letter replay): merge them, leave the cursor alone
         write_disposition = MERGE
         query_adapter = _keys_filter(spec, keys)
@@ -185,10 +217,15 @@ def _table_resource(
             "cursor_timezone": cursor_timezone,
             "block_size": block_size_bytes,
             "shape": shape or [],
+            "chunk": chunk,
+            "pacing": pacing,
         },
         write_disposition=write_disposition,
         primary_key=list(spec.primary_key) or None,
     )
+    if chunk is not None:
+        resource.apply_hints(table_name=spec.resource_name)
+        return resource.with_name(f"{spec.resource_name}__chunk{chunk.index}")
     if write_disposition is MERGE:
         # the staging de-duplication keeps the newest version of a key, ordered by a real column (see MERGE); a
         # table CDC loaded before sorts by `_lsn`, which is cleared here (dlt allows one sort column per table)

@@ -27,6 +27,7 @@ from dlt.common import logger
 from dlt.sources.sql_database.helpers import BaseTableLoader
 
 from . import dead_letters
+from .chunking import Chunk, ChunkRead, SnapshotSettings, Throttle, log_chunk, paced, wait_until_calm
 from .conversion import RejectedRow, convert_batch, csv_parse_type
 from .late_commits import effective_start, oldest_open_transaction
 from .type_mapping import ColumnPlan, plan_column
@@ -40,15 +41,26 @@ class CopyTableLoader(BaseTableLoader):
 
     def load_rows(self, backend_kwargs: dict[str, Any] | None = None) -> Iterator[pa.Table]:
         options = dict(backend_kwargs or {})
-        # the columns as of this read, committed with its package: the next run compares (see `shapes`)
-        dlt.current.resource_state()[SHAPE_STATE_KEY] = options.get("shape") or []
+        # the columns as of this read, committed with its package: the next run compares (see `shapes`); a chunk
+        # of a table writes into its table's state, not a state of its own
+        resource = str(options.get("resource_name", self.table.name))
+        dlt.current.resource_state(resource)[SHAPE_STATE_KEY] = options.get("shape") or []
         if self.incremental is not None:
             self._apply_late_commit_guard(options)
+        chunk: Chunk | None = options.get("chunk")
+        if chunk is not None:
+            yield from self._load_chunk(options, chunk)
+            return
+        yield from self._tables(options)
+
+    def _tables(self, options: dict[str, Any]) -> Iterator[pa.Table]:
         overrides: dict[str, str] = dict(options.get("column_types") or {})
         plans = [plan_column(c, overrides.get(c.name)) for c in self.table.columns]
         query = self._make_query().with_only_columns(
             *(sa.literal_column(p.select_sql).label(p.name) for p in plans), maintain_column_froms=True
         ).select_from(self.table)
+        if options.get("chunk") is not None:
+            query = query.where(options["chunk"].clause())
         sql = self.compile_query(query)
         logger.info(f"COPY extract of {self.table.fullname}: {sql}")
         for table, rejected in self._copy_to_arrow(sql, plans, int(options.get("block_size", 4 << 20))):
@@ -64,6 +76,19 @@ class CopyTableLoader(BaseTableLoader):
                              f"dead-lettered to {path}")
             if table.num_rows:
                 yield table
+
+    def _load_chunk(self, options: dict[str, Any], chunk: Chunk) -> Iterator[pa.Table]:
+        """One chunk of a large table (`chunking`): waits for a calm source, then reads at the configured pace."""
+        settings: SnapshotSettings = options["pacing"]
+        raw = self.engine.raw_connection()
+        try:
+            paused = wait_until_calm(raw, settings, self.table.fullname)
+        finally:
+            raw.close()
+        read = ChunkRead(chunk, paused_seconds=paused)
+        throttle = Throttle(settings.max_rows_per_second, settings.max_bytes_per_second)
+        yield from paced(self._tables(options), throttle, read)
+        log_chunk(read, str(options.get("resource_name", self.table.name)))
 
     def _apply_late_commit_guard(self, options: dict[str, Any]) -> None:
         """Lower this read's start to the previous run's oldest open transaction; record a new one.
