@@ -127,6 +127,24 @@ class LocalPostgres:
         )
         return self
 
+    def standby(self) -> LocalPostgres:
+        """A streaming physical replica of this cluster on its own port (a stand-in for an Aurora reader)."""
+        bindir = find_bindir()
+        replica = LocalPostgres(user=self.user, password=self.password)
+        replica._tmp = tempfile.TemporaryDirectory(prefix="aurora-sync-pg-standby-")
+        replica.base_dir = Path(replica._tmp.name)
+        if os.geteuid() == 0:
+            shutil.chown(replica.base_dir, "postgres", "postgres")
+        subprocess.run(
+            [*self.run_as, "env", f"PGPASSWORD={self.password}", str(bindir / "pg_basebackup"), "-h", "127.0.0.1",
+             "-p", str(self.port), "-U", self.user, "-D", str(replica.data_dir), "-R", "-X", "stream", "-c", "fast"],
+            capture_output=True, text=True, check=True)
+        with (replica.data_dir / "postgresql.auto.conf").open("a") as fh:
+            fh.write(f"\nport = {replica.port}\nunix_socket_directories = '{replica.base_dir}'\nhot_standby = on\n")
+        replica._run(str(bindir / "pg_ctl"), "-D", str(replica.data_dir), "-l", str(replica.base_dir / "server.log"),
+                     "-w", "-t", "60", "start")
+        return replica
+
     def stop(self, mode: str = "fast") -> None:
         if self.base_dir is None or not (self.data_dir / "postmaster.pid").exists():
             return

@@ -33,6 +33,7 @@ from pipelines.isolation import FAILED_TABLES_KEY, TableLoadFailed, culprit, des
 from pipelines.progress import FAILPOINT_ENV, crash_at
 from sources.postgres import dead_letters
 from sources.postgres.catalog import TableSpec, discover_tables, matches
+from sources.postgres.chunking import Chunk, log_chunk, plan_chunks, snapshot_settings
 from sources.postgres.copy_loader import arrow_schema
 from sources.postgres.errors import SourceConfigError
 from sources.postgres.session import make_engine
@@ -42,6 +43,7 @@ from sources.replication import (
     STATE_KEY,
     ReplicationSettings,
     cdc_batch,
+    cdc_chunk,
     cdc_snapshot,
     replication_settings,
     table_hints,
@@ -57,6 +59,8 @@ from sources.replication.batch import (
     prepare,
     system_columns,
 )
+from sources.replication.batch import _parse as _parse_keys
+from sources.replication.chunked_copy import ChunkReaders, CopyJob, SpilledChunk
 from sources.replication.columns import TypeResolver, arrays_to_json
 from sources.replication.errors import (
     PrerequisiteMissing,
@@ -93,6 +97,7 @@ from sources.replication.snapshot import TableSnapshot, table_columns
 from sources.replication.stream import (
     BatchReady,
     ChangeStream,
+    ChunkWatermark,
     IdleEvent,
     Limits,
     RelationEvent,
@@ -450,6 +455,76 @@ class _Cdc:
                    duration_s=round(time.monotonic() - started, 3))
         return copied
 
+    @property
+    def reader_dsn(self) -> str | None:
+        return self.settings.reader_dsn
+
+    def begin_copy(self, spec: TableSpec, *, drop: bool = False) -> CopyJob | None:
+        """Begin copying a table in chunks reconciled with the stream (`chunked_copy`), or None when one
+        transaction is the better choice: a table of one chunk (small), or without a key to reconcile on."""
+        if not spec.has_key:
+            return None
+        chunks = plan_chunks(self.meta, spec, snapshot_settings())  # type: ignore[call-arg]
+        if len(chunks) < 2 or chunks[0].kind != "key":
+            return None
+        columns = table_columns(self.meta, spec, self.resolver_cache)
+        shape = self.shape(spec)
+        start = current_wal_lsn(self.meta)  # the stream applies its changes from here; the chunks are read after
+        generation = uuid.uuid4().hex[:12]
+        empty = arrow_schema([c.plan for c in columns], frozenset(spec.primary_key)).empty_table()
+        for name, column in system_columns(self.settings.delete_mode, [], []).items():
+            empty = empty.append_column(name, column)
+
+        def update(state: dict[str, Any]) -> None:
+            state["slot"], state["publication"] = self.slot, self.publication
+            state.setdefault("tables", {})[spec.qualified] = {
+                "snapshot_lsn": start, "resource": spec.resource_name, "primary_key": list(spec.primary_key),
+                "snapshot_at": datetime.now(UTC).isoformat(), "shape": shape,
+                "copy": {"generation": generation, "chunks": [c.as_state() for c in chunks], "done": []},
+            }
+            state.get(FAILED_TABLES_KEY, {}).pop(spec.resource_name, None)
+
+        # the destination starts empty: a chunk appends only rows the stream has not put there since `start`
+        self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key),
+                              table_hints(columns, self.settings.delete_mode, merge=False), lambda: iter([empty]),
+                              update), refresh="drop_resources" if drop else None)
+        _event("chunked copy begun", table=spec.resource_name, chunks=len(chunks), lsn=format_lsn(start))
+        return CopyJob(spec, generation, chunks, columns, set(), start)
+
+    def land_chunk(self, job: CopyJob, spilled: SpilledChunk, event: Any) -> int:
+        """Insert a chunk's rows whose key the stream has no say about (see `chunked_copy`); returns their count."""
+        keys = list(job.spec.primary_key)
+        by_name = {c.name: c for c in job.columns}
+        deleted: set[tuple[Any, ...]] = set()
+        if event.deleted:
+            parsed, _ = _parse_keys([by_name[k].plan for k in keys], event.deleted)
+            deleted = set(zip(*(parsed[k].to_pylist() for k in keys), strict=True))
+        tables = []
+        for table in spilled.tables():
+            if deleted:
+                mask = [k not in deleted for k in zip(*(table[k].to_pylist() for k in keys), strict=True)]
+                table = table.filter(pa.array(mask, pa.bool_()))
+            if table.num_rows:
+                for name, column in system_columns(self.settings.delete_mode, [event.lsn] * table.num_rows,
+                                                   [None] * table.num_rows).items():
+                    table = table.append_column(name, column)
+                tables.append(table)
+        index = spilled.chunk.index
+
+        def update(state: dict[str, Any]) -> None:
+            entry = state.get("tables", {}).get(job.spec.qualified, {})
+            copy = entry.get("copy")
+            if copy is not None:
+                done = sorted({*copy.get("done", []), index})
+                if len(done) == len(copy["chunks"]):
+                    entry.pop("copy", None)
+                else:
+                    copy["done"] = done
+
+        self.run(cdc_chunk(job.spec.resource_name, keys, table_hints(job.columns, self.settings.delete_mode),
+                           tables, update))
+        return sum(t.num_rows for t in tables)
+
     def add_columns(self, spec: TableSpec) -> None:
         """A new column whose existing rows are NULL (no default) needs no copy, but the destination must have it
         before a change of the table carries it: a load with no rows and the table's current columns adds it."""
@@ -476,8 +551,11 @@ class _Cdc:
             # a new slot starts a new history: committed first, so a table that fails to copy cannot undo it
             self.save_state(lambda s: s.update(slot=self.slot, publication=self.publication,
                                                confirmed_lsn=exported.consistent_lsn, tables={}))
-            if specs:
-                self.snapshot(specs, exported.snapshot_name, exported.consistent_lsn)
+            # large keyed tables are copied in chunks while streaming (no long transaction); the rest in one go,
+            # under the slot's snapshot
+            small = [spec for spec in specs if self.begin_copy(spec) is None]
+            if small:
+                self.snapshot(small, exported.snapshot_name, exported.consistent_lsn)
             return exported.consistent_lsn
 
     def snapshot_alone(self, specs: list[TableSpec], keep_alive: WalStream | None = None,
@@ -512,7 +590,7 @@ class _Cdc:
 
 @dataclass
 class _TablePlan:
-    copy: list[TableSpec]  # to copy (again) under a temporary slot's snapshot before streaming
+    copy: list[TableSpec]  # to copy (again) before streaming, under a temporary slot's snapshot or in chunks
     reload: frozenset[str]  # destination tables dropped first: a column changed type
 
 
@@ -583,6 +661,100 @@ def _note_recovered(cdc: _Cdc, state: dict[str, Any], copied: list[TableSpec]) -
         if spec.resource_name in failed_before:
             cdc.summary.recovered_tables.append(spec.resource_name)
             _event(f"{spec.resource_name} copied again after it was set aside", table=spec.resource_name)
+
+
+class _Copies:
+    """The chunked copies of this stream (`sources.replication.chunked_copy`): readers ahead of the stream, and
+    each chunk landed when the stream reaches its high watermark."""
+
+    def __init__(self, cdc: _Cdc, stream: ChangeStream, jobs: dict[str, CopyJob]) -> None:
+        self.cdc, self.stream, self.jobs = cdc, stream, jobs
+        self.readers: ChunkReaders | None = None
+        self.rows: dict[str, int] = {}
+        stream.keep_going = lambda: bool(self.jobs)
+        for job in list(jobs.values()):
+            self._submit(job)
+
+    def _submit(self, job: CopyJob) -> None:
+        if self.readers is None:
+            settings = self.cdc.settings
+            self.readers = ChunkReaders(self.cdc.dsn, self.cdc.reader_dsn, snapshot_settings(),  # type: ignore[call-arg]
+                                        settings.block_size_bytes, settings.statement_timeout_ms)
+            self.stream.copy_nonce = self.readers.nonce
+        self.jobs[job.spec.qualified] = job
+        self.readers.submit(job)
+
+    def begin(self, spec: TableSpec, *, drop: bool, wal: WalStream | None = None) -> bool:
+        """Start copying a table in chunks while streaming; False when it is better copied in one go."""
+        if wal is not None:
+            self.stream.forget(spec.qualified)  # its unloaded changes are older than the copy: the chunks have them
+        job = self.cdc.begin_copy(spec, drop=drop)
+        if job is None:
+            return False
+        self.stream.track(TrackedTable(spec, job.start_lsn))
+        self._submit(job)
+        return True
+
+    def reached(self, event: ChunkWatermark) -> None:
+        qualified = event.chunk_id.rsplit("#", 1)[0]
+        job = self.jobs.get(qualified)
+        if job is None or self.readers is None:
+            return
+        index = int(event.chunk_id.rsplit("#", 1)[1])
+        spilled = self.readers.take(event.chunk_id)
+        if spilled is None:
+            reason = self.readers.failures.get(qualified)
+            self._fail(job, "extract", describe(reason) if reason else "the chunk was not read in time")
+            return
+        try:
+            rows = self.cdc.land_chunk(job, spilled, event)
+        except TableLoadFailed as failure:
+            self._fail(job, failure.step, failure.error)
+            return
+        finally:
+            spilled.discard()
+        job.done.add(index)
+        self.rows[job.spec.resource_name] = self.rows.get(job.spec.resource_name, 0) + rows
+        log_chunk(spilled.read, job.spec.resource_name)
+        if len(job.done) == len(job.chunks):
+            self.jobs.pop(qualified, None)
+            self.cdc.summary.snapshots[job.spec.resource_name] = self.rows.pop(job.spec.resource_name, 0)
+            _event("table copied in chunks", table=job.spec.resource_name, chunks=len(job.chunks))
+
+    def poll(self) -> None:
+        """A chunk that could not be read has no high watermark to wait for: set its table aside now."""
+        if self.readers is None or not self.readers.failures:
+            return
+        for qualified, reason in list(self.readers.failures.items()):
+            job = self.jobs.get(qualified)
+            if job is not None:
+                self._fail(job, "extract", describe(reason))
+
+    def _fail(self, job: CopyJob, step: str, error: str) -> None:
+        self.jobs.pop(job.spec.qualified, None)
+        self.stream.untrack(job.spec.qualified)
+        self.cdc.set_aside(job.spec, step, error)
+
+    def close(self) -> None:
+        if self.readers is not None:
+            self.readers.close()
+
+
+def _pending_copies(cdc: _Cdc, specs: list[TableSpec], state: dict[str, Any]) -> dict[str, CopyJob]:
+    """Chunked copies an earlier run began: the chunks not done are read again, the others are kept."""
+    jobs: dict[str, CopyJob] = {}
+    for spec in specs:
+        entry = state.get("tables", {}).get(spec.qualified, {})
+        copy = entry.get("copy")
+        if copy:
+            chunks = [Chunk.from_state(spec.qualified, c) for c in copy["chunks"]]
+            columns = table_columns(cdc.meta, spec, cdc.resolver_cache)
+            jobs[spec.qualified] = CopyJob(spec, str(copy["generation"]), chunks, columns,
+                                           {int(i) for i in copy.get("done", [])},
+                                           int(entry["snapshot_lsn"]))
+            _event("resuming a chunked copy", table=spec.resource_name, done=len(copy.get("done", [])),
+                   chunks=len(chunks))
+    return jobs
 
 
 def _check_health(cdc: _Cdc, health: SlotHealth | None, state: dict[str, Any]) -> str | None:
@@ -707,10 +879,18 @@ def _run(cdc: _Cdc, *, follow: bool, resnapshot_patterns: list[str] | None, stop
     if resnapshot_patterns and not forced:
         raise SourceConfigError(f"--tables {' '.join(resnapshot_patterns)} matched no replicated table.")
     plan = _plan_tables(cdc, specs, state, forced)
-    if plan.copy:
-        _, copied = cdc.snapshot_alone(plan.copy, reload=plan.reload)
+    jobs = _pending_copies(cdc, specs, state)  # chunked copies an earlier run left unfinished
+    exported = []
+    for spec in plan.copy:
+        job = cdc.begin_copy(spec, drop=spec.resource_name in plan.reload)
+        if job is None:
+            exported.append(spec)
+        else:
+            jobs[spec.qualified] = job
+    if exported:
+        _, copied = cdc.snapshot_alone(exported, reload=plan.reload)
         _note_recovered(cdc, state, copied)
-        state = _state(cdc.pipeline)
+    state = _state(cdc.pipeline)
 
     # tables no longer configured (excluded or dropped) stop being applied
     snapshotted = state.get("tables", {})
@@ -724,7 +904,8 @@ def _run(cdc: _Cdc, *, follow: bool, resnapshot_patterns: list[str] | None, stop
     wal.flush_lsn = confirmed
     wal.start(confirmed)
     try:
-        _stream(cdc, wal, tracked, follow=follow, stop=stop, confirmed=confirmed, messages=version >= 140000)
+        _stream(cdc, wal, tracked, follow=follow, stop=stop, confirmed=confirmed, messages=version >= 140000,
+                jobs=jobs)
     finally:
         wal.close()
     summary.end_lsn = format_lsn(wal.flush_lsn)
@@ -747,7 +928,7 @@ def _wait_for_slot(cdc: _Cdc, lsn: int, timeout: float = 5.0) -> SlotHealth | No
 
 
 def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, follow: bool,
-            stop: threading.Event | None, confirmed: int, messages: bool) -> None:
+            stop: threading.Event | None, confirmed: int, messages: bool, jobs: dict[str, CopyJob]) -> None:
     settings = cdc.settings
     limits = Limits(max_batch_rows=settings.max_batch_rows, max_batch_bytes=settings.max_batch_bytes,
                     max_batch_seconds=settings.max_batch_seconds, heartbeat_seconds=settings.heartbeat_seconds)
@@ -779,7 +960,6 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
             if not markers["allowed"]:
                 token = None
     position = {"confirmed": confirmed}
-    last_table_check = time.monotonic()
 
     def record(lsn: int, partial: tuple[int, int] | None = None) -> Any:
         def update(state: dict[str, Any]) -> None:
@@ -792,11 +972,28 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
                     state["tables"][qualified]["shape"] = shape
         return update
 
+    copies = _Copies(cdc, stream, jobs)
+    try:
+        _events(cdc, wal, stream, copies, follow=follow, stop=stop, target=target, token=token, record=record,
+                position=position)
+    finally:
+        copies.close()
+
+
+def _events(cdc: _Cdc, wal: WalStream, stream: ChangeStream, copies: _Copies, *, follow: bool,
+            stop: threading.Event | None, target: int, token: str | None, record: Any,
+            position: dict[str, int]) -> None:
+    settings = cdc.settings
+    last_table_check = time.monotonic()
     for event in stream.events(follow=follow, stop=stop, target_lsn=target, marker=token):
+        copies.poll()
         if isinstance(event, BatchReady):
             _load_batch(cdc, wal, stream, event.batch, event.reason, position, record)
+        elif isinstance(event, ChunkWatermark):
+            with wal.kept_alive():
+                copies.reached(event)
         elif isinstance(event, RelationEvent):
-            _relation_announced(cdc, wal, stream, event)
+            _relation_announced(cdc, wal, stream, event, copies)
         elif isinstance(event, TruncateEvent):
             with wal.kept_alive():
                 cdc.apply_truncate(event)
@@ -812,7 +1009,7 @@ def _stream(cdc: _Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, foll
             cdc.on_progress(cdc.summary)
         if follow and time.monotonic() - last_table_check >= settings.new_table_check_seconds:
             last_table_check = time.monotonic()
-            _follow_new_tables(cdc, wal, stream)
+            _follow_new_tables(cdc, wal, stream, copies)
 
 
 def _load_batch(cdc: _Cdc, wal: WalStream, stream: ChangeStream, batch: ChangeBatch, reason: str,
@@ -904,7 +1101,8 @@ def _set_aside(cdc: _Cdc, stream: ChangeStream, qualified: str, step: str, error
         cdc.set_aside(tracked.spec, step, error)
 
 
-def _relation_announced(cdc: _Cdc, wal: WalStream, stream: ChangeStream, event: RelationEvent) -> None:
+def _relation_announced(cdc: _Cdc, wal: WalStream, stream: ChangeStream, event: RelationEvent,
+                        copies: _Copies) -> None:
     """A table's first change in this stream, or new columns: copy it again when the WAL cannot tell the
     destination what its existing rows now hold (every earlier change of it has been loaded already)."""
     tracked = stream.tracked.get(event.table.qualified)
@@ -918,23 +1116,26 @@ def _relation_announced(cdc: _Cdc, wal: WalStream, stream: ChangeStream, event: 
     if change is None:
         return
     _event(f"{spec.qualified}: {change.reason}: copying it again", logging.WARNING, table=spec.resource_name)
-    lsn, copied = cdc.snapshot_alone([spec], keep_alive=wal,
-                                     reload=frozenset([spec.resource_name] if change.kind == "reload" else []))
+    drop = change.kind == "reload"
+    if copies.begin(spec, drop=drop, wal=wal):
+        return
+    lsn, copied = cdc.snapshot_alone([spec], keep_alive=wal, reload=frozenset([spec.resource_name] if drop else []))
     if copied:
         stream.track(TrackedTable(spec, lsn))
     else:
         stream.untrack(spec.qualified)
 
 
-def _follow_new_tables(cdc: _Cdc, wal: WalStream, stream: ChangeStream) -> None:
+def _follow_new_tables(cdc: _Cdc, wal: WalStream, stream: ChangeStream, copies: _Copies) -> None:
     """Follow mode: copy tables created or configured since the stream started (or set aside and to be tried
     again), and tables whose columns changed without a change of theirs in the stream, without stopping it."""
     with wal.kept_alive():
         specs = cdc.discover()
         state = _state(cdc.pipeline)
-        plan = _plan_tables(cdc, specs, state, [])
-    if plan.copy:
-        lsn, copied = cdc.snapshot_alone(plan.copy, keep_alive=wal, reload=plan.reload)
+        plan = _plan_tables(cdc, [s for s in specs if s.qualified not in copies.jobs], state, [])
+    exported = [s for s in plan.copy if not copies.begin(s, drop=s.resource_name in plan.reload, wal=wal)]
+    if exported:
+        lsn, copied = cdc.snapshot_alone(exported, keep_alive=wal, reload=plan.reload)
         _note_recovered(cdc, state, copied)
         for spec in copied:
             stream.track(TrackedTable(spec, lsn))
@@ -1010,6 +1211,9 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
             report.start_lsn = format_lsn(health.confirmed_flush_lsn)
         for spec in refused:
             cdc.set_aside(spec, "setup", refusals[spec.qualified])
+        if any(t.get("copy") for t in _state(pipeline).get("tables", {}).values()):
+            # chunked copies land as the stream reaches their watermarks: stream until they are all in
+            _run(cdc, follow=False, resnapshot_patterns=None, stop=None, started=time.monotonic())
         report.snapshots = dict(cdc.summary.snapshots)
         report.failed_tables = dict(cdc.summary.failed_tables)
         report.dead_lettered = cdc.summary.dead_lettered

@@ -51,6 +51,7 @@ class ReplicationSettings:
 
     credentials: ConnectionStringCredentials
     schemas: list[str]
+    reader_credentials: ConnectionStringCredentials | None = None
     include: list[str] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=list)
     tables: dict[str, Any] = field(default_factory=dict)
@@ -76,6 +77,13 @@ class ReplicationSettings:
     @property
     def dsn(self) -> str:
         url = sa.engine.make_url(self.credentials.to_native_representation())
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @property
+    def reader_dsn(self) -> str | None:
+        if self.reader_credentials is None:
+            return None
+        url = sa.engine.make_url(self.reader_credentials.to_native_representation())
         return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def validate(self) -> ReplicationSettings:
@@ -114,6 +122,7 @@ class ReplicationSettings:
 def replication_settings(
     credentials: ConnectionStringCredentials = dlt.secrets.value,
     schemas: list[str] = dlt.config.value,
+    reader_credentials: ConnectionStringCredentials | None = None,
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     tables: dict[str, Any] | None = None,
@@ -140,6 +149,8 @@ def replication_settings(
 
     Args:
         credentials: writer DSN (logical decoding runs on the writer only; Aurora readers cannot).
+        reader_credentials: optional reader DSN (Aurora reader endpoint): chunked copies read their chunks there,
+            each once the reader replayed past the chunk's low watermark.
         slot_name / publication_name: default `aurora_sync_<pipeline>`.
         delete_mode: `hard` removes deleted rows (dlt `hard_delete` on `_deleted`); `soft` keeps them with
             `_deleted_at` set.
@@ -156,7 +167,8 @@ def replication_settings(
         auto_add_tables: add newly configured/created tables to the publication and snapshot them alone.
     """
     return ReplicationSettings(
-        credentials=credentials, schemas=schemas, include=list(include or ["*"]), exclude=list(exclude or []),
+        credentials=credentials, schemas=schemas, reader_credentials=reader_credentials,
+        include=list(include or ["*"]), exclude=list(exclude or []),
         tables=dict(tables or {}), slot_name=slot_name, publication_name=publication_name,
         delete_mode=delete_mode,  # type: ignore[arg-type]
         truncate_mode=truncate_mode,  # type: ignore[arg-type]
@@ -205,6 +217,24 @@ def cdc_batch(
     for name, primary_key, hints, rows in tables:
         yield dlt.resource([rows], name=name, table_name=name, write_disposition=MERGE, primary_key=primary_key,
                            columns=hints)
+    yield _state_resource(update_state)
+
+
+# a chunk of a copy inserts only the keys the destination does not have (the stream's changes win)
+INSERT_ONLY = {"disposition": "merge", "strategy": "insert-only"}
+
+
+@dlt.source(name=SOURCE_NAME, section="replication", max_table_nesting=0, root_key=False)
+def cdc_chunk(
+    name: str,
+    primary_key: list[str],
+    hints: dict[str, Any],
+    tables: list[pa.Table],
+    update_state: Callable[[dict[str, Any]], None],
+) -> Iterable[DltResource]:
+    """One chunk of a chunked copy (`chunked_copy`): its rows, inserted where the key is absent."""
+    yield dlt.resource(tables, name=name, table_name=name, write_disposition=INSERT_ONLY, primary_key=primary_key,
+                       columns=hints)
     yield _state_resource(update_state)
 
 

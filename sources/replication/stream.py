@@ -24,6 +24,7 @@ from datetime import datetime
 from sources.postgres.catalog import TableSpec
 
 from .batch import ChangeBatch, GeneratedColumn, LiveTable
+from .chunked_copy import LOW, parse_watermark
 from .columns import TypeResolver
 from .errors import ReplicationError, TruncateRefused
 from .lsn import format_lsn
@@ -36,6 +37,7 @@ from .pgoutput import (
     Relation,
     Truncate,
     Update,
+    Value,
     decode,
 )
 from .slot import MARKER_PREFIX
@@ -69,6 +71,17 @@ class IdleEvent:
 
 
 @dataclass
+class ChunkWatermark:
+    """The stream reached a chunk's high watermark: every change before it has been yielded. `deleted` are the
+    keys of the chunk's table deleted (or moved away by a key update) between its low and high watermark."""
+
+    chunk_id: str  # schema.table#index
+    table: LiveTable | None
+    deleted: list[tuple[Value, ...]]
+    lsn: int
+
+
+@dataclass
 class RelationEvent:
     """A tracked table was announced (first change of it in this stream) or its columns changed. Every change
     of it before this point has been yielded, so the caller may re-copy it and `track()` it anew."""
@@ -77,7 +90,7 @@ class RelationEvent:
     changed: bool  # its columns differ from the previous announcement in this stream
 
 
-Event = BatchReady | TruncateEvent | IdleEvent | RelationEvent
+Event = BatchReady | TruncateEvent | IdleEvent | RelationEvent | ChunkWatermark
 
 
 @dataclass
@@ -114,12 +127,22 @@ class ChangeStream:
         # (final LSN, changes) of a transaction whose first changes were loaded before a restart: the server
         # resends it whole, and those changes are skipped (a replayed delete of a keyless row is not harmless)
         self.skip = skip
+        # chunked copies (`chunked_copy`): the watermarks of this run carry `copy_nonce`; an open window collects
+        # the keys its table loses between a chunk's low and high watermark
+        self.copy_nonce: str | None = None
+        self.windows: dict[str, list[tuple[Value, ...]]] = {}
+        self.keep_going: Callable[[], bool] = lambda: False  # a drain does not end while this is true
+        self._forget: set[str] = set()
 
     # -- tables --------------------------------------------------------------------------------
     def track(self, table: TrackedTable) -> None:
         """Start applying changes of a (newly snapshotted) table."""
         self.tracked[table.spec.qualified] = table
         self._live.clear()
+
+    def forget(self, qualified: str) -> None:
+        """Drop a table's changes not yielded yet (a copy that begins now covers them)."""
+        self._forget.add(qualified)
 
     def untrack(self, qualified: str) -> None:
         """Stop applying changes of a table (set aside until it is copied again)."""
@@ -150,6 +173,12 @@ class ChangeStream:
         return live
 
     # -- the loop ---------------------------------------------------------------------------------
+    def _windowed(self, table: LiveTable, key: tuple[Value, ...]) -> None:
+        prefix = table.qualified + "#"
+        for chunk_id, keys in self.windows.items():
+            if chunk_id.startswith(prefix):
+                keys.append(key)
+
     def events(self, *, follow: bool, stop: threading.Event | None = None, target_lsn: int = 0,
                marker: str | None = None) -> Iterator[Event]:
         limits = self.limits
@@ -160,6 +189,10 @@ class ChangeStream:
         last_idle_event = 0.0
         reported_idle = 0
         while True:
+            if self._forget:
+                for qualified in self._forget:
+                    batch.tables.pop(qualified, None)
+                self._forget.clear()
             if stop is not None and stop.is_set():
                 break
             now = time.monotonic()
@@ -174,7 +207,7 @@ class ChangeStream:
                     batch = ChangeBatch()
                 if txn is None and self.wal.server_wal_end > self.safe_lsn:
                     self.safe_lsn = self.wal.server_wal_end
-                if not follow and txn is None and target_lsn and self.safe_lsn >= target_lsn:
+                if not follow and txn is None and target_lsn and self.safe_lsn >= target_lsn and not self.keep_going():
                     break
                 if follow and txn is None and not batch:
                     heartbeat_due = limits.heartbeat_seconds and now - last_heartbeat >= limits.heartbeat_seconds
@@ -204,8 +237,12 @@ class ChangeStream:
                 elif isinstance(message, Update):
                     batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now, size,
                                  txn_changes)
+                    if self.windows and message.old is not None and table.key(message.old) != table.key(message.new):
+                        self._windowed(table, table.key(message.old))
                 else:
                     batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now, size, txn_changes)
+                    if self.windows:
+                        self._windowed(table, table.key(message.old))
                 if batch.changes >= limits.max_batch_rows or batch.bytes >= limits.max_batch_bytes:
                     yield BatchReady(self._mark(batch, txn, txn_changes),
                                      "rows" if batch.changes >= limits.max_batch_rows else "bytes")
@@ -218,7 +255,7 @@ class ChangeStream:
                 txn = None
                 self.safe_lsn = max(self.safe_lsn, message.end_lsn)
                 batch.safe_lsn = message.end_lsn
-                if not follow and target_lsn and message.end_lsn >= target_lsn:
+                if not follow and target_lsn and message.end_lsn >= target_lsn and not self.keep_going():
                     break
                 if batch and batch.started is not None and now - batch.started >= limits.max_batch_seconds:
                     yield BatchReady(batch, "time")
@@ -258,7 +295,20 @@ class ChangeStream:
             elif isinstance(message, Message) and not message.transactional and message.prefix == MARKER_PREFIX:
                 if txn is None:
                     self.safe_lsn = max(self.safe_lsn, message.lsn)
-                if not follow and marker is not None and message.content == marker.encode():
+                watermark = parse_watermark(message.content.decode()) if self.copy_nonce else None
+                if watermark is not None and watermark[1] == self.copy_nonce:
+                    kind, _, chunk_id = watermark
+                    if kind == LOW:
+                        self.windows[chunk_id] = []
+                    elif chunk_id in self.windows:
+                        if batch:  # the chunk lands after every change before its high watermark
+                            yield BatchReady(self._mark(batch, txn, txn_changes), "chunk")
+                            batch = ChangeBatch()
+                        qualified = chunk_id.rsplit("#", 1)[0]
+                        live = next((t for t in self._live.values() if t is not None and t.qualified == qualified),
+                                    None)
+                        yield ChunkWatermark(chunk_id, live, self.windows.pop(chunk_id), message.lsn)
+                if not follow and marker is not None and message.content == marker.encode() and not self.keep_going():
                     break
             # TypeInfo and Origin need no action: types are looked up by OID
         if batch:
