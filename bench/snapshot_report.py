@@ -103,10 +103,23 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                                "small": min(t["rows"] for t in results["tables"].values()) < FULL_ROWS
                                if results.get("tables") else True,
                                "throughput": rows, "ages": _ages(results), "pgbench": _pgbench(results.get("pgbench")),
-                               "kill": _kill(results.get("kill")), "extrapolation": extrapolate(results)}
+                               "kill": _kill(results.get("kill")), "extrapolation": extrapolate(results),
+                               "idle_default": _idle_default(results, rows)}
     summary["targets"] = _targets(summary)
     summary["where_the_time_goes"] = _where_time_goes(results, summary)
     return summary
+
+
+def _idle_default(results: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The default pacing on an idle source, next to the unthrottled sync with as many workers."""
+    run = results.get("idle_default")
+    if not run:
+        return None
+    same = next((r for r in rows if r["table"] == run["table"] and r["workers"] == run["workers"]), None)
+    return {"table": run["table"], "workers": run["workers"], "rows_per_s": run["rows_per_s"],
+            "seconds": run["seconds"], "paused_s": run.get("paused_s"),
+            "unthrottled_rows_per_s": same["sync_rows_per_s"] if same else None,
+            "ratio": round(run["rows_per_s"] / same["sync_rows_per_s"], 2) if same else None}
 
 
 def _ages(results: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +154,8 @@ def _pgbench(phase: dict[str, Any] | None) -> dict[str, Any] | None:
             out[key] = {"tps": run["tps"], "latency_ms": run["latency_ms"], "drop_pct": round(100 * drop, 1),
                         "coverage": run["snapshot_coverage"], "snapshot_rows_per_s": run["snapshot_rows_per_s"],
                         "tps_while_copy_active": run.get("tps_while_copy_active"),
-                        "syncs_completed": run.get("syncs_completed")}
+                        "syncs_completed": run.get("syncs_completed"),
+                        "first_chunk_after_load_s": run.get("first_chunk_after_load_s")}
     if out.get("default"):
         out["met"] = out["default"]["drop_pct"] <= 100 * MAX_TPS_DROP
     return out
@@ -234,6 +248,15 @@ def _targets(s: dict[str, Any]) -> list[dict[str, str]]:
     elif not pg:
         targets.append({"measure": "pgbench TPS drop, default throttle", "measured": NOT_MEASURED,
                         "target": f"≤ {MAX_TPS_DROP * 100:.0f} %", "status": NOT_MEASURED})
+    if pg and pg.get("default") and pg["default"].get("first_chunk_after_load_s") is not None:
+        targets.append({"measure": "default pacing: next chunk read after pgbench stopped", "measured":
+                        f"{pg['default']['first_chunk_after_load_s']} s (the guard lets go)", "target": "reported",
+                        "status": "reported"})
+    idle = s.get("idle_default")
+    if idle and idle.get("ratio") is not None:
+        targets.append({"measure": f"default pacing on an idle source ({idle['table']}, workers={idle['workers']})",
+                        "measured": f"{idle['rows_per_s']:,} rows/s = {idle['ratio']:.2f}{TIMES} unthrottled; "
+                        f"{idle['paused_s']} s paused", "target": "reported", "status": "reported"})
     a = s["ages"]
     targets.append({"measure": "oldest transaction of the sync (now() - xact_start)",
                     "measured": f"{a['max_xact_age_s']:.1f} s" if a["max_xact_age_s"] is not None else NOT_MEASURED,

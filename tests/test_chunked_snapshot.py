@@ -40,6 +40,9 @@ def env(tmp_path: Path, database: str) -> dict[str, str]:
         "SOURCES__POSTGRES__SCHEMAS": '["big"]',
         "SOURCES__POSTGRES__SNAPSHOT__CHUNK_BYTES": str(1 << 20),
         "SOURCES__POSTGRES__SNAPSHOT__WORKERS": "2",
+        # the server shares this machine's cores with pytest and the sync: the CPU guard would count them as
+        # the source's load; its own test below turns it on
+        "SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_CPU_PROBE_SLOWDOWN_ABOVE": "0",
         "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "replica.duckdb"),
         "DLT_DATA_DIR": str(tmp_path / "dlt"),
         "RUNNER__DEAD_LETTER_URL": str(tmp_path / "dead_letter"),
@@ -160,4 +163,41 @@ def test_the_guard_pauses_while_the_source_is_busy_but_never_stalls(env: dict[st
     paused = [e["paused_s"] for e in events(result) if e.get("message") == "chunk read"]
     assert max(paused) >= 1.0, paused  # it waited while three sessions were busy ...
     assert max(paused) < 4.0, paused  # ... but no longer than max_pause_seconds (plus a check)
+    verify_exact(env, "big.orders")
+
+
+def test_the_cpu_guard_waits_while_the_source_has_no_idle_core(env: dict[str, str]) -> None:
+    """Sessions burning every core of the server (twice over) for a few seconds: the snapshot's first chunks
+    wait for them to end (the CPU probe runs several times slower), then the snapshot reads on, exact."""
+    burn_seconds = 6
+    busy = [psycopg2.connect(env["SOURCES__POSTGRES__CREDENTIALS"]) for _ in range(2 * (os.cpu_count() or 2))]
+
+    def burn(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = '{burn_seconds}s'")
+            try:
+                cur.execute("SELECT count(*) FROM generate_series(1, 10000000000)")
+            except psycopg2.errors.QueryCanceled:
+                pass
+
+    threads = [threading.Thread(target=burn, args=(c,), daemon=True) for c in busy]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    try:
+        result = aurora_sync({**env, "SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_CPU_PROBE_SLOWDOWN_ABOVE": "1.5",
+                              "SOURCES__POSTGRES__SNAPSHOT__MAX_PAUSE_SECONDS": "60"},
+                             "run", "--mode", "snapshot", "--tables", "big.orders")
+    finally:
+        for thread in threads:
+            thread.join()
+        for conn in busy:
+            conn.close()
+    assert result.returncode == ExitCode.SUCCESS, result.stderr[-3000:]
+    reads = [e for e in events(result) if e.get("message") == "chunk read"]
+    first_paused = max(e["paused_s"] for e in reads)
+    assert first_paused >= 2.0, [e["paused_s"] for e in reads]  # it waited for the burners ...
+    assert first_paused < 30.0  # ... and went on once they were gone, long before max_pause_seconds
+    assert time.monotonic() - started >= burn_seconds
     verify_exact(env, "big.orders")

@@ -7,9 +7,16 @@ without a key, a range of heap blocks (`ctid`, a TID range scan since PostgreSQL
 (`chunk_bytes`, or a row count), so a chunk takes seconds and no transaction on the source lives longer than that.
 
 Reading is throttled per worker (`max_rows_per_second`, `max_bytes_per_second`: the COPY waits on its pipe when we
-wait, so the server slows down too) and a guard pauses between chunks while the source is busy (more active
-sessions than `pause_when_active_sessions_above`; on AWS optionally the cluster's CloudWatch `CPUUtilization`),
-for at most `max_pause_seconds` per chunk so a snapshot can never stall for good.
+wait, so the server slows down too) and a guard pauses between chunks while the source is busy, for at most
+`max_pause_seconds` per chunk so a snapshot can never stall for good. Busy means: a fixed bit of CPU work run on the
+source takes `pause_when_cpu_probe_slowdown_above` times longer than its fastest run (no idle core left: our
+sessions would take CPU from production's), more active sessions than `pause_when_active_sessions_above`, or, on
+AWS, the cluster's CloudWatch `CPUUtilization` above `cloudwatch_cpu_above`.
+
+Why a CPU probe: a PostgreSQL session cannot lower its own CPU priority, so on a saturated source every chunk we
+read takes CPU from production's sessions as an equal. Active sessions do not show that for OLTP: measured here,
+pgbench saturating one core showed 0.3 active sessions on average (statements are short), while the probe ran
+3.5x slower than on the idle core (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,10 +53,11 @@ class SnapshotSettings:
     max_rows_per_second: int = 0
     max_bytes_per_second: int = 0
     pause_when_active_sessions_above: int = 0
-    max_pause_seconds: float = 60.0
+    max_pause_seconds: float = 300.0
     max_chunk_seconds: float = 30.0
     cloudwatch_cpu_above: float = 0.0
     cloudwatch_cluster: str | None = None
+    pause_when_cpu_probe_slowdown_above: float = 1.5
 
     def effective_chunk_bytes(self) -> int:
         """A throttled chunk must still end within `max_chunk_seconds`: at 1 MB/s, 128 MiB would take 2 minutes."""
@@ -66,10 +74,11 @@ def snapshot_settings(
     max_rows_per_second: int = 0,
     max_bytes_per_second: int = 0,
     pause_when_active_sessions_above: int = 0,
-    max_pause_seconds: float = 60.0,
+    max_pause_seconds: float = 300.0,
     max_chunk_seconds: float = 30.0,
     cloudwatch_cpu_above: float = 0.0,
     cloudwatch_cluster: str | None = None,
+    pause_when_cpu_probe_slowdown_above: float = 1.5,
 ) -> SnapshotSettings:
     """Resolve `[sources.postgres.snapshot]`.
 
@@ -86,6 +95,9 @@ def snapshot_settings(
         cloudwatch_cpu_above: on AWS, also wait while the cluster's CloudWatch CPUUtilization (%) is above this;
             0 = off. Needs `cloudwatch_cluster` and cloudwatch:GetMetricStatistics.
         cloudwatch_cluster: the Aurora DBClusterIdentifier for that metric.
+        pause_when_cpu_probe_slowdown_above: before each chunk, wait while a fixed bit of CPU work on the source
+            (a few ms) runs more than this many times slower than its fastest run, i.e. while the source has no
+            idle core; 0 = never. Must be 0 or above 1.
     """
     values = {"workers": workers, "chunk_bytes": chunk_bytes, "chunk_rows": chunk_rows,
               "max_rows_per_second": max_rows_per_second, "max_bytes_per_second": max_bytes_per_second,
@@ -98,15 +110,19 @@ def snapshot_settings(
     if chunk_bytes < 1 << 20:
         raise SourceConfigError(f"`sources.postgres.snapshot.chunk_bytes` must be at least 1 MiB, got {chunk_bytes}.")
     for key, number in (("max_pause_seconds", max_pause_seconds), ("max_chunk_seconds", max_chunk_seconds),
-                        ("cloudwatch_cpu_above", cloudwatch_cpu_above)):
+                        ("cloudwatch_cpu_above", cloudwatch_cpu_above),
+                        ("pause_when_cpu_probe_slowdown_above", pause_when_cpu_probe_slowdown_above)):
         if isinstance(number, bool) or not isinstance(number, int | float) or number < 0:
             raise SourceConfigError(f"`sources.postgres.snapshot.{key}` must be a number >= 0, got {number!r}.")
+    if 0 < pause_when_cpu_probe_slowdown_above <= 1:
+        raise SourceConfigError("`sources.postgres.snapshot.pause_when_cpu_probe_slowdown_above` must be 0 (off) or "
+                                f"above 1 (a slowdown factor), got {pause_when_cpu_probe_slowdown_above!r}.")
     if cloudwatch_cpu_above and not cloudwatch_cluster:
         raise SourceConfigError("`sources.postgres.snapshot.cloudwatch_cpu_above` needs `cloudwatch_cluster` (the "
                                 "Aurora DBClusterIdentifier).")
     return SnapshotSettings(workers, chunk_bytes, chunk_rows, max_rows_per_second, max_bytes_per_second,
                             pause_when_active_sessions_above, float(max_pause_seconds), float(max_chunk_seconds),
-                            float(cloudwatch_cpu_above), cloudwatch_cluster)
+                            float(cloudwatch_cpu_above), cloudwatch_cluster, float(pause_when_cpu_probe_slowdown_above))
 
 
 # --- chunks ----------------------------------------------------------------------------------------------
@@ -292,8 +308,68 @@ WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend
 """
 
 
+# CPU work on the source: md5 of a string of N bytes (~6 ns a byte on one core); no table, no lock, no write.
+# Timed by the server (statement start to the end of the work: the subquery is a fence and its result is
+# filtered on before the clock is read), so neither the network nor our own threads' scheduling counts.
+CPU_PROBE_SQL = """SELECT extract(epoch FROM clock_timestamp() - statement_timestamp())::float8
+FROM (SELECT length(md5(repeat('x', %s))) AS n OFFSET 0) AS work WHERE n > 0"""
+SHORT_PROBE_BYTES = 125_000  # ~1 ms: shorter than a scheduler slice, it runs at full speed even on a busy core
+LONG_PROBE_BYTES = 2_000_000  # ~12 ms: long enough to get only its fair share of a busy core
+PROBE_RUNS = 3
+PROBE_MAX_AGE_S = 4.0  # a reading this fresh answers every worker of the process
+
+
+class CpuProbe:
+    """How much slower than on an idle core a fixed bit of CPU work runs on the source now.
+
+    Self-calibrating, so it works on any hardware and also when the source is already busy when we start: a
+    backend that wakes up gets the CPU at once for its first millisecond or so (the scheduler credits sleepers),
+    so the short probe shows the core's idle speed even on a saturated server, while the long one outlives that
+    credit and waits behind the runnable sessions. The slowdown is the long probe's time (median of three) over
+    its idle time: the short one's scaled up, or the fastest long run seen on that server if lower. Measured on
+    one core here (docs/performance.md): ~1.0 idle, 1.4 at half load, 2 saturated, 3.5 with four busy sessions.
+    On a source with an idle core the long probe takes that core and runs at full speed: no pause.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fastest_long: dict[str, float] = {}
+        self.latest: dict[str, tuple[float, float]] = {}  # server -> (when, slowdown): workers share a reading
+
+    def slowdown(self, conn: Any) -> float:
+        params = conn.get_dsn_parameters()
+        server = f"{params.get('host')}:{params.get('port')}/{params.get('dbname')}"
+        with self.lock:  # one worker measures, the others wait for its reading: the probe's cost does not scale
+            when, slowdown = self.latest.get(server, (-math.inf, 0.0))
+            if time.monotonic() - when < PROBE_MAX_AGE_S:
+                return slowdown
+            slowdown = self._measure(conn, server)
+            self.latest[server] = (time.monotonic(), slowdown)
+            return slowdown
+
+    def _measure(self, conn: Any, server: str) -> float:
+        short, long = [], []
+        with conn.cursor() as cur:
+            for _ in range(PROBE_RUNS):
+                for size, runs in ((SHORT_PROBE_BYTES, short), (LONG_PROBE_BYTES, long)):
+                    cur.execute(CPU_PROBE_SQL, (size,))
+                    runs.append(max(float(cur.fetchone()[0]), 1e-6))
+        conn.rollback()
+        fastest = self.fastest_long[server] = min(self.fastest_long.get(server, math.inf), *long)
+        idle = min(fastest, min(short) * LONG_PROBE_BYTES / SHORT_PROBE_BYTES)
+        return sorted(long)[len(long) // 2] / idle
+
+
+CPU_PROBE = CpuProbe()
+
+
 def busy_reason(conn: Any, settings: SnapshotSettings) -> str | None:
     """Why the source is too busy for the next chunk right now, or None."""
+    if settings.pause_when_cpu_probe_slowdown_above:
+        slowdown = CPU_PROBE.slowdown(conn)
+        if slowdown > settings.pause_when_cpu_probe_slowdown_above:
+            return (f"CPU probe {slowdown:.1f}x slower than its fastest run (above "
+                    f"{settings.pause_when_cpu_probe_slowdown_above:g}x: no idle core)")
     if settings.pause_when_active_sessions_above:
         active = int(_query(conn, ACTIVE_SESSIONS_SQL, (APPLICATION_NAME,))[0][0])
         if active > settings.pause_when_active_sessions_above:
@@ -332,7 +408,8 @@ def wait_until_calm(conn: Any, settings: SnapshotSettings, table: str, stop: thr
         if waited >= settings.max_pause_seconds or (stop is not None and stop.is_set()):
             logger.warning(f"{table}: source still busy ({reason}) after {waited:.0f} s: reading the next chunk anyway")
             break
-        time.sleep(1.0)
+        # a reading costs the source ~40 ms of CPU: every 5 s, under 1 % of a core while paused
+        time.sleep(min(5.0, max(0.1, settings.max_pause_seconds - waited)))
         reason = busy_reason(conn, settings)
     return time.monotonic() - started
 

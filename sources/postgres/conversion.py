@@ -79,7 +79,15 @@ def _cast_each(strings: pa.Array, target: pa.DataType) -> tuple[pa.Array, dict[i
 
 
 def convert_column(strings: pa.Array, plan: ColumnPlan) -> tuple[pa.Array, dict[int, str]]:
-    """Typed values, and the rows (index → reason) whose value the type cannot hold (left NULL)."""
+    """Typed values, and the rows (index → reason) whose value the type cannot hold (left NULL).
+
+    The plain cast comes first: every value the patterns match fails it (tests/test_conversion.py), so a
+    batch without one costs a cast and nothing else; the patterns then spare the per-value path the known forms.
+    """
+    try:
+        return _cast(strings, plan.arrow_type), {}
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
     kind = _kind(plan)
     failures: dict[int, str] = {}
     candidates = strings

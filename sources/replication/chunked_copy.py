@@ -190,7 +190,9 @@ class ChunkReaders:
 
     def _read(self, meta: Any, reader: Any, job: CopyJob, chunk: Chunk, throttle: Throttle) -> SpilledChunk:
         read = ChunkRead(chunk)
-        read.paused_seconds = wait_until_calm(meta, self.settings, job.spec.qualified, self.stop)
+        # the guard asks the server the chunk is read from: with a reader endpoint, that is where the load goes
+        read.paused_seconds = wait_until_calm(reader if reader is not None else meta, self.settings,
+                                              job.spec.qualified, self.stop)
         low = emit_marker(meta, watermark(LOW, chunk, self.nonce))
         source = reader if reader is not None else meta
         if reader is not None:
