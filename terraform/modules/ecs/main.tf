@@ -7,7 +7,7 @@ locals {
 
   # The cdc task definition follows (runs until SIGTERM, then flushes): the ECS service runs it as is.
   # Scheduled runs always override the command (modules/scheduling), so a scheduled cdc run drains
-  # and exits.
+  # and exits, and the follower's merge schedule runs `merge` on it.
   commands = {
     for k, t in local.tasks :
     k => concat(["run", "--pipeline", t.pipeline, "--mode", t.mode], t.mode == "cdc" ? ["--follow"] : [])
