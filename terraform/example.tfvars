@@ -53,9 +53,13 @@ schedules = {
 
 # Near-real-time instead of the schedules above: one follower per replication slot. The follower holds
 # the pipeline's lock, so enabling it for customers_orders means removing customers_orders' schedules.
+# The follower lands each batch in S3 and acknowledges the WAL; `merge --pipeline customers_orders` runs
+# every merge_interval_minutes (its own schedule and lock, not one of the schedules above) to apply the
+# landed batches to Snowflake. 0 = no merge schedule: the follower merges inline.
 cdc_follow = {
-  enabled  = false
-  pipeline = "customers_orders"
+  enabled                = false
+  pipeline               = "customers_orders"
+  merge_interval_minutes = 5
 }
 
 # Vault: AWS IAM auth with the task role; no token anywhere.
@@ -71,6 +75,10 @@ alert_subscriptions  = [{ protocol = "email", endpoint = "data-oncall@example.co
 staleness_minutes    = 60
 slot_wal_alarm_bytes = 21474836480 # 20 GiB
 lag_alarm_seconds    = 900
+
+# CDC follower only: landing (commit -> durable in S3) and merging (landed -> merged into Snowflake).
+landing_lag_alarm_seconds = 60
+merge_lag_alarm_seconds   = 1200 # 3 merge intervals + 5 minutes, the default when unset
 
 # CI: GitHub Actions on main pushes images and runs the canary through this OIDC provider.
 github_repository        = "example-org/aurora-snowflake-sync"

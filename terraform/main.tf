@@ -20,6 +20,12 @@ locals {
 
   log_group_name = "/ecs/${local.name_prefix}"
 
+  # Land/merge split of the follower (var.cdc_follow): 0 = the follower merges inline, no schedule.
+  merge_interval_minutes = var.cdc_follow.enabled ? var.cdc_follow.merge_interval_minutes : 0
+  # Default threshold: three merge cycles plus five minutes of task start-up and a slow merge; at most the
+  # day a CloudWatch alarm can watch.
+  merge_lag_alarm_seconds = coalesce(var.merge_lag_alarm_seconds, min((3 * local.merge_interval_minutes + 5) * 60, 86400))
+
   # A Vault address with a port other than 443 needs its own egress rule.
   vault_port = try(tonumber(regex("^https://[^/:]+:([0-9]+)", var.vault_addr)[0]), 443)
 
@@ -158,6 +164,7 @@ module "scheduling" {
   region               = var.aws_region
   schedules            = var.schedules
   retry                = var.schedule_retry
+  merge                = var.cdc_follow.enabled ? { pipeline = var.cdc_follow.pipeline, interval_minutes = local.merge_interval_minutes } : null
   cluster_arn          = module.ecs.cluster_arn
   task_definition_arns = module.ecs.task_definition_arns
   container_name       = local.container_name
@@ -184,6 +191,14 @@ module "monitoring" {
   log_retention_days   = var.log_retention_days
   cluster_arn          = module.ecs.cluster_arn
   dlq_name             = module.scheduling.dead_letter_queue_name
+
+  # The follower's landing and merge alarms (null without a follower).
+  land_merge = var.cdc_follow.enabled ? {
+    pipeline                  = var.cdc_follow.pipeline
+    landing_lag_alarm_seconds = var.landing_lag_alarm_seconds
+    merge_interval_minutes    = local.merge_interval_minutes
+    merge_lag_alarm_seconds   = local.merge_lag_alarm_seconds
+  } : null
 }
 
 module "aurora" {

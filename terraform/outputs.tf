@@ -98,6 +98,11 @@ output "schedule_task_definitions" {
   value       = module.scheduling.schedule_task_definitions
 }
 
+output "merge_schedule_name" {
+  description = "Schedule that runs `merge --pipeline <cdc_follow.pipeline>` (null without cdc_follow or with merge_interval_minutes = 0)."
+  value       = module.scheduling.merge_schedule_name
+}
+
 output "schedule_dead_letter_queue_url" {
   description = "Dead-letter queue of the schedules."
   value       = module.scheduling.dead_letter_queue_url

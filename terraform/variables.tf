@@ -280,10 +280,19 @@ variable "stop_timeout_seconds" {
 }
 
 variable "cdc_follow" {
-  description = "Continuous CDC for near-real-time: an ECS service (desired count 1) that runs `run --mode cdc --follow` for this pipeline. The follower holds the pipeline's lock for its whole life, so the pipeline must have no schedule."
+  description = <<-EOT
+    Continuous CDC for near-real-time: an ECS service (desired count 1) that runs `run --mode cdc --follow`
+    for this pipeline. The follower holds the pipeline's run lock for its whole life, so var.schedules must
+    have no schedule for the pipeline. merge_interval_minutes splits CDC into two failure domains: the
+    follower lands each batch in S3 and acknowledges the WAL, and a schedule of its own (not one of
+    var.schedules) runs `merge --pipeline <pipeline>` every merge_interval_minutes, under its own lock
+    (<pipeline>:merge), to apply the landed batches to Snowflake. 0 = no merge schedule: the follower merges
+    inline itself.
+  EOT
   type = object({
-    enabled  = bool
-    pipeline = string
+    enabled                = bool
+    pipeline               = string
+    merge_interval_minutes = optional(number, 5)
   })
   default = {
     enabled  = false
@@ -297,7 +306,18 @@ variable "cdc_follow" {
 
   validation {
     condition     = !var.cdc_follow.enabled || alltrue([for s in values(var.schedules) : s.pipeline != var.cdc_follow.pipeline])
-    error_message = "The follower holds its pipeline's lock, so scheduled runs of that pipeline would all exit 3 (lock held): remove its schedules or disable cdc_follow."
+    error_message = "The follower holds its pipeline's run lock, so scheduled runs of that pipeline would all exit 3 (lock held): remove its schedules or disable cdc_follow. (The merge schedule is not in var.schedules: cdc_follow.merge_interval_minutes creates it, under a lock of its own.)"
+  }
+
+  # Up to 12 h: the merge-lag alarm watches at least two intervals, and CloudWatch evaluates at most a day.
+  validation {
+    condition     = floor(var.cdc_follow.merge_interval_minutes) == var.cdc_follow.merge_interval_minutes && var.cdc_follow.merge_interval_minutes >= 0 && var.cdc_follow.merge_interval_minutes <= 720
+    error_message = "cdc_follow.merge_interval_minutes must be a whole number of minutes from 0 (the follower merges inline, no schedule) to 720."
+  }
+
+  validation {
+    condition     = !var.cdc_follow.enabled || !contains(keys(var.schedules), "${var.cdc_follow.pipeline}-merge")
+    error_message = "The schedule name <cdc_follow.pipeline>-merge is taken by the follower's merge schedule: rename that entry of var.schedules."
   }
 }
 
@@ -533,6 +553,28 @@ variable "lag_alarm_seconds" {
   validation {
     condition     = var.lag_alarm_seconds >= 60
     error_message = "lag_alarm_seconds must be at least 60."
+  }
+}
+
+variable "landing_lag_alarm_seconds" {
+  description = "Alarm when the follower lands batches in S3 more than this many seconds after their newest commit (metric LandingLagSeconds) in two 5-minute periods in a row. Only with cdc_follow."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.landing_lag_alarm_seconds >= 10
+    error_message = "landing_lag_alarm_seconds must be at least 10 (the follower flushes every few seconds)."
+  }
+}
+
+variable "merge_lag_alarm_seconds" {
+  description = "Alarm when the oldest landed batch still not merged into Snowflake is older than this (metric MergeLagSeconds), or when no merge has reported for that long. null = 3 merge intervals + 5 minutes. Only with cdc_follow and merge_interval_minutes > 0."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.merge_lag_alarm_seconds == null || try(var.merge_lag_alarm_seconds >= 120 * var.cdc_follow.merge_interval_minutes && var.merge_lag_alarm_seconds <= 86400, false)
+    error_message = "merge_lag_alarm_seconds must be null or at least two merge intervals (a healthy merge lags by about one) and at most 86400 (CloudWatch evaluates an alarm over at most a day)."
   }
 }
 

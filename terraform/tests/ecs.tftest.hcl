@@ -22,7 +22,7 @@ variables {
   kms_key_arn          = "arn:aws:kms:eu-west-1:111122223333:key/aaaaaaaa-0000-0000-0000-000000000002"
   subnet_ids           = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
   security_group_ids   = ["sg-0123456789abcdef0"]
-  cdc_follow           = { enabled = true, pipeline = "customers_orders" }
+  cdc_follow           = { enabled = true, pipeline = "customers_orders", merge_interval_minutes = 5 }
   task_sizes = {
     incremental = { cpu = 1024, memory = 4096 }
     snapshot    = { cpu = 2048, memory = 8192 }
@@ -101,6 +101,14 @@ run "ecs" {
       one(aws_ecs_service.cdc_follow[0].network_configuration).assign_public_ip == false
     )
     error_message = "Exactly one CDC follower at a time, without a public IP."
+  }
+
+  assert {
+    condition = (
+      contains([for e in jsondecode(aws_ecs_task_definition.this["customers_orders/cdc"].container_definitions)[0].environment : "${e.name}=${e.value}"], "SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS=300") &&
+      !contains([for e in jsondecode(aws_ecs_task_definition.this["customers_orders/incremental"].container_definitions)[0].environment : e.name], "SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS")
+    )
+    error_message = "The follower (and the merge on its task definition) must land and merge every merge_interval_minutes; other tasks load inline."
   }
 
   assert {

@@ -98,6 +98,27 @@ run "iam" {
     error_message = "The task role may put metrics into its own namespace only."
   }
 
+  # CDC land/merge: the follower lands batches under <pipeline>/ (write, data key) and `merge`, run by the
+  # merge schedule with the same task role, lists and reads them there; Snowflake's COPY reads them through
+  # the storage-integration role. Both fit the existing policies: nothing added for the split.
+  assert {
+    condition = (
+      anytrue([
+        for s in jsondecode(aws_iam_role_policy.task["customers_orders"].policy).Statement :
+        contains(flatten([s.Resource]), "arn:aws:s3:::sync-bucket/customers_orders/*") && contains(flatten([s.Action]), "s3:GetObject") && contains(flatten([s.Action]), "s3:PutObject")
+      ]) &&
+      anytrue([
+        for s in jsondecode(aws_iam_role_policy.task["customers_orders"].policy).Statement :
+        s.Action == "s3:ListBucket" && contains(try(s.Condition.StringLike["s3:prefix"], []), "customers_orders/*")
+      ]) &&
+      anytrue([
+        for s in jsondecode(aws_iam_role_policy.task["customers_orders"].policy).Statement :
+        s.Resource == var.data_kms_key_arn && contains(flatten([s.Action]), "kms:Decrypt") && contains(flatten([s.Action]), "kms:GenerateDataKey") && try(s.Condition.StringEquals["kms:ViaService"], "") == "s3.eu-west-1.amazonaws.com"
+      ])
+    )
+    error_message = "The task role must let the follower land and the merge list and read <pipeline>/ objects, with the data key through S3 only."
+  }
+
   assert {
     condition     = length(aws_iam_role.ci) == 0
     error_message = "No CI role without github_repository."

@@ -1,4 +1,5 @@
-# modules/monitoring: every alarm pages through SNS; staleness from RunSucceeded, missing = breaching.
+# modules/monitoring: every alarm pages through SNS; staleness from RunSucceeded, missing = breaching;
+# the CDC follower's landing lag (missing = not breaching) and merge lag (missing = breaching).
 
 mock_provider "aws" {
   source = "./tests/mocks"
@@ -100,5 +101,164 @@ run "monitoring" {
       strcontains(aws_cloudwatch_dashboard.this.dashboard_body, m)
     ]) && strcontains(aws_cloudwatch_dashboard.this.dashboard_body, "AuroraSnowflakeSync,Pipeline,Table")
     error_message = "The dashboard must show rows, duration, lag, slot WAL and errors per table."
+  }
+
+  assert {
+    condition     = length(aws_cloudwatch_metric_alarm.land_merge) == 0
+    error_message = "No landing or merge alarm without a CDC follower (land_merge = null)."
+  }
+}
+
+# A follower with a merge every 5 minutes: a landing-lag and a merge-lag alarm, and their dashboard widgets.
+run "land_merge" {
+  command = apply
+
+  module {
+    source = "./modules/monitoring"
+  }
+
+  variables {
+    land_merge = {
+      pipeline                  = "customers_orders"
+      landing_lag_alarm_seconds = 60
+      merge_interval_minutes    = 5
+      merge_lag_alarm_seconds   = 1200
+    }
+  }
+
+  override_resource {
+    target = aws_sns_topic.alerts
+    values = { arn = "arn:aws:sns:eu-west-1:111122223333:aurora-snowflake-sync-prod-alerts" }
+  }
+  override_resource {
+    target = aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"]
+    values = { arn = "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:aurora-snowflake-sync-prod-customers_orders-landing-lag" }
+  }
+  override_resource {
+    target = aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"]
+    values = { arn = "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:aurora-snowflake-sync-prod-customers_orders-merge-lag" }
+  }
+
+  assert {
+    condition = (
+      sort(keys(aws_cloudwatch_metric_alarm.land_merge)) == tolist(["customers_orders-landing-lag", "customers_orders-merge-lag"]) &&
+      alltrue([for a in aws_cloudwatch_metric_alarm.land_merge : a.alarm_actions == toset(["arn:aws:sns:eu-west-1:111122223333:aurora-snowflake-sync-prod-alerts"]) && a.ok_actions == a.alarm_actions && a.actions_enabled]) &&
+      contains(keys(output.alarm_arns), "customers_orders-landing-lag") && contains(keys(output.alarm_arns), "customers_orders-merge-lag")
+    )
+    error_message = "The landing-lag and merge-lag alarms must exist and notify (and clear through) the alerts topic."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].alarm_name == "aurora-snowflake-sync-prod-customers_orders-landing-lag" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].namespace == "AuroraSnowflakeSync" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].metric_name == "LandingLagSeconds" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].dimensions == tomap({ Pipeline = "customers_orders" }) &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].statistic == "Maximum" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].comparison_operator == "GreaterThanThreshold" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].threshold == 60 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].period == 300 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].evaluation_periods == 2 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].datapoints_to_alarm == 2
+    )
+    error_message = "Landing lag: Maximum(LandingLagSeconds) > landing_lag_alarm_seconds in two 5-minute periods in a row."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].treat_missing_data == "notBreaching"
+    error_message = "LandingLagSeconds comes per landed batch only: an idle source (no data) must not page."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].alarm_name == "aurora-snowflake-sync-prod-customers_orders-merge-lag" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].namespace == "AuroraSnowflakeSync" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].metric_name == "MergeLagSeconds" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].dimensions == tomap({ Pipeline = "customers_orders" }) &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].statistic == "Maximum" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].comparison_operator == "GreaterThanThreshold" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].threshold == 1200
+    )
+    error_message = "Merge lag: Maximum(MergeLagSeconds) > merge_lag_alarm_seconds."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].treat_missing_data == "breaching" &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].period == 300 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].evaluation_periods == 4 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].datapoints_to_alarm == 4
+    )
+    error_message = "Merge lag: one period per merge cycle, all the cycles that fit in the threshold (1200 s / 300 s = 4) breaching, and missing data breaching: a merge that stopped emits nothing."
+  }
+
+  assert {
+    condition = alltrue([
+      for m in ["LandingLagSeconds", "MergeLagSeconds", "BatchesMerged", "MergeDurationSeconds"] :
+      anytrue([
+        for w in jsondecode(aws_cloudwatch_dashboard.this.dashboard_body).widgets :
+        strcontains(try(w.properties.metrics[0][0].expression, ""), "{AuroraSnowflakeSync,Pipeline} MetricName=\"${m}\"") if w.type == "metric"
+      ])
+    ])
+    error_message = "The dashboard must show landing lag, merge lag, batches merged and merge duration per pipeline."
+  }
+
+  assert {
+    condition = alltrue([
+      for a in ["aurora-snowflake-sync-prod-customers_orders-landing-lag", "aurora-snowflake-sync-prod-customers_orders-merge-lag"] :
+      contains(one([for w in jsondecode(aws_cloudwatch_dashboard.this.dashboard_body).widgets : w if w.type == "alarm"]).properties.alarms, "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:${a}")
+    ])
+    error_message = "The dashboard's alarm widget must show the landing-lag and merge-lag alarms."
+  }
+}
+
+# merge_interval_minutes = 0: the follower merges inline, nothing runs `merge`, so no merge-lag alarm (it
+# would breach forever on missing data). Landing lag stays. A threshold that is not a multiple of the
+# interval evaluates the whole cycles that fit in it.
+run "land_merge_inline" {
+  command = plan
+
+  module {
+    source = "./modules/monitoring"
+  }
+
+  variables {
+    land_merge = {
+      pipeline                  = "customers_orders"
+      landing_lag_alarm_seconds = 90
+      merge_interval_minutes    = 0
+      merge_lag_alarm_seconds   = 300
+    }
+  }
+
+  assert {
+    condition     = sort(keys(aws_cloudwatch_metric_alarm.land_merge)) == tolist(["customers_orders-landing-lag"]) && aws_cloudwatch_metric_alarm.land_merge["customers_orders-landing-lag"].threshold == 90
+    error_message = "Inline merging (interval 0) keeps the landing-lag alarm and has no merge-lag alarm."
+  }
+}
+
+run "merge_lag_periods" {
+  command = plan
+
+  module {
+    source = "./modules/monitoring"
+  }
+
+  variables {
+    land_merge = {
+      pipeline                  = "customers_orders"
+      landing_lag_alarm_seconds = 60
+      merge_interval_minutes    = 10
+      merge_lag_alarm_seconds   = 2100
+    }
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].period == 600 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].evaluation_periods == 3 &&
+      aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].evaluation_periods * aws_cloudwatch_metric_alarm.land_merge["customers_orders-merge-lag"].period <= 2100
+    )
+    error_message = "35 min over 10-minute cycles: three whole periods, never more than the threshold."
   }
 }

@@ -127,6 +127,93 @@ run "canary_and_ci" {
   }
 }
 
+# A follower split into land and merge (merge_interval_minutes defaults to 5): the merge schedule runs
+# beside it although the follower's pipeline may have no `run` schedule (the merge has its own lock).
+run "cdc_follow_land_merge" {
+  command   = apply
+  state_key = "cdc_follow_land_merge" # a state of its own, so that the override below takes effect
+
+  variables {
+    pipelines  = ["customers_orders", "orders_cdc"]
+    cdc_follow = { enabled = true, pipeline = "orders_cdc" }
+  }
+
+  override_resource {
+    target = module.ecs.aws_ecs_task_definition.this["orders_cdc/cdc"]
+    values = { arn = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-orders_cdc-cdc:3" }
+  }
+
+  assert {
+    condition     = output.merge_schedule_name == "orders_cdc-merge" && contains(keys(output.schedule_arns), "orders_cdc-merge") && length(output.schedule_arns) == 3
+    error_message = "cdc_follow with the default merge interval must add the <pipeline>-merge schedule to the run schedules."
+  }
+
+  assert {
+    condition     = output.schedule_task_definitions["orders_cdc-merge"] == "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-orders_cdc-cdc:3"
+    error_message = "The merge schedule must run the follower's cdc task definition (the revision this apply registers)."
+  }
+
+
+  assert {
+    condition     = length(output.alarm_arns) == 15 && contains(keys(output.alarm_arns), "orders_cdc-landing-lag") && contains(keys(output.alarm_arns), "orders_cdc-merge-lag") && !contains(keys(output.alarm_arns), "customers_orders-merge-lag")
+    error_message = "The follower's pipeline (only) gets a landing-lag and a merge-lag alarm."
+  }
+
+  assert {
+    condition     = local.merge_interval_minutes == 5 && local.merge_lag_alarm_seconds == 1200
+    error_message = "Defaults: a merge every 5 minutes, merge-lag threshold 3 intervals + 5 minutes (1200 s)."
+  }
+}
+
+# merge_interval_minutes = 0: the follower merges inline as before; no schedule, no merge-lag alarm.
+run "cdc_follow_merge_inline" {
+  command = plan
+
+  variables {
+    schedules                 = {}
+    cdc_follow                = { enabled = true, pipeline = "customers_orders", merge_interval_minutes = 0 }
+    landing_lag_alarm_seconds = 120
+  }
+
+  assert {
+    condition     = output.merge_schedule_name == null && length(output.schedule_arns) == 0
+    error_message = "merge_interval_minutes = 0 must not create a merge schedule."
+  }
+
+  assert {
+    condition     = contains(keys(output.alarm_arns), "customers_orders-landing-lag") && !contains(keys(output.alarm_arns), "customers_orders-merge-lag")
+    error_message = "Inline merging keeps the landing-lag alarm and has no merge-lag alarm."
+  }
+}
+
+run "cdc_follow_merge_thresholds" {
+  command = plan
+
+  variables {
+    pipelines               = ["customers_orders", "orders_cdc"]
+    cdc_follow              = { enabled = true, pipeline = "orders_cdc", merge_interval_minutes = 2 }
+    merge_lag_alarm_seconds = 900
+  }
+
+  assert {
+    condition     = output.merge_schedule_name == "orders_cdc-merge" && local.merge_interval_minutes == 2 && local.merge_lag_alarm_seconds == 900
+    error_message = "merge_interval_minutes and merge_lag_alarm_seconds must reach the schedule and the alarm."
+  }
+}
+
+run "no_follower_no_merge" {
+  command = plan
+
+  variables {
+    cdc_follow = { enabled = false, pipeline = "customers_orders", merge_interval_minutes = 5 }
+  }
+
+  assert {
+    condition     = output.merge_schedule_name == null && length(output.alarm_arns) == 8 && local.merge_interval_minutes == 0
+    error_message = "Without a follower there is nothing to merge: no merge schedule, no landing or merge alarm."
+  }
+}
+
 # --------------------------------------------------------------------------------------------------
 # One expect_failures run per validation rule.
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +417,36 @@ run "invalid_cdc_follow_with_schedules" {
   expect_failures = [var.cdc_follow]
 }
 
+run "invalid_cdc_follow_merge_interval_negative" {
+  command = plan
+  variables {
+    pipelines  = ["customers_orders", "orders_cdc"]
+    cdc_follow = { enabled = true, pipeline = "orders_cdc", merge_interval_minutes = -1 }
+  }
+  expect_failures = [var.cdc_follow]
+}
+
+run "invalid_cdc_follow_merge_interval_fraction" {
+  command = plan
+  variables {
+    pipelines  = ["customers_orders", "orders_cdc"]
+    cdc_follow = { enabled = true, pipeline = "orders_cdc", merge_interval_minutes = 2.5 }
+  }
+  expect_failures = [var.cdc_follow]
+}
+
+run "invalid_cdc_follow_merge_schedule_name_taken" {
+  command = plan
+  variables {
+    pipelines  = ["customers_orders", "orders_cdc"]
+    cdc_follow = { enabled = true, pipeline = "orders_cdc" }
+    schedules = {
+      orders_cdc-merge = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.cdc_follow]
+}
+
 run "invalid_schedule_name" {
   command = plan
   variables {
@@ -482,6 +599,23 @@ run "invalid_lag_alarm_seconds" {
     lag_alarm_seconds = 10
   }
   expect_failures = [var.lag_alarm_seconds]
+}
+
+run "invalid_landing_lag_alarm_seconds" {
+  command = plan
+  variables {
+    landing_lag_alarm_seconds = 5
+  }
+  expect_failures = [var.landing_lag_alarm_seconds]
+}
+
+# Below two merge intervals (600 s at the default 5 minutes) a healthy merge would page.
+run "invalid_merge_lag_alarm_seconds" {
+  command = plan
+  variables {
+    merge_lag_alarm_seconds = 300
+  }
+  expect_failures = [var.merge_lag_alarm_seconds]
 }
 
 run "invalid_log_retention_days" {

@@ -93,3 +93,104 @@ run "scheduling" {
     error_message = "The dead-letter queue must be encrypted."
   }
 }
+
+# The follower's merge: `merge --pipeline P` on the follower's task definition, beside the `run` schedules.
+run "merge_schedule" {
+  command = apply
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  variables {
+    merge = { pipeline = "customers_orders", interval_minutes = 5 }
+  }
+
+  override_resource {
+    target = aws_sqs_queue.dead_letter
+    values = { arn = "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" }
+  }
+
+  assert {
+    condition     = output.merge_schedule_name == "customers_orders-merge" && length(aws_scheduler_schedule.this) == 4
+    error_message = "merge with interval_minutes > 0 must add one schedule, <pipeline>-merge, to the run schedules."
+  }
+
+  assert {
+    condition     = jsondecode(one(aws_scheduler_schedule.this["customers_orders-merge"].target).input).containerOverrides[0].command == ["merge", "--pipeline", "customers_orders"]
+    error_message = "The merge schedule must run `merge --pipeline <pipeline>` (the merge lock, not the run lock the follower holds)."
+  }
+
+  assert {
+    condition = (
+      aws_scheduler_schedule.this["customers_orders-merge"].schedule_expression == "rate(5 minutes)" &&
+      aws_scheduler_schedule.this["customers_orders-merge"].state == "ENABLED" &&
+      one(aws_scheduler_schedule.this["customers_orders-merge"].flexible_time_window).mode == "OFF"
+    )
+    error_message = "The merge must run every interval_minutes, on time."
+  }
+
+  assert {
+    condition     = one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).ecs_parameters).task_definition_arn == var.task_definition_arns["customers_orders/cdc"]
+    error_message = "The merge must run on the follower's (cdc) task definition: same image, task role and environment."
+  }
+
+  assert {
+    condition = (
+      one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).retry_policy).maximum_event_age_in_seconds == 300 &&
+      one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).retry_policy).maximum_retry_attempts == 3 &&
+      one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).dead_letter_config).arn == "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" &&
+      one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).ecs_parameters).launch_type == "FARGATE" &&
+      one(one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).ecs_parameters).network_configuration).assign_public_ip == false &&
+      one(one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).ecs_parameters).network_configuration).subnets == toset(var.subnet_ids)
+    )
+    error_message = "The merge schedule needs the retry policy (events older than one interval dropped), the DLQ and private networking."
+  }
+
+  assert {
+    condition     = contains(jsondecode(aws_iam_role_policy.scheduler.policy).Statement[0].Resource, "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-cdc:*")
+    error_message = "The scheduler role must be allowed to run the cdc task definition family the merge uses."
+  }
+
+  assert {
+    condition     = jsondecode(one(aws_scheduler_schedule.this["customers_orders-incremental"].target).input).containerOverrides[0].command == ["run", "--pipeline", "customers_orders", "--mode", "incremental"]
+    error_message = "The run schedules must keep their commands."
+  }
+}
+
+run "merge_every_minute" {
+  command = plan
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  variables {
+    merge = { pipeline = "customers_orders", interval_minutes = 1 }
+  }
+
+  assert {
+    condition = (
+      aws_scheduler_schedule.this["customers_orders-merge"].schedule_expression == "rate(1 minute)" &&
+      one(one(aws_scheduler_schedule.this["customers_orders-merge"].target).retry_policy).maximum_event_age_in_seconds == 60
+    )
+    error_message = "EventBridge Scheduler wants rate(1 minute), singular; the event age is at least its 60 s minimum."
+  }
+}
+
+run "merge_inline" {
+  command = plan
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  variables {
+    merge = { pipeline = "customers_orders", interval_minutes = 0 }
+  }
+
+  assert {
+    condition     = output.merge_schedule_name == null && !contains(keys(aws_scheduler_schedule.this), "customers_orders-merge") && length(aws_scheduler_schedule.this) == 3
+    error_message = "interval_minutes = 0 means the follower merges inline: no merge schedule."
+  }
+}

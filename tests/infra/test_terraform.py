@@ -385,6 +385,14 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
     service = ecs.describe_services(cluster=outputs["ecs_cluster_arn"], services=[outputs["cdc_service_name"]])
     assert service["services"][0]["desiredCount"] == 1
     assert service["services"][0]["taskDefinition"] == outputs["task_definition_arns"]["orders_cdc/cdc"]
+    # the follower lands; the merge schedule applies its batches every merge_interval_minutes (example: 5)
+    follower = ecs.describe_task_definition(taskDefinition=outputs["task_definition_arns"]["orders_cdc/cdc"])
+    follower_env = {e["name"]: e["value"] for e in follower["taskDefinition"]["containerDefinitions"][0]["environment"]}
+    assert follower_env["SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS"] == "300"
+    merge = scheduler.get_schedule(Name="orders_cdc-merge", GroupName="aurora-snowflake-sync-prod")
+    assert merge["ScheduleExpression"] == "rate(5 minutes)"
+    assert json.loads(merge["Target"]["Input"])["containerOverrides"][0]["command"] == [
+        "merge", "--pipeline", "orders_cdc"]
 
     # --- ECR, Snowflake trust, alarms wired to SNS
     repo = client("ecr").describe_repositories(repositoryNames=["aurora-snowflake-sync-prod"])["repositories"][0]
@@ -396,7 +404,8 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         == "AB12345_SFCRole=2_eXaMpLeExTeRnAlId0000="
     )
     alarms = client("cloudwatch").describe_alarms(AlarmNamePrefix="aurora-snowflake-sync-prod-")["MetricAlarms"]
-    assert len(alarms) == 5 * 2 + 3  # five per pipeline, plus error logs, DLQ depth and failed tasks
+    # five per pipeline, plus error logs, DLQ depth and failed tasks, plus the follower's landing and merge lag
+    assert len(alarms) == 5 * 2 + 3 + 2
     assert all(a["AlarmActions"] == [outputs["alerts_topic_arn"]] for a in alarms)
 
     # --- the runbook step of docs/deployment.md, then a plan with no change and no warning

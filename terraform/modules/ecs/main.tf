@@ -7,13 +7,24 @@ locals {
 
   # The cdc task definition follows (runs until SIGTERM, then flushes): the ECS service runs it as is.
   # Scheduled runs always override the command (modules/scheduling), so a scheduled cdc run drains
-  # and exits.
+  # and exits, and the follower's merge schedule runs `merge` on it.
   commands = {
     for k, t in local.tasks :
     k => concat(["run", "--pipeline", t.pipeline, "--mode", t.mode], t.mode == "cdc" ? ["--follow"] : [])
   }
 
   canary_pipelines = var.canary_image == null ? toset([]) : var.pipelines
+
+  # The follower's task definition lands (S3) instead of loading Snowflake when a merge schedule applies its
+  # batches; the scheduled `merge` runs on the same task definition and reads the same interval. Other
+  # pipelines' CDC tasks keep loading inline.
+  task_environment = {
+    for k, t in local.tasks : k => merge(var.environment,
+      var.cdc_follow.enabled && var.cdc_follow.merge_interval_minutes > 0 && k == "${var.cdc_follow.pipeline}/cdc"
+      ? { SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS = tostring(var.cdc_follow.merge_interval_minutes * 60) }
+      : {}
+    )
+  }
 }
 
 resource "aws_ecs_cluster" "this" {
@@ -66,7 +77,7 @@ resource "aws_ecs_task_definition" "this" {
       # ECS waits this long between SIGTERM and SIGKILL; follow mode flushes in between.
       stopTimeout = var.stop_timeout_seconds
       environment = [
-        for name in sort(keys(var.environment)) : { name = name, value = var.environment[name] }
+        for name in sort(keys(local.task_environment[each.key])) : { name = name, value = local.task_environment[each.key][name] }
       ]
       mountPoints = [
         { sourceVolume = "tmp", containerPath = "/tmp", readOnly = false },

@@ -109,9 +109,10 @@ variable "security_group_ids" {
 }
 
 variable "cdc_follow" {
-  description = "Whether to run the continuous CDC service, and for which pipeline."
+  description = "Whether to run the continuous CDC service, for which pipeline, and how often its landed batches are merged (0 = the follower merges inline)."
   type = object({
-    enabled  = bool
-    pipeline = string
+    enabled                = bool
+    pipeline               = string
+    merge_interval_minutes = optional(number, 0)
   })
 }

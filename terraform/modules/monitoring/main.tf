@@ -64,6 +64,40 @@ locals {
   ]...)
 
   failed_task_rule_name = "${var.name_prefix}-task-failed"
+
+  # The follower's two failure domains (var.land_merge): landing (source -> S3, holds the WAL) and
+  # merging (S3 -> Snowflake, on a schedule; the WAL is already acknowledged).
+  follower = var.land_merge == null ? [] : [var.land_merge]
+  land_merge_alarms = merge(
+    {
+      # Emitted per landed batch only, so an idle source sends nothing: missing data is not breaching. A
+      # follower that lands nothing at all is caught by the stale (RunSucceeded) and slot-wal alarms.
+      for f in local.follower : "${f.pipeline}-landing-lag" => {
+        pipeline    = f.pipeline
+        description = "Batches of ${f.pipeline} land in S3 more than ${f.landing_lag_alarm_seconds} s after their newest commit (Maximum of LandingLagSeconds in two 5-minute periods in a row). Source or S3 side; the slot retains WAL meanwhile."
+        metric      = "LandingLagSeconds"
+        period      = 300
+        evaluations = 2
+        threshold   = f.landing_lag_alarm_seconds
+        missing     = "notBreaching"
+      }
+    },
+    {
+      # Every merge cycle reports, even with nothing to merge, so silence means the merge stopped (it
+      # fails, or a hung one holds the merge lock and the next ones exit 3): missing data is breaching.
+      # One period per merge cycle, and every period of the threshold must breach, so a late or slow
+      # cycle does not page while a merge that stopped does, after about the threshold.
+      for f in local.follower : "${f.pipeline}-merge-lag" => {
+        pipeline    = f.pipeline
+        description = "The oldest batch of ${f.pipeline} landed in S3 but not merged into Snowflake is older than ${f.merge_lag_alarm_seconds} s, or no merge has reported for that long (MergeLagSeconds, missing data breaching). Warehouse side; the WAL is not retained and landing goes on."
+        metric      = "MergeLagSeconds"
+        period      = f.merge_interval_minutes * 60
+        evaluations = max(2, floor(f.merge_lag_alarm_seconds / (f.merge_interval_minutes * 60)))
+        threshold   = f.merge_lag_alarm_seconds
+        missing     = "breaching"
+      } if f.merge_interval_minutes > 0
+    },
+  )
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -124,6 +158,27 @@ resource "aws_cloudwatch_metric_alarm" "pipeline" {
   period              = each.value.period
   evaluation_periods  = each.value.evaluations
   comparison_operator = each.value.comparison
+  threshold           = each.value.threshold
+  treat_missing_data  = each.value.missing
+  actions_enabled     = true
+  alarm_actions       = local.alarm_to
+  ok_actions          = local.alarm_to
+}
+
+# The CDC follower's landing and merge lag: N periods out of N above the threshold.
+resource "aws_cloudwatch_metric_alarm" "land_merge" {
+  for_each = local.land_merge_alarms
+
+  alarm_name          = "${var.name_prefix}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = var.metric_namespace
+  metric_name         = each.value.metric
+  dimensions          = { Pipeline = each.value.pipeline }
+  statistic           = "Maximum"
+  period              = each.value.period
+  evaluation_periods  = each.value.evaluations
+  datapoints_to_alarm = each.value.evaluations
+  comparison_operator = "GreaterThanThreshold"
   threshold           = each.value.threshold
   treat_missing_data  = each.value.missing
   actions_enabled     = true
@@ -250,7 +305,8 @@ resource "aws_cloudwatch_metric_alarm" "task_failed" {
 }
 
 # ------------------------------------------------------------------------------------------------
-# Dashboard: rows, duration, lag, slot WAL and errors, per table where the runner reports a table.
+# Dashboard: rows, duration, lag, slot WAL, CDC landing and merging, and errors, per table where the
+# runner reports a table.
 # SEARCH expressions pick up new tables without a Terraform change.
 # ------------------------------------------------------------------------------------------------
 locals {
@@ -264,6 +320,11 @@ locals {
     { title = "Replication slot retained WAL (bytes)", metric = "SlotRetainedWalBytes", dims = "Pipeline", stat = "Maximum" },
     { title = "Dead letters per table", metric = "DeadLetters", dims = "Pipeline,Table", stat = "Sum" },
     { title = "Run failures per pipeline", metric = "RunFailures", dims = "Pipeline", stat = "Sum" },
+    # CDC split into landing (follower -> S3) and merging (S3 -> Snowflake, `merge` on a schedule)
+    { title = "CDC landing lag (s): commit to durable in S3", metric = "LandingLagSeconds", dims = "Pipeline", stat = "Maximum" },
+    { title = "CDC merge lag (s): oldest landed batch not merged", metric = "MergeLagSeconds", dims = "Pipeline", stat = "Maximum" },
+    { title = "CDC batches merged per pipeline", metric = "BatchesMerged", dims = "Pipeline", stat = "Sum" },
+    { title = "CDC merge duration (s) per pipeline", metric = "MergeDurationSeconds", dims = "Pipeline", stat = "Maximum" },
   ]
 }
 
@@ -318,6 +379,7 @@ resource "aws_cloudwatch_dashboard" "this" {
             title = "Alarms"
             alarms = concat(
               [for a in aws_cloudwatch_metric_alarm.pipeline : a.arn],
+              [for a in aws_cloudwatch_metric_alarm.land_merge : a.arn],
               [
                 aws_cloudwatch_metric_alarm.error_logs.arn,
                 aws_cloudwatch_metric_alarm.dlq_depth.arn,

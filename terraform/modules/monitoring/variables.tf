@@ -52,6 +52,17 @@ variable "lag_alarm_seconds" {
   type        = number
 }
 
+variable "land_merge" {
+  description = "The CDC follower's pipeline and the thresholds of its landing and merge alarms; null when no follower runs. merge_interval_minutes = 0: the follower merges inline, so no merge-lag alarm."
+  type = object({
+    pipeline                  = string
+    landing_lag_alarm_seconds = number
+    merge_interval_minutes    = number
+    merge_lag_alarm_seconds   = number
+  })
+  default = null
+}
+
 variable "error_log_threshold" {
   description = "ERROR log lines in 5 minutes that raise the error-log alarm."
   type        = number

@@ -4,6 +4,38 @@ locals {
   task_definition_family_arns = sort(distinct([
     for arn in values(var.task_definition_arns) : replace(arn, "/:[0-9]+$/", ":*")
   ]))
+
+  # Every schedule as the RunTask it starts: the user's `run` schedules, and the follower's merge.
+  runs = merge(
+    {
+      for name, s in var.schedules : name => {
+        description     = "${s.pipeline}: run --mode ${s.mode}"
+        expression      = s.expression
+        timezone        = s.timezone
+        enabled         = s.enabled
+        task_definition = "${s.pipeline}/${s.mode}"
+        command         = concat(["run", "--pipeline", s.pipeline, "--mode", s.mode], s.args)
+        max_event_age   = var.retry.maximum_event_age_in_seconds
+      }
+    },
+    # The merge takes its own lock (<pipeline>:merge), not the pipeline's, so it runs beside the follower,
+    # on the follower's task definition (same image, task role and environment). A merge that starts
+    # while the previous one still runs exits 3 (lock held), which is no failure.
+    {
+      for m in(local.merge_enabled ? [var.merge] : []) : "${m.pipeline}-merge" => {
+        description     = "${m.pipeline}: merge landed CDC batches every ${m.interval_minutes} min"
+        expression      = "rate(${m.interval_minutes} ${m.interval_minutes == 1 ? "minute" : "minutes"})"
+        timezone        = "UTC"
+        enabled         = true
+        task_definition = "${m.pipeline}/cdc"
+        command         = ["merge", "--pipeline", m.pipeline]
+        # An invocation older than one interval is superseded by the next one, which merges everything.
+        max_event_age = min(var.retry.maximum_event_age_in_seconds, max(60, m.interval_minutes * 60))
+      }
+    },
+  )
+  merge_enabled = var.merge != null && try(var.merge.interval_minutes > 0, false)
+  merges        = local.merge_enabled ? [var.merge] : []
 }
 
 resource "aws_scheduler_schedule_group" "this" {
@@ -102,18 +134,18 @@ resource "aws_iam_role_policy" "scheduler" {
 }
 
 resource "aws_scheduler_schedule" "this" {
-  for_each = var.schedules
+  for_each = local.runs
 
   name        = each.key
   group_name  = aws_scheduler_schedule_group.this.name
-  description = "${each.value.pipeline}: run --mode ${each.value.mode}"
+  description = each.value.description
 
   schedule_expression          = each.value.expression
   schedule_expression_timezone = each.value.timezone
   state                        = each.value.enabled ? "ENABLED" : "DISABLED"
   kms_key_arn                  = var.kms_key_arn
 
-  # Runs start on time: an incremental run late by a flexible window would only add lag.
+  # Runs start on time: an incremental run or a merge late by a flexible window would only add lag.
   flexible_time_window {
     mode = "OFF"
   }
@@ -126,12 +158,12 @@ resource "aws_scheduler_schedule" "this" {
     input = jsonencode({
       containerOverrides = [{
         name    = var.container_name
-        command = concat(["run", "--pipeline", each.value.pipeline, "--mode", each.value.mode], each.value.args)
+        command = each.value.command
       }]
     })
 
     ecs_parameters {
-      task_definition_arn     = var.task_definition_arns["${each.value.pipeline}/${each.value.mode}"]
+      task_definition_arn     = var.task_definition_arns[each.value.task_definition]
       task_count              = 1
       launch_type             = "FARGATE"
       platform_version        = "LATEST"
@@ -146,7 +178,7 @@ resource "aws_scheduler_schedule" "this" {
     }
 
     retry_policy {
-      maximum_event_age_in_seconds = var.retry.maximum_event_age_in_seconds
+      maximum_event_age_in_seconds = each.value.max_event_age
       maximum_retry_attempts       = var.retry.maximum_retry_attempts
     }
 

@@ -3,6 +3,11 @@ output "schedule_arns" {
   value       = { for k, s in aws_scheduler_schedule.this : k => s.arn }
 }
 
+output "merge_schedule_name" {
+  description = "Name of the follower's merge schedule (null when there is none)."
+  value       = local.merge_enabled ? aws_scheduler_schedule.this["${var.merge.pipeline}-merge"].name : null
+}
+
 output "schedule_group_name" {
   description = "Name of the schedule group."
   value       = aws_scheduler_schedule_group.this.name

@@ -30,6 +30,15 @@ variable "schedules" {
   }))
 }
 
+variable "merge" {
+  description = "The follower's scheduled merge (`merge --pipeline <pipeline>` every interval_minutes); null or interval_minutes = 0: no merge schedule, the follower merges inline."
+  type = object({
+    pipeline         = string
+    interval_minutes = number
+  })
+  default = null
+}
+
 variable "retry" {
   description = "Retry policy of every schedule."
   type = object({
