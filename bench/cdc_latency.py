@@ -6,6 +6,12 @@ Starts a throwaway PostgreSQL, runs `setup`, then `run_cdc(follow=True)` in a th
 commits one row every `--interval` seconds and a reader polls DuckDB (every 10 ms, in the same process,
 so it sees each load as soon as it commits). Latency = first poll that sees the row - the writer's
 COMMIT returning. Reports p50/p95/max; expected about flush interval + load time at worst.
+
+    python -m bench.cdc_latency --land
+
+With `--land` the batches land in a bucket folder (`merge_interval_seconds` > 0, `pipelines.landing`) and the
+reader polls the landing area instead (every 50 ms): a row counts as landed once its load is complete there, which
+is when the follower confirms it. The flush interval defaults to the landing default then (2 s).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import statistics
 import tempfile
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import dlt
 import duckdb
@@ -28,7 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the writer writes")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between commits")
-    parser.add_argument("--flush", type=float, default=5.0, help="max_batch_seconds (the flush interval)")
+    parser.add_argument("--flush", type=float, default=None,
+                        help="max_batch_seconds (the flush interval); default: the product's (2 s landing, 5 s direct)")
+    parser.add_argument("--land", action="store_true", help="land in a bucket folder and time commit -> landed")
     args = parser.parse_args()
 
     from pipelines.cdc import run_cdc, setup
@@ -43,8 +53,16 @@ def main() -> None:
         os.environ.update({
             "SOURCES__POSTGRES__CREDENTIALS": dsn, "SOURCES__POSTGRES__SCHEMAS": '["bench"]',
             "DESTINATION__DUCKDB__CREDENTIALS": duck_path, "DLT_DATA_DIR": f"{tmp}/dlt",
-            "RUNTIME__LOG_LEVEL": "ERROR", "SOURCES__POSTGRES__REPLICATION__MAX_BATCH_SECONDS": str(args.flush),
+            "RUNTIME__LOG_LEVEL": "ERROR",
         })
+        if args.flush:
+            os.environ["SOURCES__POSTGRES__REPLICATION__MAX_BATCH_SECONDS"] = str(args.flush)
+        if args.land:
+            os.environ["SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS"] = "300"
+            os.environ["DESTINATION__FILESYSTEM__BUCKET_URL"] = Path(tmp, "bucket").as_uri()
+        from sources.replication import replication_settings
+
+        flush = replication_settings().max_batch_seconds
         pipeline = dlt.pipeline(pipeline_name="bench_latency", destination="duckdb", dataset_name="events_mirror",
                                 pipelines_dir=f"{tmp}/pipelines", progress=None)
         setup(pipeline)
@@ -59,6 +77,22 @@ def main() -> None:
         visible: dict[int, float] = {}
         writing = threading.Event()
         writing.set()
+
+        def poll_landing() -> None:
+            from pipelines.merge import LandingArea
+
+            area, done = LandingArea(pipeline), set()
+            while writing.is_set() or len(visible) < len(committed):
+                for load_id in area.completed_loads():
+                    if load_id in done:
+                        continue
+                    done.add(load_id)
+                    op = landed_tables(area, load_id)
+                    now = time.monotonic()
+                    for table in (op or []):
+                        for i in table.column("id").to_pylist():
+                            visible.setdefault(int(i), now)
+                time.sleep(0.05)
 
         def poll() -> None:
             reader = duckdb.connect(duck_path)
@@ -75,7 +109,7 @@ def main() -> None:
                 time.sleep(0.01)
             reader.close()
 
-        poller = threading.Thread(target=poll)
+        poller = threading.Thread(target=poll_landing if args.land else poll)
         poller.start()
         deadline = time.monotonic() + args.seconds
         i = 0
@@ -85,7 +119,7 @@ def main() -> None:
             committed[i] = time.monotonic()
             time.sleep(args.interval)
         writing.clear()
-        poller.join(args.flush * 4 + 30)
+        poller.join(flush * 4 + 30)
         stop.set()
         follower.join(60)
         conn.close()
@@ -94,9 +128,19 @@ def main() -> None:
         missing = len(committed) - len(latencies)
         summary = result.get("summary")
         q = statistics.quantiles(latencies, n=100)
-        print(f"{len(latencies)} commits, flush interval {args.flush} s: latency p50 {q[49]:.2f} s, "
+        target = "landed in the bucket" if args.land else "visible in DuckDB"
+        print(f"{len(latencies)} commits, commit -> {target}, flush interval {flush} s: latency p50 {q[49]:.2f} s, "
               f"p95 {q[94]:.2f} s, max {latencies[-1]:.2f} s; not seen: {missing}; "
               f"batches: {getattr(summary, 'batches', '?')}")
+
+
+def landed_tables(area: Any, load_id: str) -> list[Any]:
+    """The events rows of one landing load (a load without events, e.g. a state-only one, has none)."""
+    ops = [op for op in area.ops({load_id}) if op.table.endswith("events")]
+    if not ops:
+        return []
+    area.attach_files(ops[0].table, ops)
+    return [t for op in ops for t in area.read(op)]
 
 
 if __name__ == "__main__":

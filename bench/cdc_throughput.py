@@ -8,6 +8,12 @@ Starts a throwaway PostgreSQL, creates an orders-like table, runs `setup` (slot 
 Each drain runs in its own process so its peak RSS (ru_maxrss) is its own; a drain of a handful of
 changes gives the baseline RSS of the process (Python, dlt, pyarrow, duckdb).
 Target (issue 3): the 1M-row transaction syncs with bounded memory (batches of `max_batch_rows`).
+
+    python -m bench.cdc_throughput --land
+
+With `--land` the drains land their batches in a bucket folder (`merge_interval_seconds` > 0) and confirm them
+there; after each drain a `merge` (own process) applies what landed to DuckDB, timed and measured the same way.
+Target (issue 12): landing >= 50k changes/s; RSS bounded by the batch size.
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ def child(mode: str) -> None:
     if mode == "setup":
         report = setup(pipeline)
         result = {"rows": sum(report.snapshots.values())}
+    elif mode == "merge":
+        from pipelines.merge import merge_landed
+
+        merged = merge_landed(pipeline)
+        result = {"changes": sum(merged.changes.values()), "batches": merged.batches, "rows": sum(merged.rows.values())}
     else:
         summary = run_cdc(pipeline)
         result = {"changes": summary.total_changes, "batches": summary.batches}
@@ -73,6 +84,7 @@ def main() -> None:
     parser.add_argument("--transaction-size", type=int, default=100, help="rows per small transaction")
     parser.add_argument("--big-transaction", type=int, default=1_000_000, help="rows in the one big transaction")
     parser.add_argument("--max-batch-rows", type=int, default=None)
+    parser.add_argument("--land", action="store_true", help="land in a bucket folder, then time `merge` apart")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -85,9 +97,14 @@ def main() -> None:
         env = {**os.environ, "SOURCES__POSTGRES__CREDENTIALS": dsn, "SOURCES__POSTGRES__SCHEMAS": '["bench"]',
                "DESTINATION__DUCKDB__CREDENTIALS": f"{tmp}/bench.duckdb", "BENCH_PIPELINES_DIR": f"{tmp}/pipelines",
                "DLT_DATA_DIR": f"{tmp}/dlt", "RUNTIME__LOG_LEVEL": "ERROR"}
+        if args.land:
+            env["SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS"] = "300"
+            env["DESTINATION__FILESYSTEM__BUCKET_URL"] = Path(tmp, "bucket").as_uri()
         if args.max_batch_rows:
             env["SOURCES__POSTGRES__REPLICATION__MAX_BATCH_ROWS"] = str(args.max_batch_rows)
         run_child("setup", env)
+        if args.land:
+            run_child("merge", env)
         execute(dsn, "INSERT INTO bench.orders SELECT g, 1, 'new', 1, 'x', NULL, now(), now() "
                      "FROM generate_series(20000001, 20000010) g")
         baseline = run_child("drain", env)
@@ -106,16 +123,27 @@ def main() -> None:
                 conn.commit()
         conn.close()
         small = run_child("drain", env)
-        print(f"small transactions: {small['changes']} changes in {small['seconds']} s = "
+        verb = "landed" if args.land else "loaded"
+        print(f"small transactions {verb}: {small['changes']} changes in {small['seconds']} s = "
               f"{small['changes'] / small['seconds']:,.0f} changes/s, {small['batches']} batches, "
               f"peak RSS {small['peak_rss_mb']} MB")
+        if args.land:
+            report_merge(run_child("merge", env))
 
         start = 50_000_001
         execute(dsn, f"INSERT INTO bench.orders {ROWS.format(start=start, end=start + args.big_transaction - 1)}")
         big = run_child("drain", env)
-        print(f"one {args.big_transaction:,}-row transaction: {big['seconds']} s = "
+        print(f"one {args.big_transaction:,}-row transaction {verb}: {big['seconds']} s = "
               f"{big['changes'] / big['seconds']:,.0f} changes/s, {big['batches']} batches, "
               f"peak RSS {big['peak_rss_mb']} MB")
+        if args.land:
+            report_merge(run_child("merge", env))
+
+
+def report_merge(merged: dict[str, float]) -> None:
+    print(f"  merge of what landed: {merged['changes']} changes ({merged['batches']} batches) -> {merged['rows']} rows "
+          f"in {merged['seconds']} s = {merged['changes'] / max(merged['seconds'], 0.001):,.0f} changes/s, "
+          f"peak RSS {merged['peak_rss_mb']} MB")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,10 @@ from typing import Any
 import dlt
 import psycopg2
 import pyarrow as pa
-from dlt.common.schema import Schema
-from dlt.destinations.exceptions import DatabaseUndefinedRelation
 from dlt.pipeline.exceptions import PipelineStepFailed
 from psycopg2 import sql as pg_sql
 
+from pipelines import landing, warehouse
 from pipelines.isolation import FAILED_TABLES_KEY, TableLoadFailed, culprit, describe, is_about_no_table
 from pipelines.progress import FAILPOINT_ENV, crash_at
 from sources.postgres import dead_letters
@@ -49,8 +48,6 @@ from sources.replication import (
     table_hints,
 )
 from sources.replication.batch import (
-    DELETED_AT_COLUMN,
-    LSN_COLUMN,
     ChangeBatch,
     LiveTable,
     PreparedTable,
@@ -149,6 +146,11 @@ class CdcSummary:
     stopped_by: str = "drained"  # drained | stop
     failed_tables: dict[str, dict[str, str]] = field(default_factory=dict)  # set aside by this run (isolation)
     recovered_tables: list[str] = field(default_factory=list)  # set aside before, copied again by this run
+    lands: bool = False  # batches landed in S3 for `merge` (`pipelines.landing`) instead of loading directly
+    # per landed batch, seconds from the commit of its oldest change (the one that waited longest) to landed;
+    # the latest LANDING_LAGS_KEPT of them, so a follower that runs for months keeps a bounded list
+    landing_lags: list[float] = field(default_factory=list)
+    landed_batches: int = 0
 
     def table(self, name: str) -> TableChanges:
         return self.changes.setdefault(name, TableChanges())
@@ -157,10 +159,29 @@ class CdcSummary:
     def total_changes(self) -> int:
         return sum(c.inserts + c.updates + c.deletes + c.truncates for c in self.changes.values())
 
+    @property
+    def landing_lag_p95(self) -> float | None:
+        """Commit to landed in S3, 95th percentile over this run's landed batches."""
+        if not self.landing_lags:
+            return None
+        ordered = sorted(self.landing_lags)
+        return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
     def as_fields(self) -> dict[str, Any]:
         fields = asdict(self)
         fields["total_changes"] = self.total_changes
+        fields.pop("landing_lags")
+        fields["landing_lag_p95_s"] = self.landing_lag_p95
         return fields
+
+
+LANDING_LAGS_KEPT = 10_000
+
+
+def history_pipeline(pipeline: dlt.Pipeline) -> dlt.Pipeline:
+    """Where a CDC run's record goes: the landing area when batches land, so the follower never waits on the
+    warehouse (not even for its own history); the warehouse when every batch loads there anyway."""
+    return landing.landing_pipeline(pipeline) if replication_settings().lands else pipeline  # type: ignore[call-arg]
 
 
 def _state(pipeline: dlt.Pipeline) -> dict[str, Any]:
@@ -172,10 +193,13 @@ class _Cdc:
 
     def __init__(self, pipeline: dlt.Pipeline, settings: ReplicationSettings | None = None,
                  dead_letter_url: str | None = None) -> None:
-        self.pipeline = pipeline
         self.settings = settings or replication_settings()
         if dead_letter_url:
             self.settings.dead_letter_url = dead_letter_url
+        # landing (`pipelines.landing`): the CDC state and every write go to the landing area, not the warehouse
+        self.lands = self.settings.lands
+        self.direct = pipeline
+        self.pipeline = landing.landing_pipeline(pipeline) if self.lands else pipeline
         self.slot = self.settings.slot_name or object_name(pipeline.pipeline_name)
         self.publication = self.settings.publication_name or object_name(pipeline.pipeline_name)
         self.dsn = self.settings.dsn
@@ -264,70 +288,36 @@ class _Cdc:
         """A load with no rows, only dlt state: used to record a position before confirming it."""
         self.run(cdc_batch([], update))
 
+    def write(self, direct: Callable[[], Any], ops: list[landing.Op], update: Any = None, *,
+              refresh: Any = None) -> None:
+        """One package of table writes: the direct dlt source into the warehouse, or the same as landing ops."""
+        if self.lands:
+            self.run(landing.land(ops, update))
+        else:
+            self.run(direct(), refresh=refresh)
+
+    def carry_over_state(self) -> None:
+        """The first landing of a pipeline that loaded directly starts from its CDC state (`landing`)."""
+        if self.lands:
+            carried = landing.carry_over_state(self.direct, self.pipeline)
+            if carried:
+                self.save_state(lambda state: state.update(carried))
+                _event("CDC state carried over from direct loading to landing", lsn=format_lsn(
+                    int(carried.get("confirmed_lsn") or 0)))
+
     def destination_table(self, resource_name: str) -> str:
-        """The destination's name for a table: dlt normalizes `zoo__Every Type` to `zoo__every_type`."""
-        schema = self.pipeline.schemas.get(SOURCE_NAME)
-        naming = schema.naming if schema else Schema(SOURCE_NAME).naming
-        return str(naming.normalize_tables_path(resource_name))
+        return warehouse.table_name(self.pipeline, SOURCE_NAME, resource_name)
 
     def current_rows(self, prepared: PreparedTable) -> pa.Table | None:
         """The destination's current values of the rows a batch must complete (unchanged TOAST, tombstones)."""
         assert prepared.fill_keys is not None
-        schema = self.pipeline.schemas.get(SOURCE_NAME)
-        table_schema = schema.tables.get(self.destination_table(prepared.table.resource_name)) if schema else None
-        if not table_schema:
-            return None
-        known = table_schema.get("columns", {})
-        assert schema is not None
-        column = schema.naming.normalize_identifier  # source column → its destination name
-        keys = list(prepared.fill_keys.column_names)
-        wanted = [c for c in prepared.fill_masks if column(c) in known]
-        unique = sorted({k for k in zip(*(prepared.fill_keys[c].to_pylist() for c in keys), strict=True)
-                         if k[0] is not None}, key=repr)
-        if not unique:
-            return None
-        rows: list[tuple[Any, ...]] = []
-        with self.pipeline.sql_client(SOURCE_NAME) as client:
-            def escape(name: str) -> str:
-                return str(client.escape_column_name(column(name)))
-
-            selected = ", ".join(escape(c) for c in [*keys, *wanted])
-            target = client.make_qualified_table_name(self.destination_table(prepared.table.resource_name))
-            for start in range(0, len(unique), 500):
-                chunk = unique[start:start + 500]
-                if len(keys) == 1:
-                    where = f"{escape(keys[0])} IN ({', '.join(['%s'] * len(chunk))})"
-                    params = [k[0] for k in chunk]
-                else:
-                    one = "(" + " AND ".join(f"{escape(k)} = %s" for k in keys) + ")"
-                    where = " OR ".join([one] * len(chunk))
-                    params = [v for k in chunk for v in k]
-                try:
-                    rows += client.execute_sql(f"SELECT {selected} FROM {target} WHERE {where}", *params) or []
-                except DatabaseUndefinedRelation:
-                    return None
-        names = [*keys, *wanted]
-        return pa.table({n: pa.array([r[i] for r in rows]) for i, n in enumerate(names)}) if rows else None
+        return warehouse.current_rows(self.pipeline, SOURCE_NAME, prepared.table.resource_name, prepared.fill_keys,
+                                      list(prepared.fill_masks))
 
     def existing_copies(self, table: LiveTable, hashes: set[str]) -> dict[str, list[str]]:
         """A keyless table's live copies in the destination (their `_row_key`s) for the given row hashes."""
-        copies: dict[str, list[str]] = {}
-        wanted = sorted(hashes)
-        with self.pipeline.sql_client(SOURCE_NAME) as client:
-            target = client.make_qualified_table_name(self.destination_table(table.resource_name))
-            key, digest = client.escape_column_name(ROW_KEY_COLUMN), client.escape_column_name(ROW_HASH_COLUMN)
-            live = (f" AND {client.escape_column_name(DELETED_AT_COLUMN)} IS NULL"
-                    if self.settings.delete_mode == "soft" else "")
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                try:
-                    rows = client.execute_sql(f"SELECT {digest}, {key} FROM {target} WHERE {digest} IN "
-                                              f"({', '.join(['%s'] * len(chunk))}){live}", *chunk) or []
-                except DatabaseUndefinedRelation:
-                    return {}
-                for row_hash, row_key in rows:
-                    copies.setdefault(str(row_hash), []).append(str(row_key))
-        return copies
+        return warehouse.existing_copies(self.pipeline, SOURCE_NAME, table.resource_name, hashes,
+                                         self.settings.delete_mode)
 
     def generated_values(self, table: LiveTable, rows: list[RowChange], values_rows: list[list[Value]]) -> list[
             list[Value]]:
@@ -381,23 +371,21 @@ class _Cdc:
 
     def apply_truncate(self, event: TruncateEvent) -> None:
         """TRUNCATE at the source: delete the destination rows (hard) or mark them deleted (soft)."""
-        with self.pipeline.sql_client(SOURCE_NAME) as client:
+        if self.lands:  # the merge applies it in its place among the landed changes
+            self.write(lambda: None, [landing.Op("truncate", t.resource_name, list(t.primary_key), {}, lsn=event.lsn,
+                                                 commit_time=event.commit_time, delete_mode=self.settings.delete_mode)
+                                      for t in event.tables])
             for table in event.tables:
-                target = client.make_qualified_table_name(self.destination_table(table.resource_name))
-                try:
-                    if self.settings.delete_mode == "hard":
-                        client.execute_sql(f"DELETE FROM {target}")
-                    else:
-                        client.execute_sql(
-                            f"UPDATE {target} SET {client.escape_column_name(DELETED_AT_COLUMN)} = %s, "
-                            f"{client.escape_column_name(LSN_COLUMN)} = %s "
-                            f"WHERE {client.escape_column_name(DELETED_AT_COLUMN)} IS NULL",
-                            event.commit_time, event.lsn)
-                except DatabaseUndefinedRelation:
-                    continue  # never loaded: nothing to empty
                 self.summary.table(table.resource_name).truncates += 1
-                _event("truncate applied", table=table.resource_name, lsn=format_lsn(event.lsn),
-                       mode=self.settings.delete_mode)
+                _event("truncate landed", table=table.resource_name, lsn=format_lsn(event.lsn))
+            return
+        for table in event.tables:
+            if not warehouse.truncate(self.pipeline, SOURCE_NAME, table.resource_name, self.settings.delete_mode,
+                                      event.lsn, event.commit_time):
+                continue  # never loaded: nothing to empty
+            self.summary.table(table.resource_name).truncates += 1
+            _event("truncate applied", table=table.resource_name, lsn=format_lsn(event.lsn),
+                   mode=self.settings.delete_mode)
 
     def dead_letter(self, resource: str, primary_key: list[str], rejected: list[Any]) -> None:
         if rejected:
@@ -434,10 +422,14 @@ class _Cdc:
                     }
                     state.get(FAILED_TABLES_KEY, {}).pop(spec.resource_name, None)
 
-                self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key) or [ROW_KEY_COLUMN],
-                                      table_hints(columns, settings.delete_mode, merge=False,
-                                                  keyless=not spec.has_key), snap.read, update),
-                         refresh="drop_resources" if spec.resource_name in reload else None)
+                key = list(spec.primary_key) or [ROW_KEY_COLUMN]
+                hints = table_hints(columns, settings.delete_mode, merge=False, keyless=not spec.has_key)
+                self.write(lambda spec=spec, key=key, hints=hints, snap=snap, update=update: cdc_snapshot(
+                    spec.resource_name, key, hints, snap.read, update),
+                    [landing.Op("snapshot", spec.resource_name, key,
+                                table_hints(columns, settings.delete_mode, keyless=not spec.has_key), snap.read,
+                                lsn=lsn, reload=spec.resource_name in reload, delete_mode=settings.delete_mode)],
+                    update, refresh="drop_resources" if spec.resource_name in reload else None)
             except TableLoadFailed as failure:
                 self.set_aside(spec, failure.step, failure.error)
                 continue
@@ -485,9 +477,13 @@ class _Cdc:
             state.get(FAILED_TABLES_KEY, {}).pop(spec.resource_name, None)
 
         # the destination starts empty: a chunk appends only rows the stream has not put there since `start`
-        self.run(cdc_snapshot(spec.resource_name, list(spec.primary_key),
-                              table_hints(columns, self.settings.delete_mode, merge=False), lambda: iter([empty]),
-                              update), refresh="drop_resources" if drop else None)
+        self.write(lambda: cdc_snapshot(spec.resource_name, list(spec.primary_key),
+                                        table_hints(columns, self.settings.delete_mode, merge=False),
+                                        lambda: iter([empty]), update),
+                   [landing.Op("snapshot", spec.resource_name, list(spec.primary_key),
+                               table_hints(columns, self.settings.delete_mode), [empty], lsn=start, reload=drop,
+                               delete_mode=self.settings.delete_mode)],
+                   update, refresh="drop_resources" if drop else None)
         _event("chunked copy begun", table=spec.resource_name, chunks=len(chunks), lsn=format_lsn(start))
         return CopyJob(spec, generation, chunks, columns, set(), start)
 
@@ -521,8 +517,10 @@ class _Cdc:
                 else:
                     copy["done"] = done
 
-        self.run(cdc_chunk(job.spec.resource_name, keys, table_hints(job.columns, self.settings.delete_mode),
-                           tables, update))
+        hints = table_hints(job.columns, self.settings.delete_mode)
+        self.write(lambda: cdc_chunk(job.spec.resource_name, keys, hints, tables, update),
+                   [landing.Op("chunk", job.spec.resource_name, keys, hints, tables, lsn=event.lsn,
+                               delete_mode=self.settings.delete_mode)], update)
         return sum(t.num_rows for t in tables)
 
     def add_columns(self, spec: TableSpec) -> None:
@@ -537,8 +535,12 @@ class _Cdc:
             empty = empty.append_column(ROW_KEY_COLUMN, pa.array([], pa.string()))
             empty = empty.append_column(ROW_HASH_COLUMN, pa.array([], pa.string()))
         hints = table_hints(columns, self.settings.delete_mode, keyless=not spec.has_key)
-        self.run(cdc_batch([(spec.resource_name, list(spec.primary_key) or [ROW_KEY_COLUMN], hints, empty)],
-                           lambda state: None))
+        key = list(spec.primary_key) or [ROW_KEY_COLUMN]
+        if self.lands:  # no `_row_key` in landed changes: the merge gives the copies their keys
+            empty = empty.drop_columns([c for c in (ROW_KEY_COLUMN,) if c in empty.column_names])
+        self.write(lambda: cdc_batch([(spec.resource_name, key, hints, empty)], lambda state: None),
+                   [landing.Op("columns", spec.resource_name, key, hints, [empty],
+                               delete_mode=self.settings.delete_mode)])
         _event("columns added to the destination", table=spec.resource_name)
 
     def shape(self, spec: TableSpec) -> Any:
@@ -857,7 +859,9 @@ def run_cdc(
 def _run(cdc: _Cdc, *, follow: bool, resnapshot_patterns: list[str] | None, stop: threading.Event | None,
          started: float) -> CdcSummary:
     settings, summary = cdc.settings, cdc.summary
+    summary.lands = cdc.lands
     cdc.finish_pending()
+    cdc.carry_over_state()
     state = _state(cdc.pipeline)
     specs = cdc.discover()
     health = slot_health(cdc.meta, cdc.slot)
@@ -1036,8 +1040,11 @@ def _load_batch(cdc: _Cdc, wal: WalStream, stream: ChangeStream, batch: ChangeBa
         ack = batch.safe_lsn if batch.safe_lsn is not None and batch.safe_lsn > position["confirmed"] else None
         while True:
             try:
-                cdc.run(cdc_batch(list(loads.values()), record(ack if ack is not None else position["confirmed"],
-                                                               batch.partial)))
+                update = record(ack if ack is not None else position["confirmed"], batch.partial)
+                cdc.write(lambda update=update: cdc_batch(list(loads.values()), update), [
+                    landing.Op("changes", name, key, hints, [arrow], lsn=batch.safe_lsn or 0,
+                               commit_time=batch.newest_commit_time, delete_mode=settings.delete_mode)
+                    for name, key, hints, arrow in loads.values()], update)
                 break
             except TableLoadFailed as failure:
                 # the package was aborted: find the table(s) at fault, set them aside, load the rest with the LSN
@@ -1055,10 +1062,17 @@ def _load_batch(cdc: _Cdc, wal: WalStream, stream: ChangeStream, batch: ChangeBa
         position["confirmed"] = ack
     summary.batches += 1
     if batch.newest_commit_time is not None:
-        summary.lag_seconds = round(max(0.0, (datetime.now(UTC) - batch.newest_commit_time).total_seconds()), 3)
-    _event("cdc batch loaded", reason=reason, changes=batch.changes, rows=sum(len(t.rows) for t in
-           batch.tables.values()), tables=sorted(batch.tables), confirmed_lsn=format_lsn(position["confirmed"]),
-           lag_s=summary.lag_seconds, duration_s=round(time.monotonic() - started, 3))
+        now = datetime.now(UTC)
+        summary.lag_seconds = round(max(0.0, (now - batch.newest_commit_time).total_seconds()), 3)
+        if cdc.lands and batch.oldest_commit_time is not None:  # commit -> in S3 of the batch's oldest change
+            summary.landing_lags.append(round(max(0.0, (now - batch.oldest_commit_time).total_seconds()), 3))
+            summary.landed_batches += 1
+            del summary.landing_lags[:-LANDING_LAGS_KEPT]
+    _event("cdc batch " + ("landed" if cdc.lands else "loaded"), reason=reason, changes=batch.changes,
+           rows=sum(len(t.rows) for t in batch.tables.values()), tables=sorted(batch.tables),
+           confirmed_lsn=format_lsn(position["confirmed"]), lag_s=summary.lag_seconds,
+           **({"landing_lag_s": summary.landing_lags[-1]} if cdc.lands and summary.landing_lags else {}),
+           duration_s=round(time.monotonic() - started, 3))
     cdc.on_progress(summary)
 
 
@@ -1067,7 +1081,12 @@ def _prepare_table(cdc: _Cdc, changes: Any) -> pa.Table:
     settings, summary = cdc.settings, cdc.summary
     table = changes.table
     prepared = prepare(changes, settings.delete_mode, lambda column, values: arrays_to_json(cdc.query, column, values),
-                       generated=cdc.generated_values, existing=cdc.existing_copies)
+                       generated=cdc.generated_values, existing=None if cdc.lands else cdc.existing_copies,
+                       plan_multiset=not cdc.lands)
+    cdc.dead_letter(table.resource_name, list(table.primary_key), prepared.rejected)
+    if cdc.lands:  # completed from the warehouse by the merge, once it is current (`landing`)
+        summary.filled_rows += prepared.fill_rows
+        return landing.landed_rows(prepared)
     arrow = prepared.arrow
     if prepared.unmatched_deletes:
         summary.warnings.append(f"{table.resource_name}: {prepared.unmatched_deletes} delete(s) found no copy")
@@ -1080,15 +1099,15 @@ def _prepare_table(cdc: _Cdc, changes: Any) -> pa.Table:
             summary.unresolved_toast_rows += unresolved
             _event("unchanged TOAST values not found in the destination; left NULL", logging.WARNING,
                    table=table.resource_name, rows=unresolved)
-    cdc.dead_letter(table.resource_name, list(table.primary_key), prepared.rejected)
     return arrow
 
 
 def _fails_alone(cdc: _Cdc, load: tuple[str, list[str], dict[str, Any], pa.Table]) -> bool:
     """Load one table's part of a batch on its own, without moving the position: a failure that named no table
     is narrowed down this way (the merge is idempotent, so loading a part twice is harmless)."""
+    name, key, hints, arrow = load
     try:
-        cdc.run(cdc_batch([load], lambda state: None))
+        cdc.write(lambda: cdc_batch([load], lambda state: None), [landing.Op("changes", name, key, hints, [arrow])])
         return False
     except TableLoadFailed:
         return True
@@ -1183,6 +1202,7 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
             raise SlotInUse(f"Replication slot {cdc.slot!r} is in use by PID {health.active_pid}: stop the running "
                             "sync before running setup.")
         cdc.finish_pending()
+        cdc.carry_over_state()
         # a table CDC cannot replicate is refused alone (and never published: its updates would fail)
         refused = [s for s in specs if s.qualified in refusals]
         specs = [s for s in specs if s.qualified not in refusals]
@@ -1199,11 +1219,11 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
             report.start_lsn = format_lsn(cdc.bootstrap(specs))
             report.slot_created = True
         else:
-            state = _state(pipeline)
+            state = _state(cdc.pipeline)
             if state.get("confirmed_lsn") is None:  # the slot exists but this destination never used it
                 cdc.save_state(lambda s: s.update(slot=cdc.slot, publication=cdc.publication,
                                                   confirmed_lsn=health.confirmed_flush_lsn, tables={}))
-                state = _state(pipeline)
+                state = _state(cdc.pipeline)
             todo = [s for s in specs if s.qualified not in state.get("tables", {})]
             if todo:
                 _, copied = cdc.snapshot_alone(todo)
@@ -1211,7 +1231,7 @@ def setup(pipeline: dlt.Pipeline, *, check_only: bool = False, resnapshot: bool 
             report.start_lsn = format_lsn(health.confirmed_flush_lsn)
         for spec in refused:
             cdc.set_aside(spec, "setup", refusals[spec.qualified])
-        if any(t.get("copy") for t in _state(pipeline).get("tables", {}).values()):
+        if any(t.get("copy") for t in _state(cdc.pipeline).get("tables", {}).values()):
             # chunked copies land as the stream reaches their watermarks: stream until they are all in
             _run(cdc, follow=False, resnapshot_patterns=None, stop=None, started=time.monotonic())
         report.snapshots = dict(cdc.summary.snapshots)
@@ -1249,7 +1269,7 @@ def teardown(pipeline: dlt.Pipeline, *, keep_publication: bool = False,
         finally:
             admin.close()
         cdc.pipeline.sync_destination()
-        if _state(pipeline):
+        if _state(cdc.pipeline):
             cdc.save_state(lambda s: s.clear())
         _event("cdc teardown finished", slot=cdc.slot, slot_dropped=report.slot_dropped,
                publication_dropped=report.publication_dropped)

@@ -15,6 +15,7 @@ from types import ModuleType
 from . import logs, vault
 from .commands import dlq as dlq_command
 from .commands import doctor as doctor_command
+from .commands import merge as merge_command
 from .commands import restore as restore_command
 from .commands import resync as resync_command
 from .commands import rollback as rollback_command
@@ -29,8 +30,8 @@ from .exit_codes import ExitCode
 
 # each module has `register(subparsers)` and a `main(args) -> ExitCode` set via set_defaults(func=...)
 COMMANDS: list[ModuleType] = [
-    run_command, setup_command, teardown_command, status_command, verify_command, doctor_command, dlq_command,
-    resync_command, rollback_command, snowflake_bootstrap_command, restore_command,
+    run_command, merge_command, setup_command, teardown_command, status_command, verify_command, doctor_command,
+    dlq_command, resync_command, rollback_command, snowflake_bootstrap_command, restore_command,
 ]
 
 

@@ -19,6 +19,11 @@ UNITS = {
     "RunFailures": "Count",
     "TableFailures": "Count",  # per table: set aside by this run, the others loaded (see pipelines/isolation.py)
     "RunSucceeded": "Count",
+    # land and merge (pipelines/landing.py, pipelines/merge.py)
+    "LandingLagSeconds": "Seconds",  # per landed batch: newest commit to durable in S3
+    "MergeLagSeconds": "Seconds",  # after a merge cycle: age of the oldest landed batch not merged yet
+    "BatchesMerged": "Count",
+    "MergeDurationSeconds": "Seconds",
 }
 NAMESPACE = "AuroraSnowflakeSync"
 

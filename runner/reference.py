@@ -50,7 +50,8 @@ MEANINGS: dict[str, str] = {
     "sources.postgres.replication.slot_name": "Replication slot; default `aurora_sync_<pipeline>`.",
     "sources.postgres.replication.publication_name": "Publication; default `aurora_sync_<pipeline>`.",
     "sources.postgres.replication.max_batch_bytes": "See `max_batch_rows`.",
-    "sources.postgres.replication.max_batch_seconds": "See `max_batch_rows`; also the follow-mode flush interval.",
+    "sources.postgres.replication.max_batch_seconds": "See `max_batch_rows`; also the follow-mode flush interval "
+                                                      "(default 2 s when landing, 5 s when loading directly).",
     "sources.postgres.replication.status_interval_seconds": "How often the stream confirms its position to the "
                                                             "server (standby status updates).",
     "sources.postgres.replication.retained_wal_fail_bytes": "See `retained_wal_warn_bytes`.",

@@ -86,15 +86,18 @@ def main(args: argparse.Namespace) -> ExitCode:
 def _liveness(pipeline: str, settings: RunnerSettings) -> Any:
     """Follow mode never ends a run, so it reports success (and lag) once a minute while it makes progress:
     the staleness alarm then means 'the follower is stuck or gone', as it does for scheduled runs."""
-    last = {"at": 0.0, "rows": 0}
+    last = {"at": 0.0, "rows": 0, "landed": 0}
 
     def report(summary: Any) -> None:
         if time.monotonic() - last["at"] < settings.liveness_seconds:
             return
         rows = summary.total_changes
-        metrics.emit(pipeline, {"RunSucceeded": 1, "LagSeconds": summary.lag_seconds,
-                                "RowsLoaded": rows - last["rows"]}, namespace=settings.metrics_namespace)
-        last.update(at=time.monotonic(), rows=rows)
+        values = {"RunSucceeded": 1, "LagSeconds": summary.lag_seconds, "RowsLoaded": rows - last["rows"]}
+        landed = summary.landed_batches - last["landed"]
+        if summary.lands and landed > 0:  # the worst batch since the last report
+            values["LandingLagSeconds"] = max(summary.landing_lags[-landed:])
+        metrics.emit(pipeline, values, namespace=settings.metrics_namespace)
+        last.update(at=time.monotonic(), rows=rows, landed=summary.landed_batches)
 
     return report
 
@@ -159,14 +162,16 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
                     # recorded under the lock, like every other write to the pipeline's state
                     failed = dict(summary.failed_tables)
                     outcome = "tables_failed" if failed else "dead_letters" if summary.dead_lettered else "succeeded"
-                    history.record(pipeline, {**record, "outcome": outcome, "exit_code": 1 if failed else 0,
+                    history.record(cdc.history_pipeline(pipeline), {
+                                              **record, "outcome": outcome, "exit_code": 1 if failed else 0,
                                               "error": _failed_message(failed) if failed else None,
                                               "rows": _changes(summary), "failed_tables": failed,
                                               "duration_s": round(time.monotonic() - started, 3)})
                     return summary
                 except Exception as exc:
                     code, message = classify(exc)
-                    history.record(pipeline, {**record, "outcome": "failed", "exit_code": int(code),
+                    history.record(cdc.history_pipeline(pipeline), {
+                                              **record, "outcome": "failed", "exit_code": int(code),
                                               "error": message, "rows": {},
                                               "duration_s": round(time.monotonic() - started, 3)})
                     raise
@@ -183,7 +188,9 @@ def _cdc_run(args: argparse.Namespace, settings: RunnerSettings, module: Any, st
     metrics.emit(args.pipeline, {
         "RunDurationSeconds": round(time.monotonic() - started, 3), "LagSeconds": summary.lag_seconds,
         "SlotRetainedWalBytes": summary.retained_wal_bytes, "DeadLetters": summary.dead_lettered,
-        "RowsLoaded": sum(changes.values())}, namespace=settings.metrics_namespace)
+        "RowsLoaded": sum(changes.values()),
+        **({"LandingLagSeconds": summary.landing_lag_p95} if summary.landing_lag_p95 is not None else {})},
+        namespace=settings.metrics_namespace)
     report_outcome(args.pipeline, settings, summary.failed_tables, summary.dead_lettered)
     metrics.emit(args.pipeline, {"RunSucceeded": 1}, namespace=settings.metrics_namespace)
     logs.event("run succeeded", phase="run", rows=sum(changes.values()), outcome="succeeded",

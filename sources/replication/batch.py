@@ -129,6 +129,7 @@ class ChangeBatch:
         self.started: float | None = None  # monotonic time of the first change
         self.safe_lsn: int | None = None  # end LSN of the last complete transaction in the batch
         self.newest_commit_time: datetime | None = None
+        self.oldest_commit_time: datetime | None = None  # the change that waited longest: landing lag's worst case
         # (final LSN, changes of it in this and earlier batches) when the batch ends inside a transaction: a
         # restart resends that transaction whole, and skips that many of its changes
         self.partial: tuple[int, int] | None = None
@@ -149,6 +150,8 @@ class ChangeBatch:
             self.started = now
         if self.newest_commit_time is None or row.commit_time > self.newest_commit_time:
             self.newest_commit_time = row.commit_time
+        if self.oldest_commit_time is None or row.commit_time < self.oldest_commit_time:
+            self.oldest_commit_time = row.commit_time
 
     def _count(self, size: int) -> None:
         """Bytes are counted per change received (an upper bound of what the batch holds)."""
@@ -263,7 +266,11 @@ ExistingCopies = Callable[["LiveTable", set[str]], dict[str, list[str]]]
 
 
 def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: ArrayConverter,
-            generated: GeneratedValues | None = None, existing: ExistingCopies | None = None) -> PreparedTable:
+            generated: GeneratedValues | None = None, existing: ExistingCopies | None = None,
+            *, plan_multiset: bool = True) -> PreparedTable:
+    """A batch's changes of one table as typed Arrow. `plan_multiset=False` (landing, `pipelines.landing`)
+    leaves a keyless table's changes as the ordered inserts and deletes they are: the merge plans them against
+    the warehouse, which is only current then."""
     table = changes.table
     rows = list(changes.rows.values())
     keyset = set(table.key_positions)
@@ -299,6 +306,8 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
     arrow, rejected = _parse([c.plan for c in table.columns], values_rows, frozenset(table.primary_key))
     order = arrow[_ROW.name].to_pylist()
     arrow = arrow.drop_columns([_ROW.name])
+    if table.keyless and not plan_multiset:
+        return _multiset_changes(changes, arrow, [rows[i] for i in order], delete_mode, rejected)
     if table.keyless:
         assert existing is not None, "a keyless table needs the destination's copies"
         return _prepare_multiset(changes, arrow, [rows[i] for i in order], delete_mode, rejected, existing)
@@ -334,16 +343,42 @@ def _prepare_multiset(changes: TableChanges, arrow: pa.Table, kept: list[RowChan
     ops = [(r.op, i, h, multiset.change_key(r.lsn, r.ordinal)) for i, (r, h) in enumerate(zip(kept, hashes,
                                                                                             strict=True))]
     planned = multiset.plan(ops, lambda wanted: existing(table, wanted))
+    out = multiset_rows(arrow, hashes, [r.lsn for r in kept], [r.commit_time for r in kept], planned, delete_mode)
+    prepared = PreparedTable(table, out, {}, None, rejected, changes.inserts, changes.updates, changes.deletes)
+    prepared.unmatched_deletes = planned.unmatched
+    return prepared
+
+
+def multiset_rows(arrow: pa.Table, hashes: list[str], lsns: list[int], commit_times: list[datetime],
+                  planned: multiset.MultisetPlan, delete_mode: DeleteMode) -> pa.Table:
+    """The rows a multiset plan loads: each insert under its new key, each delete under the key it removes."""
     picks = planned.inserts + planned.deletes
     out = arrow.take(pa.array([i for i, _ in picks], pa.int64()))
     out = out.append_column(multiset.ROW_KEY_COLUMN, pa.array([k for _, k in picks], pa.string()))
     out = out.append_column(multiset.ROW_HASH_COLUMN, pa.array([hashes[i] for i, _ in picks], pa.string()))
-    deleted = [None] * len(planned.inserts) + [kept[i].commit_time for i, _ in planned.deletes]
-    for name, column in system_columns(delete_mode, [kept[i].lsn for i, _ in picks], deleted).items():
+    deleted = [None] * len(planned.inserts) + [commit_times[i] for i, _ in planned.deletes]
+    for name, column in system_columns(delete_mode, [lsns[i] for i, _ in picks], deleted).items():
         out = out.append_column(name, column)
-    prepared = PreparedTable(table, out, {}, None, rejected, changes.inserts, changes.updates, changes.deletes)
-    prepared.unmatched_deletes = planned.unmatched
-    return prepared
+    return out
+
+
+# a keyless table's landed changes (`plan_multiset=False`): the change (I or D), its would-be key, its commit time
+CHANGE_COLUMN = "_aurora_change"
+CHANGE_KEY_COLUMN = "_aurora_change_key"
+COMMIT_TIME_COLUMN = "_aurora_commit_time"
+
+
+def _multiset_changes(changes: TableChanges, arrow: pa.Table, kept: list[RowChange], delete_mode: DeleteMode,
+                      rejected: list[RejectedRow]) -> PreparedTable:
+    table = changes.table
+    out = arrow.append_column(multiset.ROW_HASH_COLUMN, pa.array(
+        multiset.row_hashes(arrow, [c.name for c in table.columns]), pa.string()))
+    out = out.append_column(CHANGE_COLUMN, pa.array([r.op for r in kept], pa.string()))
+    out = out.append_column(CHANGE_KEY_COLUMN, pa.array([multiset.change_key(r.lsn, r.ordinal) for r in kept],
+                                                        pa.string()))
+    out = out.append_column(COMMIT_TIME_COLUMN, pa.array([r.commit_time for r in kept], pa.timestamp("us", tz="UTC")))
+    out = out.append_column(LSN_COLUMN, pa.array([r.lsn for r in kept], pa.int64()))
+    return PreparedTable(table, out, {}, None, rejected, changes.inserts, changes.updates, changes.deletes)
 
 
 def apply_fill(prepared: PreparedTable, current: pa.Table | None, delete_mode: DeleteMode) -> tuple[pa.Table, int]:
