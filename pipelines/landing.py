@@ -45,6 +45,9 @@ from sources.replication.multiset import ROW_HASH_COLUMN, ROW_KEY_COLUMN
 log = logging.getLogger("aurora_sync.cdc")
 
 LANDING_SUFFIX = "_landing"
+# The landing area is `<bucket>/<dataset>/_landing/`: inside the pipeline's own prefix, so its task role's S3
+# grant and the archive's lifecycle rule cover it, and `restore --all` skips it (a leading underscore).
+LANDING_DIR = "_landing"
 OPS_TABLE = "_aurora_ops"
 UNCHANGED_COLUMN = "_aurora_unchanged"  # JSON list of the columns whose value is the previous version's
 LOOKUP_PREFIX = "_aurora_lookup_k"  # + key position: the key of that previous version (the old key if it changed)
@@ -92,7 +95,8 @@ def landing_bucket_url() -> str:
 
 
 def landing_dataset(pipeline: dlt.Pipeline) -> str:
-    return (pipeline.dataset_name or pipeline.pipeline_name) + LANDING_SUFFIX
+    """The landing area's folder in the bucket."""
+    return f"{pipeline.dataset_name or pipeline.pipeline_name}/{LANDING_DIR}"
 
 
 def landing_pipeline(pipeline: dlt.Pipeline) -> dlt.Pipeline:
@@ -103,8 +107,9 @@ def landing_pipeline(pipeline: dlt.Pipeline) -> dlt.Pipeline:
     direct pipeline's state, which `run` detects.)
     """
     landing = dlt.pipeline(pipeline_name=pipeline.pipeline_name + LANDING_SUFFIX, pipelines_dir=pipeline.pipelines_dir,
-                           destination=archive_filesystem(bucket_url=landing_bucket_url()),
-                           dataset_name=landing_dataset(pipeline))
+                           destination=archive_filesystem(bucket_url=landing_bucket_url().rstrip("/") + "/" + (
+                               pipeline.dataset_name or pipeline.pipeline_name)),
+                           dataset_name=LANDING_DIR)
     return landing
 
 
