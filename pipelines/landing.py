@@ -51,7 +51,7 @@ LANDING_DIR = "_landing"
 OPS_TABLE = "_aurora_ops"
 UNCHANGED_COLUMN = "_aurora_unchanged"  # JSON list of the columns whose value is the previous version's
 LOOKUP_PREFIX = "_aurora_lookup_k"  # + key position: the key of that previous version (the old key if it changed)
-SEQ_KEY = "landing_seq"  # in the CDC state: the last landing's sequence number
+SEQ_KEY = "landing_seq"  # in the CDC state: the last landing's sequence number (see `next_seq`)
 KINDS = ("changes", "snapshot", "chunk", "truncate", "columns")
 # hints that only mean something to a merge: the landing area appends, and keeps them in `_aurora_ops` instead
 _MERGE_ONLY_HINTS = ("primary_key", "merge_key", "hard_delete", "dedup_sort", "unique")
@@ -149,6 +149,16 @@ def landed_rows(prepared: PreparedTable) -> pa.Table:
     return arrow
 
 
+def next_seq(previous: int | None, load_id: str) -> int:
+    """The next landing's sequence number: above the previous one, and never below the load's time in ms.
+
+    The merge skips every op at or below a table's merged seq, and its positions outlive the CDC state (they are
+    in the warehouse). After `teardown` + `setup` (the CDC state cleared) a counter from 1 would be skipped, and
+    the new snapshot never merged; the load's clock keeps the numbers above everything landed before it.
+    """
+    return max(int(previous or 0) + 1, int(float(load_id) * 1000))
+
+
 def _ops_rows(ops: list[Op], seq: int, load_id: str) -> pa.Table:
     now = datetime.now(UTC)
     return pa.table({
@@ -181,8 +191,9 @@ def land(ops: list[Op], update_state: Callable[[dict[str, Any]], None] | None = 
         if not ops:
             return
         state = dlt.current.source_state().setdefault(STATE_KEY, {})
-        state[SEQ_KEY] = seq = int(state.get(SEQ_KEY) or 0) + 1
-        yield _ops_rows(ops, seq, str(dlt.current.load_package_state()["load_id"]))
+        load_id = str(dlt.current.load_package_state()["load_id"])
+        state[SEQ_KEY] = seq = next_seq(state.get(SEQ_KEY), load_id)
+        yield _ops_rows(ops, seq, load_id)
 
     yield dlt.resource(ops_table, name=OPS_TABLE, write_disposition="append")
     yield state_resource(update_state or (lambda state: None))

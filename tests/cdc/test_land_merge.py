@@ -129,3 +129,24 @@ def test_a_fresh_merge_process_carries_on_from_the_warehouse(landed: Harness, tm
     summary = merge(cdc)
     assert summary.batches == 1  # only the batch not merged yet: the positions came back from the warehouse
     same(cdc, "items", "id, v")
+
+
+def test_setup_again_after_teardown_is_merged(landed: Harness) -> None:
+    """teardown forgets the CDC state (and with it the landing counter) but not the merge positions in the
+    warehouse: what lands after a new setup must still be above them, or the new copy would be skipped."""
+    from pipelines import cdc as cdc_pipeline
+
+    cdc = landed
+    cdc.sql("CREATE TABLE app.items (id int PRIMARY KEY, v int)",
+            "INSERT INTO app.items SELECT g, g FROM generate_series(1, 10) g")
+    cdc.setup()
+    merge(cdc)
+    cdc.sql("UPDATE app.items SET v = v * 10")
+    cdc.drain()
+    merge(cdc)
+    cdc_pipeline.teardown(cdc.pipeline())
+    cdc.sql("DELETE FROM app.items WHERE id > 5", "INSERT INTO app.items VALUES (50, 500)")  # not streamed
+    cdc.setup()
+    summary = merge(cdc)
+    assert summary.batches >= 1
+    same(cdc, "items", "id, v")
