@@ -100,7 +100,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "max_xmin_age_xids", "bytes_per_s", "steady_bytes_per_s")},
         })
     summary: dict[str, Any] = {"chunked": is_chunked(results), "cores": cores,
-                               "small": min(t["rows"] for t in results["tables"].values()) < FULL_ROWS
+                               "small": max(t["rows"] for t in results["tables"].values()) < FULL_ROWS
                                if results.get("tables") else True,
                                "throughput": rows, "ages": _ages(results), "pgbench": _pgbench(results.get("pgbench")),
                                "kill": _kill(results.get("kill")), "extrapolation": extrapolate(results),
