@@ -1,7 +1,7 @@
 """The adversarial suite: `zoo`'s every type and edge value, through every mode, checked after every step by
 `verify --checksum` against what the mode promises.
 
-- snapshot, CDC drain, CDC follow: exact after every step;
+- snapshot, CDC drain, CDC follow, CDC landed in a bucket then merged (`cdc-land`): exact after every step;
 - incremental: exact for everything a timestamp cursor can see, and `verify` reports exactly the rest (the
   keys each step changed or deleted without moving the cursor), no more and no less.
 Nothing may be dead-lettered and no run may fail. The time of each step is printed (`-s`) for the closing note.
@@ -28,7 +28,7 @@ from tests.snowflake.conftest import bucket, fake_sf, key_pair, s3, sf_env  # no
 
 from . import zoo
 
-MODES = ["snapshot", "incremental", "cdc", "cdc-follow"]
+MODES = ["snapshot", "incremental", "cdc", "cdc-follow", "cdc-land"]
 pytestmark = pytest.mark.slow
 
 
@@ -65,6 +65,8 @@ class Sync:
             return
         report = cdc_pipeline.setup(self.pipeline)
         assert not report.failed_tables, report.failed_tables
+        if self.mode == "cdc-land":
+            self.merge()
         if self.mode == "cdc-follow":
             def follow() -> None:
                 try:
@@ -78,11 +80,21 @@ class Sync:
     def sync(self) -> None:
         if self.mode in ("snapshot", "incremental"):
             customers_orders.run(mode=self.mode, pipeline=self.pipeline).raise_on_failures()
-        elif self.mode == "cdc":
+        elif self.mode in ("cdc", "cdc-land"):
             summary = cdc_pipeline.run_cdc(self.pipeline)
             assert not summary.failed_tables and not summary.dead_lettered, summary.as_fields()
+            assert summary.lands == (self.mode == "cdc-land")
+            if self.mode == "cdc-land":
+                self.merge()
         else:
             assert not self.follow_error, self.follow_error
+
+    def merge(self) -> None:
+        """What `aurora-sync merge` does once: everything landed so far into the warehouse."""
+        from pipelines.merge import merge_landed
+
+        merged = merge_landed(self.pipeline)
+        assert not merged.failed_tables and merged.oldest_unmerged_age_s == 0.0, merged.as_fields()
 
     def close(self) -> None:
         self.stop.set()
@@ -138,6 +150,9 @@ def test_every_type_and_every_change_in_every_mode(mode: str, zoo_db: str, dlt_e
     monkeypatch.setenv("SOURCES__POSTGRES__REPLICATION__IDLE_ACK_BYTES", "0")
     monkeypatch.setenv("SOURCES__POSTGRES__REPLICATION__MAX_BATCH_SECONDS", "0.5")
     monkeypatch.setenv("SOURCES__POSTGRES__REPLICATION__NEW_TABLE_CHECK_SECONDS", "1")
+    if mode == "cdc-land":
+        monkeypatch.setenv("SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS", "300")
+        monkeypatch.setenv("DESTINATION__FILESYSTEM__BUCKET_URL", (tmp_path / "bucket").as_uri())
     dead_letters.DEAD_LETTERS_THIS_RUN.clear()
     pipeline = dlt.pipeline(pipeline_name=f"zoo_{zoo_db.rsplit('/', 1)[1]}", destination="duckdb",
                             dataset_name="zoo_replica", pipelines_dir=str(tmp_path / "pipelines"), progress=None)
