@@ -45,6 +45,10 @@ locals {
         s3_additional_kwargs = { ServerSideEncryption = "aws:kms", SSEKMSKeyId = module.storage.kms_key_arn }
       })
       RUNNER__DEAD_LETTER_URL = "s3://${local.bucket_name}/dead_letter"
+      # Without network_timeout the Snowflake connector retries a failing query for ever: a Snowflake incident
+      # would hold a merge (or, loading directly, the WAL) until it ends. Bounded, the run fails and the next
+      # one retries; the pending package is finished first.
+      DESTINATION__SNOWFLAKE__CREDENTIALS__QUERY = jsonencode({ login_timeout = 60, network_timeout = 900 })
     },
     # production loads Snowflake through the S3 archive stage (pipelines/destinations.py)
     merge([for p in var.pipelines : {

@@ -54,6 +54,11 @@ run "defaults_apply" {
   }
 
   assert {
+    condition     = jsondecode(local.base_environment["DESTINATION__SNOWFLAKE__CREDENTIALS__QUERY"]).network_timeout > 0
+    error_message = "Every task bounds the Snowflake connector's retries (network_timeout): unbounded, one failing query holds a run for ever."
+  }
+
+  assert {
     condition     = output.schedule_task_definitions["customers_orders-incremental"] == output.task_definition_arns["customers_orders/incremental"]
     error_message = "The incremental schedule must run the incremental task definition."
   }
