@@ -8,6 +8,7 @@ ECS runs it on a schedule every `merge_interval_seconds` (terraform: `cdc_follow
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from typing import Any
@@ -43,6 +44,10 @@ def main(args: argparse.Namespace) -> ExitCode:
                           "itself and nothing lands to merge. Set it above 0 (e.g. 300) to land and merge.",
                           ExitCode.CONFIG_ERROR)
     module = load_pipeline_module(args.pipeline)
+    if args.follow:
+        # dlt would take SIGTERM for itself during a cycle and swallow it for ours: the loop would never end.
+        # Our handler lets the cycle in flight finish (it is one package) and then stops.
+        os.environ["RUNTIME__INTERCEPT_SIGNALS"] = "false"
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if args.follow else None
     try:
