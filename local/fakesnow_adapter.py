@@ -203,15 +203,21 @@ def fake_snowflake(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
 
 @contextlib.contextmanager
 def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None) -> Iterator[FakeSnowflake]:
-    """fakesnow's HTTP server on 127.0.0.1, for the real connector (`fake.connect_params()`: host, port, http)."""
+    """fakesnow's HTTP server on 127.0.0.1, for the real connector (`fake.connect_params()`: host, port, http).
+
+    Each server gets an empty warehouse of its own: fakesnow keeps one module-wide instance for all sessions,
+    which would carry one test's tables and dlt state into the next.
+    """
     import uvicorn
+    from fakesnow.instance import FakeSnow
 
     from local.postgres import free_port
 
-    with adapter(s3_filesystem) as fake:
+    with adapter(s3_filesystem) as fake, contextlib.ExitStack() as stack:
         import fakesnow.server as fs_server
 
-        shared = fs_server.shared_fs
+        shared = FakeSnow()
+        stack.enter_context(_patched(fs_server, "shared_fs", shared))
         if s3_filesystem is not None:
             register_s3(shared.duck_conn, s3_filesystem)
         port = port or free_port()
