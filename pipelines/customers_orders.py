@@ -19,6 +19,7 @@ from pipelines.isolation import IsolatedRun, RunPlan, run_isolated
 from pipelines.progress import collector_for
 from sources.postgres import SOURCE_NAME, postgres_replica
 from sources.postgres.chunking import Chunk, snapshot_settings
+from sources.postgres.session import close_idle_sessions
 from sources.postgres.shapes import detect_schema_changes
 from sources.postgres.snapshot_plan import plan_snapshots
 
@@ -81,7 +82,10 @@ def run(
                                   reread_tables=reread)
         return source if names is None else source.with_resources(*names)
 
-    return run_isolated(pipeline, make_source, refresh="drop_data" if full_refresh else None, plan=plan)
+    try:
+        return run_isolated(pipeline, make_source, refresh="drop_data" if full_refresh else None, plan=plan)
+    finally:
+        close_idle_sessions()
 
 
 def _chunked_loader(pipeline: dlt.Pipeline, snapshot: chunked.ChunkedSnapshot, workers: int,

@@ -7,6 +7,7 @@ formats are pinned so COPY output parses the same whatever the server defaults a
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,7 +46,7 @@ def make_engine(
     else:
         url = credentials
     url = secure_url(sa.engine.make_url(url).set(drivername="postgresql+psycopg2"))
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         connect_args={
             "application_name": APPLICATION_NAME,
@@ -55,3 +56,17 @@ def make_engine(
         pool_pre_ping=True,
         **{**pool_limits(), **engine_kwargs},
     )
+    _ENGINES.add(engine)
+    return engine
+
+
+# Engines handed to dlt resources live as long as the source object; their pooled sessions stay open until the
+# garbage collector finds them. A process that runs again (a loop, a test, a long-lived worker) would then count
+# the last run's sessions against the role's CONNECTION LIMIT, so a run closes them when it ends.
+_ENGINES: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def close_idle_sessions() -> None:
+    """Close the pooled source sessions of every engine this process made (those in use close when returned)."""
+    for engine in list(_ENGINES):
+        engine.dispose()
