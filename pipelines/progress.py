@@ -2,9 +2,11 @@
 that sees every step and every table's row counts).
 
 - `TableProgress`: one live progress line per table on a terminal, for long snapshots.
-- `Failpoints`: kills the process at a named point of the run (`AURORA_SYNC_FAILPOINT=load_mid`).
-  Inert unless that variable is set. It exists so the fault tests can crash a *real* sync process
-  exactly mid-extract, mid-normalize or mid-load and prove the next run repairs it.
+- `Failpoints`: kills the process at a named point of the run (`AURORA_SYNC_FAILPOINT=load_mid`), in the
+  N-th run of that step when `AURORA_SYNC_FAILPOINT_STEP_RUN=N` (a later package), `load_mid` once
+  `AURORA_SYNC_FAILPOINT_JOBS` jobs of the package are loaded (default 1). Inert unless set. It exists so
+  the fault tests can crash a *real* sync process exactly mid-extract, mid-normalize or mid-load and prove
+  the next run repairs it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 FAILPOINT_ENV = "AURORA_SYNC_FAILPOINT"
+FAILPOINT_STEP_RUN_ENV = "AURORA_SYNC_FAILPOINT_STEP_RUN"
+FAILPOINT_JOBS_ENV = "AURORA_SYNC_FAILPOINT_JOBS"
 FAILPOINTS = ("extract_start", "extract_mid", "normalize_start", "normalize_mid", "load_start", "load_mid",
               "after_load")
 CDC_FAILPOINTS = ("after_load_before_ack",)  # pipelines/cdc.py: a batch is loaded, its LSN not yet confirmed
@@ -35,20 +39,30 @@ class Failpoints(Collector):
             raise ValueError(f"{FAILPOINT_ENV}={point!r}; known: {', '.join(FAILPOINTS + CDC_FAILPOINTS)}")
         self.point = point
         self.step = ""
+        self.step_run = int(os.environ.get(FAILPOINT_STEP_RUN_ENV) or 1)
+        self.runs: dict[str, int] = {}
+        self.jobs_to_load = int(os.environ.get(FAILPOINT_JOBS_ENV) or 1)
+        self.jobs_loaded = 0
 
     def _crash_if(self, point: str) -> None:
-        if point == self.point:
+        if point == self.point and self.runs.get(self.step) == self.step_run:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _start(self, step: str) -> None:
         self.step = step.split(" ", 1)[0].lower()  # "Extract postgres_replica" -> "extract"
+        self.runs[self.step] = self.runs.get(self.step, 0) + 1
+        self.jobs_loaded = 0
         self._crash_if(f"{self.step}_start")
 
     def update(self, name: str, inc: int = 1, total: int | None = None, inc_total: int | None = None,
                message: str | None = None, label: str | None = None) -> None:
         counts_work = inc > 0 and name != "Resources"
-        if counts_work and (self.step != "load" or name == "Jobs"):
+        if counts_work and self.step != "load":
             self._crash_if(f"{self.step}_mid")
+        elif counts_work and name == "Jobs":
+            self.jobs_loaded += inc
+            if self.jobs_loaded >= self.jobs_to_load:
+                self._crash_if("load_mid")
 
     def _stop(self) -> None:
         pass

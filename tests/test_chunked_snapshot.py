@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -127,6 +128,27 @@ def test_kill_9_mid_snapshot_resumes_at_the_first_unfinished_chunk(env: dict[str
     verify_exact(env, "big.orders")
 
 
+def test_a_new_task_after_a_kill_mid_load_deletes_the_rows_of_the_unfinished_load(env: dict[str, str]) -> None:
+    """An ECS task killed during the load of an appended chunk leaves its rows in the table without a completed
+    load, and its successor (a fresh disk: no package to finish) reads that chunk again. Those first rows must go,
+    or they are there twice."""
+    killed = aurora_sync({**env, "AURORA_SYNC_FAILPOINT": "load_mid", "AURORA_SYNC_FAILPOINT_STEP_RUN": "3",
+                          "AURORA_SYNC_FAILPOINT_JOBS": "2"},
+                         "run", "--mode", "snapshot", "--tables", "big.orders")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    replica = env["DESTINATION__DUCKDB__CREDENTIALS"]
+    unfinished = duck_rows(replica, f"SELECT count(*) FROM {DATASET}.big__orders WHERE _dlt_load_id NOT IN "
+                                    f"(SELECT load_id FROM {DATASET}._dlt_loads WHERE status = 0)")[0][0]
+    assert unfinished > 0  # the kill landed after the chunk rows were in, before the load completed
+    shutil.rmtree(env["DLT_DATA_DIR"])  # a new ECS task: the interrupted package is gone with the old disk
+
+    rerun = aurora_sync(env, "run", "--mode", "snapshot", "--tables", "big.orders")
+    assert rerun.returncode == ExitCode.SUCCESS, rerun.stderr[-3000:]
+    deleted = [e for e in events(rerun) if "loads that never completed" in e.get("message", "")]
+    assert deleted and deleted[0]["rows"] == unfinished, deleted
+    verify_exact(env, "big.orders")
+
+
 def test_the_first_incremental_load_in_chunks_then_merges_only_changes(env: dict[str, str]) -> None:
     first = aurora_sync(env, "run", "--tables", "big.orders")
     assert first.returncode == ExitCode.SUCCESS, first.stderr[-3000:]
@@ -170,7 +192,7 @@ def test_the_guard_pauses_while_the_source_is_busy_but_never_stalls(env: dict[st
 def test_the_cpu_guard_waits_while_the_source_has_no_idle_core(env: dict[str, str]) -> None:
     """Sessions burning every core of the server (twice over) for a few seconds: the snapshot's first chunks
     wait for them to end (the CPU probe runs several times slower), then the snapshot reads on, exact."""
-    burn_seconds = 6
+    burn_seconds = 15  # well beyond the sync's start-up (interpreter, imports, discovery: ~5 s on a busy CI box)
     busy = [psycopg2.connect(env["SOURCES__POSTGRES__CREDENTIALS"]) for _ in range(2 * (os.cpu_count() or 2))]
 
     def burn(conn: Any) -> None:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from dlt.common import logger
+from dlt.common.libs.pyarrow import add_constant_column
 from dlt.sources.sql_database.helpers import BaseTableLoader
 
 from . import dead_letters
@@ -34,6 +35,7 @@ from .type_mapping import ColumnPlan, plan_column
 
 GUARD_STATE_KEY = "late_commit_guard"
 SHAPE_STATE_KEY = "shape"
+LOAD_ID_COLUMN = "_dlt_load_id"
 
 
 class CopyTableLoader(BaseTableLoader):
@@ -87,7 +89,13 @@ class CopyTableLoader(BaseTableLoader):
             raw.close()
         read = ChunkRead(chunk, paused_seconds=paused)
         throttle = Throttle(settings.max_rows_per_second, settings.max_bytes_per_second)
-        yield from paced(self._tables(options), throttle, read)
+        # Chunks are appended, and an append is not idempotent: a task killed during a load, whose successor
+        # reads the chunk again, would leave its rows twice. Tagged with their load id, those rows are found and
+        # deleted (`pipelines.chunk_ledger`). dlt's own switch (`add_dlt_load_id`) would tag every table of
+        # every pipeline, CDC's included; this tags chunk rows only.
+        load_id = dlt.current.load_package_state()["load_id"]
+        for table in paced(self._tables(options), throttle, read):
+            yield add_constant_column(table, LOAD_ID_COLUMN, pa.string(), load_id, nullable=True)
         log_chunk(read, str(options.get("resource_name", self.table.name)))
 
     def _apply_late_commit_guard(self, options: dict[str, Any]) -> None:
