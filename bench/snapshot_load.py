@@ -463,9 +463,10 @@ class Sync:
     table: str
     cpus: set[int] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "snapshot"  # incremental: the table's first incremental load (also read in chunks)
 
     def start(self) -> Sync:
-        command = [str(Path(sys.executable).parent / "aurora-sync"), "--json-logs", "run", "--mode", "snapshot",
+        command = [str(Path(sys.executable).parent / "aurora-sync"), "--json-logs", "run", "--mode", self.mode,
                    "--tables", self.table]
         if self.cpus:
             # pinned beside pgbench's client: at the lowest priority, so the sync never starves that client and
@@ -581,7 +582,7 @@ def measure_sync(ctx: Context, table: str, workers: int, name: str, throttle: st
     env = sync_env(ctx.base_env, ctx.work, name, workers, ctx.options, throttle)
     cpu_before = server_cpu_seconds(ctx.pg)
     with ctx.sampler() as sampler:
-        sync = Sync(env, table, cpus).start()
+        sync = Sync(env, table, cpus, mode=ctx.options.sync_mode).start()
         sampler.watch_pid = sync.process.pid
         result = sync.wait()
     if result["exit_code"] != 0:
@@ -1041,6 +1042,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs per throughput measurement (the median)")
     parser.add_argument("--destination", choices=["filesystem", "duckdb"], default="filesystem",
                         help="where the syncs load: parquet files (default) or a DuckDB file")
+    parser.add_argument("--sync-mode", choices=["snapshot", "incremental"], default="snapshot",
+                        help="throughput syncs as snapshots, or as each table's first incremental load")
     parser.add_argument("--chunk-rows", type=int, help="SOURCES__POSTGRES__SNAPSHOT__CHUNK_ROWS (default: the code's)")
     parser.add_argument("--chunk-bytes", type=int, help="SOURCES__POSTGRES__SNAPSHOT__CHUNK_BYTES")
     parser.add_argument("--sample-interval", type=float, default=1.0,

@@ -20,6 +20,9 @@ one names the fakesnow (or dlt) behaviour it works around, so that it can be dro
 Not bridged: fakesnow's handling of dlt's quoted PUT target (`'@"SCHEMA"."%TABLE"/...'`). Every load here goes
 through the S3 stage, so dlt never PUTs; a test that did would fail loudly rather than pass on a patch.
 
+Patch 1 is the only one on the client's side: `python -m local.fakesnow_client <aurora-sync arguments>` applies it
+(`client_capabilities`) and runs the CLI, for tests whose `aurora-sync` processes load the HTTP server.
+
 `fake_snowflake_server` runs fakesnow's own HTTP app (`fakesnow.server.app`) under uvicorn like
 `fakesnow.server()` does, but with WARNING logs instead of one INFO line per request.
 """
@@ -142,24 +145,39 @@ class FakeSnowflake:
         return {"host": self.host, "port": self.port, "protocol": self.protocol} if self.port else {}
 
 
-@contextlib.contextmanager
-def adapter(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
-    """Apply patches 1-4 (process-wide) while the block runs; `s3_filesystem` is the fsspec S3 filesystem to use."""
-    check_version()
-    import fakesnow.cursor as fs_cursor
+def _one_statement_capabilities() -> tuple[Any, Any]:
     from dlt.destinations.impl.snowflake.factory import snowflake as snowflake_factory
-    from fakesnow import copy_into as fs_copy
-    from fakesnow.instance import FakeSnow
 
     raw_capabilities = snowflake_factory._raw_capabilities
-    original_execute = fs_cursor.FakeSnowflakeCursor.execute
-    original_copy_into = fs_cursor.copy_into
-    original_init = FakeSnow.__init__
 
     def capabilities(self: Any) -> Any:
         caps = raw_capabilities(self)
         caps.supports_multiple_statements = False
         return caps
+
+    return snowflake_factory, capabilities
+
+
+@contextlib.contextmanager
+def client_capabilities() -> Iterator[None]:
+    """Patch 1 alone: what a process that talks to `fake_snowflake_server` over HTTP needs."""
+    snowflake_factory, capabilities = _one_statement_capabilities()
+    with _patched(snowflake_factory, "_raw_capabilities", capabilities):
+        yield
+
+
+@contextlib.contextmanager
+def adapter(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
+    """Apply patches 1-4 (process-wide) while the block runs; `s3_filesystem` is the fsspec S3 filesystem to use."""
+    check_version()
+    import fakesnow.cursor as fs_cursor
+    from fakesnow import copy_into as fs_copy
+    from fakesnow.instance import FakeSnow
+
+    snowflake_factory, capabilities = _one_statement_capabilities()
+    original_execute = fs_cursor.FakeSnowflakeCursor.execute
+    original_copy_into = fs_cursor.copy_into
+    original_init = FakeSnow.__init__
 
     fake = FakeSnowflake()
 

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, Literal
 
 import dlt
 from dlt.extract import DltSource
 
-from pipelines import chunked
+from pipelines import chunked, snapshot_helper
+from pipelines.chunk_claims import ChunkClaims
 from pipelines.isolation import IsolatedRun, RunPlan, run_isolated
 from pipelines.progress import collector_for
+from pipelines.snapshot_helper import HelperResult
 from sources.postgres import SOURCE_NAME, postgres_replica
 from sources.postgres.chunking import Chunk, snapshot_settings
-from sources.postgres.session import close_idle_sessions
+from sources.postgres.session import close_idle_sessions, writer_dsn
 from sources.postgres.shapes import detect_schema_changes
 from sources.postgres.snapshot_plan import plan_snapshots
 
@@ -51,6 +54,7 @@ def run(
     """
     pipeline = pipeline or make_pipeline(pipelines_dir)
     reread: list[str] = []
+    claims: list[ChunkClaims] = []  # opened when helper tasks share this run's chunks
 
     def plan() -> RunPlan:
         """Schema changes a cursor cannot see (against the shapes the last sync recorded), and the large tables
@@ -74,7 +78,10 @@ def run(
             snapshot = (chunked.ChunkedSnapshot.from_state(resource, snapshot_plan.spec.qualified, current)
                         if current else chunked.new_snapshot(resource, snapshot_plan.chunks, snapshot_plan.cursor,
                                                              snapshot_plan.cursor_floor))
-            separately[resource] = _chunked_loader(pipeline, snapshot, pacing.workers, dead_letter_url)
+            if pacing.helper_tasks and not claims:
+                claims.append(ChunkClaims(writer_dsn(), pipeline.pipeline_name, "coordinator"))
+            separately[resource] = _chunked_loader(pipeline, snapshot, pacing.workers, dead_letter_url,
+                                                   claims[0] if claims else None)
         return RunPlan(reload={t for t, c in changes.items() if c.kind == "reload"}, separately=separately)
 
     def make_source(names: list[str] | None) -> DltSource:
@@ -85,19 +92,39 @@ def run(
     try:
         return run_isolated(pipeline, make_source, refresh="drop_data" if full_refresh else None, plan=plan)
     finally:
+        for held in claims:
+            held.close()
         close_idle_sessions()
 
 
-def _chunked_loader(pipeline: dlt.Pipeline, snapshot: chunked.ChunkedSnapshot, workers: int,
-                    dead_letter_url: str | None) -> Any:
+def chunk_source(dead_letter_url: str | None) -> chunked.ChunkSource:
     def make_chunk_source(chunks: dict[str, list[Chunk]], disposition: str, progress: Any) -> DltSource:
         return postgres_replica(only_tables=[c[0].table for c in chunks.values()], chunks=chunks,
                                 chunk_disposition=disposition, progress=progress, dead_letter_url=dead_letter_url)
 
+    return make_chunk_source
+
+
+def _chunked_loader(pipeline: dlt.Pipeline, snapshot: chunked.ChunkedSnapshot, workers: int,
+                    dead_letter_url: str | None, claims: ChunkClaims | None) -> Any:
     def load(result: IsolatedRun, drop_first: bool) -> Any:
-        return chunked.load_in_chunks(pipeline, snapshot, workers, make_chunk_source, result, drop_first)
+        return chunked.load_in_chunks(pipeline, snapshot, workers, chunk_source(dead_letter_url), result,
+                                      drop_first, claims)
 
     return load
+
+
+def help_snapshots(idle_seconds: float = 300.0, dead_letter_url: str | None = None,
+                   stop: threading.Event | None = None) -> HelperResult:
+    """A helper task (`aurora-sync snapshot-helper`): load chunks of this pipeline's snapshots in progress."""
+    claims = ChunkClaims(writer_dsn(), PIPELINE_NAME, "snapshot helper")
+    try:
+        return snapshot_helper.help_snapshots(make_pipeline, chunk_source(dead_letter_url), claims,
+                                              snapshot_settings().workers,  # type: ignore[call-arg]
+                                              idle_seconds, stop)
+    finally:
+        claims.close()
+        close_idle_sessions()
 
 
 if __name__ == "__main__":

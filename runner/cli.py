@@ -21,6 +21,7 @@ from .commands import resync as resync_command
 from .commands import rollback as rollback_command
 from .commands import run as run_command
 from .commands import setup as setup_command
+from .commands import snapshot_helper as snapshot_helper_command
 from .commands import snowflake_bootstrap as snowflake_bootstrap_command
 from .commands import status as status_command
 from .commands import teardown as teardown_command
@@ -32,6 +33,7 @@ from .exit_codes import ExitCode
 COMMANDS: list[ModuleType] = [
     run_command, merge_command, setup_command, teardown_command, status_command, verify_command, doctor_command,
     dlq_command, resync_command, rollback_command, snowflake_bootstrap_command, restore_command,
+    snapshot_helper_command,
 ]
 
 

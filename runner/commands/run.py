@@ -11,13 +11,11 @@ import threading
 import time
 from typing import Any
 
-from dlt.common.configuration import resolve_configuration
-from dlt.common.configuration.exceptions import ConfigFieldMissingException
-from dlt.common.configuration.specs import ConnectionStringCredentials
-
 from pipelines.isolation import IsolatedRun, TableFailure, TablesFailed
 from pipelines.progress import crash_at
 from sources.postgres import dead_letters
+from sources.postgres.errors import SourceConfigError
+from sources.postgres.session import writer_dsn
 
 from .. import history, logs, metrics, notify
 from ..errors import RunnerError, classify
@@ -52,16 +50,11 @@ def load_pipeline_module(name: str) -> Any:
 
 
 def source_dsn() -> str:
-    """The writer DSN, resolved through dlt's providers (env, secrets.toml, Vault) exactly as the source's
-    `credentials` argument is, whether given whole or field by field."""
+    """The writer DSN (`sources.postgres.session.writer_dsn`); missing, it is a configuration error."""
     try:
-        credentials = resolve_configuration(
-            ConnectionStringCredentials(), sections=("sources", "postgres", "credentials"))
-    except ConfigFieldMissingException:
-        raise RunnerError("Missing configuration: sources.postgres.credentials (the source DSN). Set it in "
-                          ".dlt/secrets.toml, SOURCES__POSTGRES__CREDENTIALS, or Vault.",
-                          ExitCode.CONFIG_ERROR) from None
-    return str(credentials.to_native_representation())
+        return writer_dsn()
+    except SourceConfigError as exc:
+        raise RunnerError(str(exc), ExitCode.CONFIG_ERROR) from None
 
 
 def main(args: argparse.Namespace) -> ExitCode:

@@ -58,6 +58,7 @@ class SnapshotSettings:
     cloudwatch_cpu_above: float = 0.0
     cloudwatch_cluster: str | None = None
     pause_when_cpu_probe_slowdown_above: float = 1.5
+    helper_tasks: int = 0
 
     def effective_chunk_bytes(self) -> int:
         """A throttled chunk must still end within `max_chunk_seconds`: at 1 MB/s, 128 MiB would take 2 minutes."""
@@ -79,6 +80,7 @@ def snapshot_settings(
     cloudwatch_cpu_above: float = 0.0,
     cloudwatch_cluster: str | None = None,
     pause_when_cpu_probe_slowdown_above: float = 1.5,
+    helper_tasks: int = 0,
 ) -> SnapshotSettings:
     """Resolve `[sources.postgres.snapshot]`.
 
@@ -98,10 +100,13 @@ def snapshot_settings(
         pause_when_cpu_probe_slowdown_above: before each chunk, wait while a fixed bit of CPU work on the source
             (a few ms) runs more than this many times slower than its fastest run, i.e. while the source has no
             idle core; 0 = never. Must be 0 or above 1.
+        helper_tasks: other tasks (`aurora-sync snapshot-helper`) that share this run's chunks; 0 = none. Above 0,
+            each chunk is claimed with an advisory lock on the writer (one more session) and recorded in a ledger
+            table in the destination, which must take loads from several processes at once (Snowflake).
     """
     values = {"workers": workers, "chunk_bytes": chunk_bytes, "chunk_rows": chunk_rows,
               "max_rows_per_second": max_rows_per_second, "max_bytes_per_second": max_bytes_per_second,
-              "pause_when_active_sessions_above": pause_when_active_sessions_above}
+              "pause_when_active_sessions_above": pause_when_active_sessions_above, "helper_tasks": helper_tasks}
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SourceConfigError(f"`sources.postgres.snapshot.{key}` must be an integer >= 0, got {value!r}.")
@@ -122,7 +127,8 @@ def snapshot_settings(
                                 "Aurora DBClusterIdentifier).")
     return SnapshotSettings(workers, chunk_bytes, chunk_rows, max_rows_per_second, max_bytes_per_second,
                             pause_when_active_sessions_above, float(max_pause_seconds), float(max_chunk_seconds),
-                            float(cloudwatch_cpu_above), cloudwatch_cluster, float(pause_when_cpu_probe_slowdown_above))
+                            float(cloudwatch_cpu_above), cloudwatch_cluster, float(pause_when_cpu_probe_slowdown_above),
+                            helper_tasks)
 
 
 # --- chunks ----------------------------------------------------------------------------------------------

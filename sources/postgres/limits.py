@@ -15,7 +15,9 @@ from .errors import SourceConfigError
 
 SECTIONS = ("sources", "postgres", "snapshot")
 POOL_TIMEOUT_SECONDS = 300  # a reader waits this long for a free pooled connection before failing the run
-# sessions outside the two engine pools: the pipeline lock, and for CDC the walsender and its control session
+# sessions outside the two engine pools: the pipeline lock, and for CDC the walsender and its control session (a
+# snapshot run that shares its chunks with helper tasks holds its chunk claims on one more: still within 3); each
+# helper task (`aurora-sync snapshot-helper`) is a run of its own in this count
 OTHER_SESSIONS = 3
 
 

@@ -11,8 +11,11 @@ import weakref
 from typing import Any
 
 import sqlalchemy as sa
+from dlt.common.configuration import resolve_configuration
+from dlt.common.configuration.exceptions import ConfigFieldMissingException
 from dlt.common.configuration.specs import ConnectionStringCredentials
 
+from .errors import SourceConfigError
 from .limits import pool_limits
 from .transport import secure_url
 
@@ -32,6 +35,18 @@ def session_options(statement_timeout_ms: int, read_only: bool = True) -> str:
         "bytea_output": "hex",
     }
     return " ".join(f"-c {k}={v}" for k, v in settings.items())
+
+
+def writer_dsn() -> str:
+    """The writer DSN, resolved through dlt's providers (env, secrets.toml, Vault) exactly as the source's
+    `credentials` argument is, whether given whole or field by field."""
+    try:
+        credentials = resolve_configuration(
+            ConnectionStringCredentials(), sections=("sources", "postgres", "credentials"))
+    except ConfigFieldMissingException:
+        raise SourceConfigError("Missing configuration: sources.postgres.credentials (the source DSN). Set it in "
+                                ".dlt/secrets.toml, SOURCES__POSTGRES__CREDENTIALS, or Vault.") from None
+    return str(credentials.to_native_representation())
 
 
 def make_engine(
