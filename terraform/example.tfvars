@@ -48,6 +48,9 @@ schedules = {
     expression = "cron(0 3 ? * SUN *)"
     mode       = "snapshot"
     timezone   = "Europe/Paris"
+    # Terabyte tables: N more tasks (0-10) share the chunks of this run's snapshot; raise the database
+    # user's CONNECTION LIMIT first (docs/infrastructure.md, "Snapshot helper tasks").
+    # snapshot_helper_tasks = 3
   }
 }
 

@@ -103,6 +103,11 @@ output "merge_schedule_name" {
   value       = module.scheduling.merge_schedule_name
 }
 
+output "snapshot_helper_schedules" {
+  description = "Schedules that start `snapshot-helper` tasks beside a run (schedules.*.snapshot_helper_tasks > 0), by name: the run schedule they help and their task count."
+  value       = module.scheduling.snapshot_helper_schedules
+}
+
 output "schedule_dead_letter_queue_url" {
   description = "Dead-letter queue of the schedules."
   value       = module.scheduling.dead_letter_queue_url

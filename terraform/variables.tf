@@ -326,14 +326,22 @@ variable "schedules" {
     EventBridge Scheduler schedules, keyed by schedule name. Changing a schedule is a one-line change here.
     expression: cron(...) or rate(...); mode: incremental | snapshot | cdc; args: extra runner arguments
     (e.g. ["--tables", "public.orders"]); timezone: IANA name; enabled: false pauses the schedule.
+    snapshot_helper_tasks: 0-10, default 0 (none). N > 0: N helper tasks share the chunks of this schedule's
+    chunked snapshots (terabyte initial loads). The run is the coordinator and gets
+    SOURCES__POSTGRES__SNAPSHOT__HELPER_TASKS=N; a second schedule, <name>-helpers, starts N tasks of the same
+    task definition at the same times running `snapshot-helper --pipeline <pipeline>`, which exit 0 after
+    --idle-seconds (default 300) without a chunk to claim. Each helper opens up to 2 x (workers + 1) + 3 source
+    sessions plus one for its chunk claims, beside the coordinator's 2 x (workers + 1) + 3: the database user's
+    CONNECTION LIMIT must cover the coordinator and all N helpers (docs/infrastructure.md).
   EOT
   type = map(object({
-    pipeline   = string
-    expression = string
-    mode       = string
-    args       = optional(list(string), [])
-    timezone   = optional(string, "UTC")
-    enabled    = optional(bool, true)
+    pipeline              = string
+    expression            = string
+    mode                  = string
+    args                  = optional(list(string), [])
+    timezone              = optional(string, "UTC")
+    enabled               = optional(bool, true)
+    snapshot_helper_tasks = optional(number, 0)
   }))
   default = {
     customers_orders-incremental = {
@@ -369,6 +377,31 @@ variable "schedules" {
   validation {
     condition     = alltrue([for s in values(var.schedules) : !contains(s.args, "--follow")])
     error_message = "Schedules must not pass --follow: continuous CDC runs as the ECS service (var.cdc_follow)."
+  }
+
+  # ECS RunTask starts at most 10 tasks per call, and the helper schedule is one RunTask.
+  validation {
+    condition = alltrue([
+      for s in values(var.schedules) :
+      floor(s.snapshot_helper_tasks) == s.snapshot_helper_tasks && s.snapshot_helper_tasks >= 0 && s.snapshot_helper_tasks <= 10
+    ])
+    error_message = "Each schedule's snapshot_helper_tasks must be a whole number from 0 (no helpers) to 10 (the most tasks one ECS RunTask starts)."
+  }
+
+  # Only incremental and snapshot runs read tables in chunks that helpers can share (a CDC copy reconciles its
+  # chunks with the stream in one process): helpers of a cdc schedule would only wait and exit.
+  validation {
+    condition     = alltrue([for s in values(var.schedules) : s.snapshot_helper_tasks == 0 || contains(["incremental", "snapshot"], s.mode)])
+    error_message = "snapshot_helper_tasks is for schedules of mode incremental or snapshot (they read large tables in chunks); a cdc schedule's copies run in the follower."
+  }
+
+  # The helpers' schedule is named <name>-helpers: it must fit Scheduler's 64 characters and not be taken.
+  validation {
+    condition = alltrue([
+      for name, s in var.schedules :
+      s.snapshot_helper_tasks == 0 || (length("${name}-helpers") <= 64 && !contains(keys(var.schedules), "${name}-helpers"))
+    ])
+    error_message = "A schedule with snapshot_helper_tasks > 0 gets a second schedule named <name>-helpers: its name must be at most 56 characters, and no other entry of var.schedules may be called <name>-helpers."
   }
 }
 

@@ -97,6 +97,60 @@ run "defaults_apply" {
     condition     = output.aurora_parameter_group_name == "aurora-snowflake-sync-prod-logical-replication"
     error_message = "Unexpected parameter group name."
   }
+
+  assert {
+    condition     = output.snapshot_helper_schedules == {} && length(output.schedule_arns) == 2
+    error_message = "snapshot_helper_tasks defaults to 0: no helper schedule unless asked for."
+  }
+}
+
+# Snapshot helpers on the weekly snapshot: a <name>-helpers schedule of 3 tasks on the snapshot task
+# definition (the command and HELPER_TASKS are asserted in tests/scheduling.tftest.hcl).
+run "snapshot_helpers" {
+  command   = apply
+  state_key = "snapshot_helpers" # a state of its own, so that the override below takes effect
+
+  variables {
+    schedules = {
+      customers_orders-incremental = {
+        pipeline   = "customers_orders"
+        expression = "rate(15 minutes)"
+        mode       = "incremental"
+      }
+      customers_orders-weekly-snapshot = {
+        pipeline              = "customers_orders"
+        expression            = "cron(0 3 ? * SUN *)"
+        mode                  = "snapshot"
+        snapshot_helper_tasks = 3
+      }
+    }
+  }
+
+  override_resource {
+    target = module.ecs.aws_ecs_task_definition.this["customers_orders/snapshot"]
+    values = { arn = "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:4" }
+  }
+
+  assert {
+    condition = (
+      output.snapshot_helper_schedules == { customers_orders-weekly-snapshot-helpers = { schedule = "customers_orders-weekly-snapshot", task_count = 3 } } &&
+      length(output.schedule_arns) == 3
+    )
+    error_message = "snapshot_helper_tasks = 3 must add one <name>-helpers schedule starting 3 tasks."
+  }
+
+  assert {
+    condition = (
+      output.schedule_task_definitions["customers_orders-weekly-snapshot-helpers"] == "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:4" &&
+      output.schedule_task_definitions["customers_orders-weekly-snapshot"] == output.schedule_task_definitions["customers_orders-weekly-snapshot-helpers"]
+    )
+    error_message = "The helpers must run their coordinator's task definition (same image, role, secrets and environment)."
+  }
+
+  assert {
+    condition     = length(output.task_definition_arns) == 3
+    error_message = "Helpers need no task definition of their own."
+  }
 }
 
 run "canary_and_ci" {
@@ -497,6 +551,47 @@ run "invalid_schedule_follow" {
   variables {
     schedules = {
       cdc = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "cdc", args = ["--follow"] }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_snapshot_helper_tasks" {
+  command = plan
+  variables {
+    schedules = {
+      nightly = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "snapshot", snapshot_helper_tasks = 11 }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_snapshot_helper_cdc" {
+  command = plan
+  variables {
+    schedules = {
+      drain = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "cdc", snapshot_helper_tasks = 2 }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_snapshot_helper_name_taken" {
+  command = plan
+  variables {
+    schedules = {
+      nightly         = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "snapshot", snapshot_helper_tasks = 2 }
+      nightly-helpers = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_schedule_snapshot_helper_name_too_long" {
+  command = plan
+  variables {
+    schedules = {
+      "${join("", [for i in range(57) : "s"])}" = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "snapshot", snapshot_helper_tasks = 1 }
     }
   }
   expect_failures = [var.schedules]

@@ -92,6 +92,24 @@ run "scheduling" {
     condition     = aws_sqs_queue.dead_letter.sqs_managed_sse_enabled
     error_message = "The dead-letter queue must be encrypted."
   }
+
+  # snapshot_helper_tasks defaults to 0: no helper schedule, no HELPER_TASKS, one task per run.
+  assert {
+    condition = (
+      length(aws_scheduler_schedule.this) == 3 && output.snapshot_helper_schedules == {} &&
+      length([for name in keys(aws_scheduler_schedule.this) : name if endswith(name, "-helpers")]) == 0
+    )
+    error_message = "Without snapshot_helper_tasks no helper schedule may exist."
+  }
+
+  assert {
+    condition = alltrue([
+      for s in aws_scheduler_schedule.this :
+      !contains(keys(jsondecode(one(s.target).input).containerOverrides[0]), "environment") &&
+      one(one(s.target).ecs_parameters).task_count == 1
+    ])
+    error_message = "Without helpers a run's override is its command only (no SOURCES__POSTGRES__SNAPSHOT__HELPER_TASKS) and it starts one task."
+  }
 }
 
 # The follower's merge: `merge --pipeline P` on the follower's task definition, beside the `run` schedules.
@@ -193,4 +211,116 @@ run "merge_inline" {
     condition     = output.merge_schedule_name == null && !contains(keys(aws_scheduler_schedule.this), "customers_orders-merge") && length(aws_scheduler_schedule.this) == 3
     error_message = "interval_minutes = 0 means the follower merges inline: no merge schedule."
   }
+}
+
+# Snapshot helpers: snapshot_helper_tasks = 3 on the snapshot schedule makes its run the coordinator
+# (HELPER_TASKS=3 in its override) and adds <name>-helpers, 3 `snapshot-helper` tasks of the same task
+# definition at the same times. The other schedules are left as they were.
+run "snapshot_helpers" {
+  command = apply
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  variables {
+    schedules = {
+      customers_orders-incremental = { pipeline = "customers_orders", expression = "rate(15 minutes)", mode = "incremental" }
+      customers_orders-snapshot    = { pipeline = "customers_orders", expression = "cron(0 3 ? * SUN *)", mode = "snapshot", args = ["--tables", "customers.accounts"], timezone = "Europe/Paris", snapshot_helper_tasks = 3 }
+      customers_orders-paused      = { pipeline = "customers_orders", expression = "rate(1 hour)", mode = "cdc", enabled = false, snapshot_helper_tasks = 2 }
+    }
+  }
+
+  override_resource {
+    target = aws_sqs_queue.dead_letter
+    values = { arn = "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" }
+  }
+
+  assert {
+    condition = (
+      length(aws_scheduler_schedule.this) == 5 &&
+      output.snapshot_helper_schedules == {
+        customers_orders-snapshot-helpers = { schedule = "customers_orders-snapshot", task_count = 3 }
+        customers_orders-paused-helpers   = { schedule = "customers_orders-paused", task_count = 2 }
+      }
+    )
+    error_message = "Each schedule with snapshot_helper_tasks > 0 (and only those) must get one <name>-helpers schedule."
+  }
+
+  assert {
+    condition = (
+      one(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).ecs_parameters).task_count == 3 &&
+      jsondecode(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).input).containerOverrides == [
+        { name = "aurora-sync", command = ["snapshot-helper", "--pipeline", "customers_orders"] }
+      ]
+    )
+    error_message = "The helper schedule must start snapshot_helper_tasks tasks running `snapshot-helper --pipeline <pipeline>` (no --mode, no args, no HELPER_TASKS)."
+  }
+
+  assert {
+    condition = (
+      one(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).ecs_parameters).task_definition_arn == var.task_definition_arns["customers_orders/snapshot"] &&
+      aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].schedule_expression == "cron(0 3 ? * SUN *)" &&
+      aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].schedule_expression_timezone == "Europe/Paris" &&
+      aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].state == "ENABLED" &&
+      aws_scheduler_schedule.this["customers_orders-paused-helpers"].state == "DISABLED" &&
+      one(one(aws_scheduler_schedule.this["customers_orders-paused-helpers"].target).ecs_parameters).task_definition_arn == var.task_definition_arns["customers_orders/cdc"]
+    )
+    error_message = "Helpers must run the task definition of their run (same image, role, environment), at the same times, paused with it."
+  }
+
+  assert {
+    condition = (
+      one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).arn == var.cluster_arn &&
+      one(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).dead_letter_config).arn == "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" &&
+      one(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).retry_policy).maximum_retry_attempts == 3 &&
+      one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].flexible_time_window).mode == "OFF" &&
+      one(one(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).ecs_parameters).network_configuration).assign_public_ip == false &&
+      one(one(aws_scheduler_schedule.this["customers_orders-snapshot-helpers"].target).ecs_parameters).launch_type == "FARGATE"
+    )
+    error_message = "The helper schedule needs the cluster, retry policy, DLQ, window off and private networking of every schedule."
+  }
+
+  assert {
+    condition = (
+      jsondecode(one(aws_scheduler_schedule.this["customers_orders-snapshot"].target).input).containerOverrides == [{
+        name        = "aurora-sync"
+        command     = ["run", "--pipeline", "customers_orders", "--mode", "snapshot", "--tables", "customers.accounts"]
+        environment = [{ name = "SOURCES__POSTGRES__SNAPSHOT__HELPER_TASKS", value = "3" }]
+      }] &&
+      one(one(aws_scheduler_schedule.this["customers_orders-snapshot"].target).ecs_parameters).task_count == 1
+    )
+    error_message = "The coordinator (the run) must keep its command and one task, and carry SOURCES__POSTGRES__SNAPSHOT__HELPER_TASKS = \"3\"."
+  }
+
+  assert {
+    condition = (
+      jsondecode(one(aws_scheduler_schedule.this["customers_orders-incremental"].target).input).containerOverrides == [
+        { name = "aurora-sync", command = ["run", "--pipeline", "customers_orders", "--mode", "incremental"] }
+      ] &&
+      !contains(keys(aws_scheduler_schedule.this), "customers_orders-incremental-helpers")
+    )
+    error_message = "A schedule without helpers must keep its input unchanged (no HELPER_TASKS) and get no helper schedule."
+  }
+
+  assert {
+    condition     = contains(jsondecode(aws_iam_role_policy.scheduler.policy).Statement[0].Resource, "arn:aws:ecs:eu-west-1:111122223333:task-definition/aurora-snowflake-sync-prod-customers_orders-snapshot:*")
+    error_message = "The scheduler role's RunTask permission (task definition families) must already cover the helpers."
+  }
+}
+
+run "snapshot_helpers_out_of_range" {
+  command = plan
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  variables {
+    schedules = {
+      customers_orders-snapshot = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "snapshot", snapshot_helper_tasks = 11 }
+    }
+  }
+
+  expect_failures = [var.schedules]
 }

@@ -5,7 +5,8 @@ locals {
     for arn in values(var.task_definition_arns) : replace(arn, "/:[0-9]+$/", ":*")
   ]))
 
-  # Every schedule as the RunTask it starts: the user's `run` schedules, and the follower's merge.
+  # Every schedule as the RunTask it starts: the user's `run` schedules, their snapshot helpers, and the
+  # follower's merge. environment: extra container environment of the override (none: the key is left out).
   runs = merge(
     {
       for name, s in var.schedules : name => {
@@ -15,8 +16,31 @@ locals {
         enabled         = s.enabled
         task_definition = "${s.pipeline}/${s.mode}"
         command         = concat(["run", "--pipeline", s.pipeline, "--mode", s.mode], s.args)
-        max_event_age   = var.retry.maximum_event_age_in_seconds
+        # With helpers the run is the coordinator of its chunked snapshots: it alone plans, replaces and
+        # finishes a snapshot, and knows how many helpers share the chunks. In the override, not the task
+        # definition, so that only this schedule's runs (not another schedule's, nor a manual RunTask of
+        # the same task definition) count on helpers.
+        environment   = s.snapshot_helper_tasks > 0 ? { SOURCES__POSTGRES__SNAPSHOT__HELPER_TASKS = tostring(s.snapshot_helper_tasks) } : {}
+        task_count    = 1
+        max_event_age = var.retry.maximum_event_age_in_seconds
       }
+    },
+    # Snapshot helpers: N tasks of the run's task definition (same image, task role and environment),
+    # started at the same times, that claim chunks of the coordinator's plan and exit 0 once they have
+    # found no work for --idle-seconds. A run that has no chunked snapshot in progress costs their start-up
+    # and idle wait only.
+    {
+      for name, s in var.schedules : "${name}-helpers" => {
+        description     = "${s.pipeline}: ${s.snapshot_helper_tasks} snapshot helpers beside ${name}"
+        expression      = s.expression
+        timezone        = s.timezone
+        enabled         = s.enabled
+        task_definition = "${s.pipeline}/${s.mode}"
+        command         = ["snapshot-helper", "--pipeline", s.pipeline]
+        environment     = {}
+        task_count      = s.snapshot_helper_tasks
+        max_event_age   = var.retry.maximum_event_age_in_seconds
+      } if s.snapshot_helper_tasks > 0
     },
     # The merge takes its own lock (<pipeline>:merge), not the pipeline's, so it runs beside the follower,
     # on the follower's task definition (same image, task role and environment). A merge that starts
@@ -29,6 +53,8 @@ locals {
         enabled         = true
         task_definition = "${m.pipeline}/cdc"
         command         = ["merge", "--pipeline", m.pipeline]
+        environment     = {}
+        task_count      = 1
         # An invocation older than one interval is superseded by the next one, which merges everything.
         max_event_age = min(var.retry.maximum_event_age_in_seconds, max(60, m.interval_minutes * 60))
       }
@@ -154,17 +180,23 @@ resource "aws_scheduler_schedule" "this" {
     arn      = var.cluster_arn
     role_arn = aws_iam_role.scheduler.arn
 
-    # RunTask overrides: the full runner command for this schedule.
+    # RunTask overrides: the full runner command for this schedule, and its extra environment if any.
     input = jsonencode({
-      containerOverrides = [{
-        name    = var.container_name
-        command = each.value.command
-      }]
+      containerOverrides = [merge(
+        {
+          name    = var.container_name
+          command = each.value.command
+        },
+        {
+          for k, v in { environment = [for n in sort(keys(each.value.environment)) : { name = n, value = each.value.environment[n] }] } :
+          k => v if length(each.value.environment) > 0
+        },
+      )]
     })
 
     ecs_parameters {
       task_definition_arn     = var.task_definition_arns[each.value.task_definition]
-      task_count              = 1
+      task_count              = each.value.task_count
       launch_type             = "FARGATE"
       platform_version        = "LATEST"
       enable_ecs_managed_tags = true

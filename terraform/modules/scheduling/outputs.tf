@@ -8,6 +8,16 @@ output "merge_schedule_name" {
   value       = local.merge_enabled ? aws_scheduler_schedule.this["${var.merge.pipeline}-merge"].name : null
 }
 
+output "snapshot_helper_schedules" {
+  description = "Snapshot helper schedules by name: the run schedule whose chunked snapshots they share, and how many tasks each invocation starts (empty without helpers)."
+  value = {
+    for name, s in var.schedules : "${name}-helpers" => {
+      schedule   = name
+      task_count = aws_scheduler_schedule.this["${name}-helpers"].target[0].ecs_parameters[0].task_count
+    } if s.snapshot_helper_tasks > 0
+  }
+}
+
 output "schedule_group_name" {
   description = "Name of the schedule group."
   value       = aws_scheduler_schedule_group.this.name

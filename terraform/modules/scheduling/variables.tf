@@ -19,15 +19,21 @@ variable "region" {
 }
 
 variable "schedules" {
-  description = "Schedules by name: pipeline, expression, mode, args, timezone, enabled."
+  description = "Schedules by name: pipeline, expression, mode, args, timezone, enabled, snapshot_helper_tasks (0-10; N > 0 adds a <name>-helpers schedule starting N `snapshot-helper` tasks at the same times)."
   type = map(object({
-    pipeline   = string
-    expression = string
-    mode       = string
-    args       = optional(list(string), [])
-    timezone   = optional(string, "UTC")
-    enabled    = optional(bool, true)
+    pipeline              = string
+    expression            = string
+    mode                  = string
+    args                  = optional(list(string), [])
+    timezone              = optional(string, "UTC")
+    enabled               = optional(bool, true)
+    snapshot_helper_tasks = optional(number, 0)
   }))
+
+  validation {
+    condition     = alltrue([for s in values(var.schedules) : floor(s.snapshot_helper_tasks) == s.snapshot_helper_tasks && s.snapshot_helper_tasks >= 0 && s.snapshot_helper_tasks <= 10])
+    error_message = "snapshot_helper_tasks must be a whole number from 0 to 10 (ECS RunTask starts at most 10 tasks)."
+  }
 }
 
 variable "merge" {
