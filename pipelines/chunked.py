@@ -8,12 +8,12 @@ at the first chunk not done, with the same boundaries.
 
 The first package replaces the destination table (its rows are gone from then on, which a snapshot means
 anyway); the others append, so no package merges a whole table (the first incremental load of a 5M-row table
-used to build one merge of everything). When the last chunk is in, a package of its own finishes the snapshot:
-an incremental table gets its cursor (the newest cursor value seen when the snapshot began, lowered by the oldest
-transaction then open, so every row changed during the snapshot is read again by the next incremental run and
-merged). Appends are not idempotent, so before that, a snapshot that an earlier run began loses the rows of
-loads that never completed (a task killed mid-load on an ECS task's ephemeral disk, whose successor read those
-chunks again): `chunk_ledger.delete_incomplete_loads`.
+used to build one merge of everything). The last package also finishes the snapshot: an incremental table gets
+its cursor (the newest cursor value seen when the snapshot began, lowered by the oldest transaction then open,
+so every row changed during the snapshot is read again by the next incremental run and merged). Appends are not
+idempotent, so a snapshot that an earlier run began (or that helpers shared) is finished in a package of its own,
+after the rows of loads that never completed are deleted (a task killed mid-load on an ECS task's ephemeral
+disk, whose successor read those chunks again): `chunk_ledger.delete_incomplete_loads`.
 
 Several ECS tasks can share one table's chunks (`[sources.postgres.snapshot] helper_tasks`): this run stays the
 coordinator (it alone plans, replaces and finishes), and helper tasks (`pipelines.snapshot_helper`) claim the
@@ -99,7 +99,9 @@ def load_in_chunks(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, workers: i
         claims.hold_generation(snapshot.resource, snapshot.generation)
     try:
         failure = _load_pending(pipeline, snapshot, workers, make_source, result, drop_first, claims)
-        return failure if failure is not None else _finish(pipeline, snapshot, result, claims)
+        if failure is not None or (not snapshot.pending and _finished(snapshot, claims)):
+            return failure  # loaded and, in the last group's package, finished
+        return _finish(pipeline, snapshot, result, claims)
     except ClaimTimeout as exc:
         return TableFailure(snapshot.resource, "extract", str(exc))
     finally:
@@ -147,6 +149,8 @@ def _load_pending(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, workers: in
                                                     "chunks": sorted(c.index for c in group),
                                                     "done": len(snapshot.done | elsewhere),
                                                     "of": len(snapshot.chunks)}})
+        if not snapshot.pending and _finished(snapshot, claims):
+            _log_finished(snapshot)
 
 
 def _load_group(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, group: list[Chunk], first: bool,
@@ -155,8 +159,12 @@ def _load_group(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, group: list[C
     """One package: the group's chunks (the first package replaces the table, the others append) and, committed
     with them, the chunks done so far in the source state (and in the ledger when helpers share the chunks)."""
     indexes = {c.index for c in group}
+    last = _finished(snapshot, claims) and {c.index for c in snapshot.pending} <= indexes
 
     def progress(state: dict[str, Any]) -> None:
+        if last:  # this run read every chunk itself: nothing to clean up, so the last package also finishes
+            _finish_state(state, snapshot)
+            return
         entry = snapshot.as_state()
         entry["done"] = sorted(snapshot.done | indexes)
         state.setdefault(PROGRESS_KEY, {})[snapshot.resource] = entry
@@ -176,24 +184,36 @@ def _load_group(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, group: list[C
     return None
 
 
-def _finish(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, result: IsolatedRun,
-            claims: ChunkClaims | None) -> TableFailure | None:
-    """Every chunk is in: drop the snapshot from the state and start the table's cursor, in a package of its own.
-    Rows of loads that never completed are deleted first when another task could have left them (a run before
-    this one, or a helper), under the exclusive table lock so no load in flight is mistaken for one."""
-    def finish(state: dict[str, Any]) -> None:
-        state.setdefault(PROGRESS_KEY, {}).pop(snapshot.resource, None)
-        if snapshot.cursor and snapshot.cursor_floor is not None:
-            _start_cursor(state, snapshot)
+def _finished(snapshot: ChunkedSnapshot, claims: ChunkClaims | None) -> bool:
+    """Whether the last group's package finishes the snapshot: only when no other task (an earlier run, a helper)
+    can have left rows of a load that never completed, which must be deleted before it finishes."""
+    return claims is None and not snapshot.resumed
 
-    with claims.table(snapshot.resource, exclusive=True) if claims is not None else nullcontext():
-        if snapshot.resumed or claims is not None:
-            delete_incomplete_loads(pipeline, snapshot.resource)
-        failure = _attempt(pipeline, lambda names: source_state(finish), [snapshot.resource], None, result)
-    if failure is not None:
-        return TableFailure(snapshot.resource, failure.step, failure.error)
+
+def _finish_state(state: dict[str, Any], snapshot: ChunkedSnapshot) -> None:
+    """Drop the snapshot from the state and start the table's cursor."""
+    state.setdefault(PROGRESS_KEY, {}).pop(snapshot.resource, None)
+    if snapshot.cursor and snapshot.cursor_floor is not None:
+        _start_cursor(state, snapshot)
+
+
+def _log_finished(snapshot: ChunkedSnapshot) -> None:
     log.info("snapshot finished", extra={"fields": {"phase": "snapshot", "table": snapshot.resource,
                                                     "chunks": len(snapshot.chunks)}})
+
+
+def _finish(pipeline: dlt.Pipeline, snapshot: ChunkedSnapshot, result: IsolatedRun,
+            claims: ChunkClaims | None) -> TableFailure | None:
+    """Every chunk is in, some of them loaded by another task: delete the rows of loads that never completed
+    (under the exclusive table lock, so no load in flight is mistaken for one), then finish in a package of its
+    own."""
+    with claims.table(snapshot.resource, exclusive=True) if claims is not None else nullcontext():
+        delete_incomplete_loads(pipeline, snapshot.resource)
+        failure = _attempt(pipeline, lambda names: source_state(lambda state: _finish_state(state, snapshot)),
+                           [snapshot.resource], None, result)
+    if failure is not None:
+        return TableFailure(snapshot.resource, failure.step, failure.error)
+    _log_finished(snapshot)
     return None
 
 
