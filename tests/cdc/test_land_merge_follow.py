@@ -364,8 +364,9 @@ def test_snowflake_outage_keeps_retained_wal_flat_and_one_merge_catches_up(snowf
         assert not exact(database, warehouse.read), "nothing may be merged while Snowflake is down"
         print(f"outage: {written} bytes of WAL written, retained after each round: {retained}")
         assert written > 4 << 20, written
-        # flat: what is retained is what the last flush interval wrote, not what the outage wrote
-        assert max(retained) < written / 3, (retained, written)
+        # flat: what is retained is what the last flush or two wrote (~2.6 MB a round here; a slow CI box once
+        # held three rounds), never what the outage wrote: growing with it would pass half of it by round 5
+        assert max(retained) < written / 2, (retained, written)
         assert retained_wal(database) < 1 << 20
 
         proxy.resume()
