@@ -29,15 +29,39 @@ locals {
   # A Vault address with a port other than 443 needs its own egress rule.
   vault_port = try(tonumber(regex("^https://[^/:]+:([0-9]+)", var.vault_addr)[0]), 443)
 
+  # Every Vault name the tasks use, in one place. The outputs of the same names (outputs.tf) hand them to
+  # vault/setup.sh, which reads each from the environment variable named like its output in capitals
+  # (vault_role -> VAULT_ROLE), so Vault is set up with exactly what the tasks log in as and read
+  # (docs/secrets.md; tests/vault/test_terraform_names.py fails when the two sides disagree).
+  vault_names = {
+    vault_role           = var.vault_role # AWS auth role (and AppRole role) the tasks log in as
+    vault_auth_mount     = "aws"          # where the AWS auth method is mounted
+    vault_policy         = "aurora-sync"  # the tasks' policy, vault/policies/aurora-sync.hcl
+    vault_kv_mount       = "kv"           # KV v2 mount of the static secrets
+    vault_kv_prefix      = "aurora-sync"  # the pipeline's KV secrets: <kv_mount>/data/<kv_prefix>/*
+    vault_database_mount = "database"     # database secrets engine
+    vault_database_role  = "aurora-sync"  # its dynamic Aurora role: <database_mount>/creds/<database_role>
+  }
+
+  # How the tasks find Vault and what they read from it (docs/secrets.md#the-path-scheme). pipeline_environment
+  # may override a mapping, or switch one off with "" (a Snowflake key without a passphrase, for example).
+  vault_environment = {
+    VAULT_ADDR                                                                    = var.vault_addr
+    VAULT_AUTH_METHOD                                                             = "aws"
+    VAULT_AUTH_MOUNT                                                              = local.vault_names.vault_auth_mount
+    VAULT_ROLE                                                                    = local.vault_names.vault_role
+    VAULT_KV_MOUNT                                                                = local.vault_names.vault_kv_mount
+    "VAULT__SECRETS__SOURCES__POSTGRES__CREDENTIALS"                              = "${local.vault_names.vault_database_mount}/creds/${local.vault_names.vault_database_role}"
+    "VAULT__SECRETS__DESTINATION__SNOWFLAKE__CREDENTIALS__PRIVATE_KEY"            = "kv:${local.vault_names.vault_kv_prefix}/snowflake#private_key"
+    "VAULT__SECRETS__DESTINATION__SNOWFLAKE__CREDENTIALS__PRIVATE_KEY_PASSPHRASE" = "kv:${local.vault_names.vault_kv_prefix}/snowflake#private_key_passphrase"
+  }
+
   # Non-secret configuration common to every task. Secrets are fetched from Vault by the runner.
   base_environment = merge(
     {
       AWS_REGION                          = var.aws_region
       AWS_DEFAULT_REGION                  = var.aws_region
       DLT_DATA_DIR                        = "/tmp/dlt"
-      VAULT_ADDR                          = var.vault_addr
-      VAULT_AUTH_METHOD                   = "aws"
-      VAULT_ROLE                          = var.vault_role
       DESTINATION__FILESYSTEM__BUCKET_URL = "s3://${local.bucket_name}"
       AURORA_SYNC_ENVIRONMENT             = var.environment
       # every object the tasks write is encrypted with the bucket's key (docs/snowflake.md)
@@ -50,6 +74,7 @@ locals {
       # one retries; the pending package is finished first.
       DESTINATION__SNOWFLAKE__CREDENTIALS__QUERY = jsonencode({ login_timeout = 60, network_timeout = 900 })
     },
+    local.vault_environment,
     # production loads Snowflake through the S3 archive stage (pipelines/destinations.py)
     merge([for p in var.pipelines : {
       "${upper(p)}__DESTINATION_TYPE" = "snowflake"

@@ -142,3 +142,48 @@ output "archive_cloudtrail_arn" {
   description = "Trail recording the archive bucket's data events, or null when enable_cloudtrail_data_events is false."
   value       = module.audit.cloudtrail_arn
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# Vault: the names the tasks use (main.tf, local.vault_names). vault/setup.sh reads each from the environment
+# variable named like the output in capitals (vault_role -> VAULT_ROLE), so Vault gets exactly these:
+#   eval "$(terraform output -json | jq -r 'to_entries[] | select(.key | startswith("vault_")) | "export \(.key | ascii_upcase)=\(.value.value | @sh)"')"
+# ---------------------------------------------------------------------------------------------------------
+output "vault_role" {
+  description = "Vault role the tasks log in as (their VAULT_ROLE): setup.sh's AWS auth role (and AppRole role)."
+  value       = local.vault_names.vault_role
+}
+
+output "vault_auth_mount" {
+  description = "Mount path of Vault's AWS auth method the tasks log in through (their VAULT_AUTH_MOUNT)."
+  value       = local.vault_names.vault_auth_mount
+}
+
+output "vault_policy" {
+  description = "Name of the Vault policy the login role grants (vault/policies/aurora-sync.hcl); setup.sh also writes <vault_policy>-rotate."
+  value       = local.vault_names.vault_policy
+}
+
+output "vault_kv_mount" {
+  description = "Mount path of the KV v2 engine (the tasks' VAULT_KV_MOUNT)."
+  value       = local.vault_names.vault_kv_mount
+}
+
+output "vault_kv_prefix" {
+  description = "KV path prefix of the pipeline's static secrets: the tasks read <vault_kv_mount>/data/<vault_kv_prefix>/snowflake."
+  value       = local.vault_names.vault_kv_prefix
+}
+
+output "vault_database_mount" {
+  description = "Mount path of the database secrets engine."
+  value       = local.vault_names.vault_database_mount
+}
+
+output "vault_database_role" {
+  description = "Dynamic Aurora role: the tasks read <vault_database_mount>/creds/<vault_database_role>."
+  value       = local.vault_names.vault_database_role
+}
+
+output "vault_task_role_arns" {
+  description = "Task role ARNs, comma-separated: the bound_iam_principal_arn of the AWS auth role setup.sh writes."
+  value       = join(",", [for p in sort(keys(module.iam.task_role_arns)) : module.iam.task_role_arns[p]])
+}

@@ -439,9 +439,9 @@ variable "vault_addr" {
 }
 
 variable "vault_role" {
-  description = "Vault AWS-auth role the tasks log in as; bind it to the task role ARNs (output task_role_arns)."
+  description = "Vault AWS-auth role the tasks log in as (VAULT_ROLE). Output vault_role hands it to vault/setup.sh, which creates it bound to the task roles (output vault_task_role_arns); docs/secrets.md."
   type        = string
-  default     = "aurora-snowflake-sync"
+  default     = "aurora-sync"
 
   validation {
     condition     = can(regex("^[A-Za-z0-9_.-]{1,128}$", var.vault_role))

@@ -5,6 +5,7 @@ documented one that the code dropped."""
 from __future__ import annotations
 
 import gc
+import re
 from typing import Any
 
 import dlt
@@ -99,3 +100,43 @@ def test_troubleshooting_check_fails_for_a_new_error_class_and_a_dropped_entry()
     assert catalogue.missing(text.replace("### `SlotInvalidated`", "### SlotInvalidated")) == ["class SlotInvalidated"]
     dropped = text.replace("**`Unknown pipeline …`**", "**`(removed)`**")
     assert catalogue.missing(dropped) == ["message 'Unknown pipeline'"]
+
+
+def test_cli_md_documents_the_options_of_nested_subcommands() -> None:
+    text = reference.CLI_DOC.read_text()
+    assert {"dlq", "dlq list", "dlq replay"} <= reference.documented_commands(text)
+    dlq_list = text[text.index("### `dlq list`"):text.index("### `dlq replay`")]
+    assert "| `--table SCHEMA.TABLE` |" in dlq_list and "| `--json` |" in dlq_list
+    parser = build_parser()
+    dlq = next(a for a in parser._actions if a.dest == "command").choices["dlq"]
+    next(a for a in dlq._actions if a.dest == "dlq_action").choices["replay"].add_argument("--limit", type=int)
+    assert reference.cli_doc_problems(parser=parser) == ["an option, default or help text changed"]
+
+
+def test_exit_codes_are_generated_into_cli_md_from_runner_exit_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import exit_codes
+
+    section = reference._section(reference.CLI_DOC.read_text(), reference.EXIT_CODES_TITLE)
+    for code in exit_codes.ExitCode:
+        assert f"\n| {code.value} | `{code.name}` |" in section
+    assert "\n| 143 | SIGTERM |" in section and "snapshot-helper" in section
+    # the parser's own one-line summary names every code too
+    assert all(f"{code.value} " in (build_parser().epilog or "") for code in exit_codes.ExitCode)
+
+    monkeypatch.setattr(exit_codes.ExitCode, "__doc__", "What aurora-sync exits with.\n\nSIGTERM now means X.")
+    assert reference.cli_doc_problems() == ["the exit codes changed (runner/exit_codes.py)"]
+    monkeypatch.undo()
+    stale = reference.CLI_DOC.read_text().replace("| 3 | `LOCK_HELD` |", "| 5 | `LOCK_HELD` |")
+    assert reference.cli_doc_problems(stale) == ["the exit codes changed (runner/exit_codes.py)"]
+
+
+def test_no_other_document_repeats_the_exit_code_table() -> None:
+    """They link to docs/cli.md#exit-codes instead (README.md may keep its one-line summary, with the link)."""
+    table = re.compile(r"^\|\s*(0\s*\|\s*`?success|143\s*\|)", re.I | re.M)  # a row of the table
+    summary = re.compile(r"\b0 success, 1 failure")  # the one-line form
+    documents = [reference.REPO / "README.md", *sorted((reference.REPO / "docs").glob("*.md"))]
+    repeating = [p.name for p in documents if p != reference.CLI_DOC and (
+        table.search(p.read_text()) or (p.name != "README.md" and summary.search(p.read_text())))]
+    assert repeating == [], f"exit-code tables outside docs/cli.md: {repeating}; link to docs/cli.md#exit-codes"
+    readme = (reference.REPO / "README.md").read_text()
+    assert "docs/cli.md#exit-codes" in readme

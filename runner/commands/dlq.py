@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -25,15 +26,36 @@ def register(subparsers: Any) -> None:
                               ("replay", "re-read the dead-lettered rows from the source and load them")):
         sub = actions.add_parser(action, help=help_text)
         sub.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
-        sub.add_argument("--table", help="destination table name, e.g. orders__orders")
+        sub.add_argument("--table", metavar="SCHEMA.TABLE", type=_table_argument,
+                         help="only this source table, e.g. orders.orders (the destination name orders__orders "
+                              "still works but is deprecated)")
         if action == "list":
             sub.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=main)
 
 
+def _table_argument(value: str) -> str:
+    if "." in value.strip(".") or "__" in value.strip("_"):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: name a table as schema.table, e.g. orders.orders")
+
+
+def dead_letter_table(table: str | None) -> str | None:
+    """`schema.table`, as every command takes it, to the name dead letters are filed under (`schema__table`, the
+    destination table). The destination form itself is still accepted, with a deprecation warning."""
+    if table is None or "." not in table:
+        if table is not None:
+            schema, _, name = table.partition("__")
+            logs.event(f"dlq --table {table} is deprecated: use the source name, --table {schema}.{name}",
+                       logging.WARNING, phase="dlq")
+        return table
+    schema, _, name = table.partition(".")
+    return f"{schema}__{name}"
+
+
 def main(args: argparse.Namespace) -> ExitCode:
     settings = load_settings()
-    files = dead_letters.list_files(settings.dead_letter_url, args.pipeline, args.table)
+    files = dead_letters.list_files(settings.dead_letter_url, args.pipeline, dead_letter_table(args.table))
     if args.dlq_action == "list":
         return _list(settings.dead_letter_url, files, args.json)
     return _replay(settings.dead_letter_url, args.pipeline, files)

@@ -58,6 +58,23 @@ run "defaults_apply" {
     error_message = "Every task bounds the Snowflake connector's retries (network_timeout): unbounded, one failing query holds a run for ever."
   }
 
+  # vault/setup.sh creates what the outputs vault_* name (docs/secrets.md): they must be what the tasks use.
+  assert {
+    condition = (
+      output.vault_role == "aurora-sync" && local.base_environment["VAULT_ROLE"] == output.vault_role &&
+      local.base_environment["VAULT_AUTH_METHOD"] == "aws" && local.base_environment["VAULT_AUTH_MOUNT"] == output.vault_auth_mount &&
+      local.base_environment["VAULT_KV_MOUNT"] == output.vault_kv_mount &&
+      local.base_environment["VAULT__SECRETS__SOURCES__POSTGRES__CREDENTIALS"] == "${output.vault_database_mount}/creds/${output.vault_database_role}" &&
+      local.base_environment["VAULT__SECRETS__DESTINATION__SNOWFLAKE__CREDENTIALS__PRIVATE_KEY_PASSPHRASE"] == "kv:${output.vault_kv_prefix}/snowflake#private_key_passphrase"
+    )
+    error_message = "The tasks' Vault role, mounts and secret paths must be the vault_* outputs that vault/setup.sh creates them from."
+  }
+
+  assert {
+    condition     = output.vault_task_role_arns == join(",", [for p in sort(keys(output.task_role_arns)) : output.task_role_arns[p]])
+    error_message = "vault_task_role_arns must list every pipeline's task role (setup.sh binds the AWS auth role to them)."
+  }
+
   assert {
     condition     = output.schedule_task_definitions["customers_orders-incremental"] == output.task_definition_arns["customers_orders/incremental"]
     error_message = "The incremental schedule must run the incremental task definition."

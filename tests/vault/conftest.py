@@ -86,14 +86,8 @@ def run_setup(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, check=False)
 
 
-@pytest.fixture(scope="session")
-def vault_db(pg: LocalPostgres, bao: LocalOpenBao, root: hvac.Client) -> Iterator[VaultDb]:
-    """A seeded database, a Vault admin role in it, and Vault configured by vault/setup.sh."""
-    suffix = uuid.uuid4().hex[:8]
-    name, admin_user, admin_password = f"vault_src_{suffix}", f"vault_admin_{suffix}", secrets.token_urlsafe(18)
-    execute(pg.url(), f'CREATE DATABASE "{name}"')
-    dsn = pg.url(database=name)
-    seed(dsn, customers=200, orders=500)
+def create_vault_admin(dsn: str, admin_user: str, admin_password: str) -> None:
+    """The role Vault manages users with, as docs/secrets.md asks for on Aurora."""
     execute(
         dsn,
         # Aurora has rds_replication; here a NOLOGIN stand-in keeps the creation statements identical
@@ -103,6 +97,17 @@ def vault_db(pg: LocalPostgres, bao: LocalOpenBao, root: hvac.Client) -> Iterato
         f"GRANT USAGE ON SCHEMA customers, orders TO {admin_user} WITH GRANT OPTION",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA customers, orders TO {admin_user} WITH GRANT OPTION",
     )
+
+
+@pytest.fixture(scope="session")
+def vault_db(pg: LocalPostgres, bao: LocalOpenBao, root: hvac.Client) -> Iterator[VaultDb]:
+    """A seeded database, a Vault admin role in it, and Vault configured by vault/setup.sh."""
+    suffix = uuid.uuid4().hex[:8]
+    name, admin_user, admin_password = f"vault_src_{suffix}", f"vault_admin_{suffix}", secrets.token_urlsafe(18)
+    execute(pg.url(), f'CREATE DATABASE "{name}"')
+    dsn = pg.url(database=name)
+    seed(dsn, customers=200, orders=500)
+    create_vault_admin(dsn, admin_user, admin_password)
     db = VaultDb(name, dsn, pg.port, admin_user)
     result = run_setup(setup_env(bao, db, PG_ADMIN_PASSWORD=admin_password))
     assert result.returncode == 0, result.stderr
