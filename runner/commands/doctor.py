@@ -6,7 +6,7 @@ import argparse
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import dlt
@@ -18,18 +18,13 @@ from sources.postgres.catalog import TableSpec, discover_tables
 from sources.postgres.errors import describe_url, explain_connection_error
 from sources.postgres.session import make_engine
 from sources.postgres.settings import load_source_settings
+from sources.replication.ddl import ddl_capture_status
 from sources.replication.slot import table_refusals
 
 from ..exit_codes import ExitCode
+from .checks import Check
+from .doctor_security import role_checks, tls_check, write_privilege_check
 from .run import PIPELINES, load_pipeline_module, source_dsn
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok | warn | fail | skip
-    detail: str
-    fix: str = ""
 
 
 def register(subparsers: Any) -> None:
@@ -44,8 +39,6 @@ def _setting(conn: sa.Connection, name: str) -> str | None:
 
 
 def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
-    from .doctor_security import role_checks, tls_check, write_privilege_check
-
     checks: list[Check] = []
     engine = make_engine(dsn, statement_timeout_ms=30_000)
     try:
@@ -77,6 +70,7 @@ def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
                                 "granted" if replication else "missing",
                                 "" if replication else "CDC needs it: GRANT rds_replication TO <user> (Aurora) "
                                 "or ALTER ROLE <user> REPLICATION"))
+            checks.append(ddl_capture_check(conn))
             stats = conn.execute(sa.text(
                 "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'member') "
                 "FROM pg_roles WHERE rolname = current_user")).scalar()
@@ -137,6 +131,22 @@ def key_checks(specs: list[TableSpec], schemas: list[str]) -> list[Check]:
                             "as an exact multiset only with REPLICA IDENTITY FULL (every update and delete then logs "
                             "the whole old row). Cheapest fix: add a primary key."))
     return checks
+
+
+def ddl_capture_check(conn: sa.Connection) -> Check:
+    """The event triggers that put DDL into the change stream (`sources.replication.ddl`). Missing is a warning:
+    CDC then finds schema changes by comparing the catalog, which costs a read of a table after VACUUM FULL or
+    CLUSTER and sees a rewrite only at its next check, not at its place in the stream."""
+    try:
+        status = ddl_capture_status(conn.connection.dbapi_connection)
+    except Exception as exc:  # a catalog read refused: report it, and keep the session usable for the other checks
+        conn.rollback()
+        return Check("source: DDL capture", "warn", f"cannot read the event triggers: {str(exc).splitlines()[0]}")
+    if not status.supported:
+        return Check("source: DDL capture", "skip", status.message)
+    if status.active:
+        return Check("source: DDL capture", "ok", status.message)
+    return Check("source: DDL capture", "warn", status.message, status.sql)
 
 
 def _role_exists(conn: sa.Connection, role: str) -> bool:

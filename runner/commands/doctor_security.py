@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sources.postgres.catalog import TableSpec
 from sources.postgres.transport import VERIFIED_MODE, remote_hosts
 
-from .doctor import Check
+from .checks import Check
 
 GRANTS_FILE = "sources/postgres/grants.sql"
 
@@ -60,12 +60,23 @@ def role_checks(conn: sa.Connection) -> list[Check]:
 
 
 def write_privilege_check(conn: sa.Connection, specs: list[TableSpec]) -> Check:
-    """The sync only reads replicated tables: any write privilege on one is a risk it does not need."""
-    writable = [s.qualified for s in specs if conn.execute(
-        sa.text("SELECT has_table_privilege(:t, 'INSERT, UPDATE, DELETE, TRUNCATE')"), {"t": s.qualified}).scalar()]
-    if writable:
-        shown = ", ".join(writable[:5]) + (f" and {len(writable) - 5} more" if len(writable) > 5 else "")
+    """The sync only reads replicated tables: any write privilege on one is a risk it does not need.
+
+    Tables are looked up by catalog row and checked by oid, never by a name that would need quoting (capitals,
+    spaces, quotes); the fix names them quoted."""
+    if not specs:
+        return Check("source: write privilege", "ok", "read-only on every replicated table")
+    writable = {(r[0], r[1]): r[2] for r in conn.execute(sa.text(
+        "SELECT n.nspname, c.relname, format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[]))) "
+        "AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')"),
+        {"schemas": [s.schema for s in specs], "names": [s.name for s in specs]})}
+    found = [s for s in specs if (s.schema, s.name) in writable]
+    if found:
+        shown = ", ".join(s.qualified for s in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        quoted = ", ".join(writable[(s.schema, s.name)] for s in found[:5]) + (", ..." if len(found) > 5 else "")
         return Check("source: write privilege", "warn", f"can write to {shown}",
-                     "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON <table> FROM <sync role> (or do not sync as the "
+                     f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {quoted} FROM <sync role> (or do not sync as the "
                      "table owner)")
     return Check("source: write privilege", "ok", "read-only on every replicated table")
