@@ -79,15 +79,15 @@ def main() -> None:
         writing.set()
 
         def poll_landing() -> None:
-            from pipelines.merge import LandingArea
+            from pipelines.landing_area import LandingArea
 
             area, done = LandingArea(pipeline), set()
             while writing.is_set() or len(visible) < len(committed):
-                for load_id in area.completed_loads():
-                    if load_id in done:
+                for entry in area.index():
+                    if entry.load_id in done:
                         continue
-                    done.add(load_id)
-                    op = landed_tables(area, load_id)
+                    done.add(entry.load_id)
+                    op = landed_tables(area, entry)
                     now = time.monotonic()
                     for table in (op or []):
                         for i in table.column("id").to_pylist():
@@ -134,12 +134,11 @@ def main() -> None:
               f"batches: {getattr(summary, 'batches', '?')}")
 
 
-def landed_tables(area: Any, load_id: str) -> list[Any]:
-    """The events rows of one landing load (a load without events, e.g. a state-only one, has none)."""
-    ops = [op for op in area.ops({load_id}) if op.table.endswith("events")]
-    if not ops:
-        return []
-    area.attach_files(ops[0].table, ops)
+def landed_tables(area: Any, entry: Any) -> list[Any]:
+    """The events rows of one landing load (a load without events has none)."""
+    ops = [op for op in area.ops(entry) if op.table.endswith("events")]
+    for op in ops:
+        area.attach_files(op)
     return [t for op in ops for t in area.read(op)]
 
 

@@ -26,10 +26,15 @@ import json
 import posixpath
 from typing import Any
 
-from dlt.common.destination.client import LoadJob, PreparedTableSchema
+from dlt.common.destination.client import LoadJob, PreparedTableSchema, StateInfo
 from dlt.common.schema.utils import get_merge_strategy, get_write_disposition
 from dlt.destinations import filesystem
 from dlt.destinations.impl.filesystem.filesystem import FilesystemClient
+
+from pipelines.progress import crash_at
+
+# failpoint (pipelines.progress): a landing load's state file is written, its `_dlt_loads` entry not yet
+LANDING_STATE_WRITTEN = "landing_state_written"
 
 SCHEMA_SEPARATOR = "__"
 ARCHIVE_LAYOUT = "{table_name}/{load_id}.{file_id}.{ext}"
@@ -79,7 +84,15 @@ def table_manifest(table: PreparedTableSchema, load_id: str, schema_tables: dict
 
 
 class ArchiveFilesystemClient(FilesystemClient):
-    """dlt's filesystem client that also writes the per-load table manifest (see the module docstring)."""
+    """dlt's filesystem client that also writes the per-load table manifest (see the module docstring), and whose
+    pipeline state is only ever restored from a load that completed.
+
+    dlt writes a load's state file before its `_dlt_loads` entry, and restores the newest state file it finds. A
+    process that dies between the two (or an S3 failure there) leaves a state ahead of the loads that completed: the
+    CDC follower restarted on an empty disk would resume after a batch that `merge` never reads (it reads completed
+    loads only), and the batch would be lost. So the state restored is the newest one whose load completed, and old
+    state files are cleaned up only among complete ones.
+    """
 
     def manifest_path(self, table_name: str, load_id: str) -> str:
         table_path = archive_table_path(None, table_name, None, None, None)
@@ -97,6 +110,62 @@ class ArchiveFilesystemClient(FilesystemClient):
             manifest = table_manifest(table, load_id, self.schema.tables)
             self.fs_client.write_text(path, json.dumps(manifest, indent=1), encoding="utf-8")
         return job
+
+    def _load_completed(self, load_id: str) -> bool:
+        loads = self.get_table_dir(self.schema.loads_table_name)
+        if self.fs_client.exists(self.pathlib.join(loads, f"{self.schema.name}__{load_id}.jsonl")):
+            return True
+        return bool(self.fs_client.glob(self.pathlib.join(loads, f"*__{load_id}.jsonl")))
+
+    def _states(self, pipeline_name: str) -> list[tuple[str, str]]:
+        """(load id, path) of the pipeline's state files, newest first."""
+        found = [(parts[1], path) for path, parts in self._list_dlt_table_files(self.schema.state_table_name)
+                 if parts[0] == pipeline_name]
+        return sorted(found, key=lambda item: float(item[0]), reverse=True)
+
+    def get_stored_state(self, pipeline_name: str) -> StateInfo | None:
+        """The newest state by its own version counter among the loads that completed. dlt takes the highest load
+        id, a wall-clock time: a replacement task whose clock is behind would restore an older state forever."""
+        newest: StateInfo | None = None
+        for load_id, path in self._states(pipeline_name):
+            if not self._load_completed(load_id):
+                continue
+            state = json.loads(self.fs_client.read_text(path, encoding="utf-8"))
+            if legacy := state.pop("dlt_load_id", None):
+                state["_dlt_load_id"] = legacy
+            info = StateInfo(**state)
+            if newest is None or info.version > newest.version:
+                newest = info
+        return newest
+
+    _cleanup_now = False
+
+    def _cleanup_pipeline_states(self, pipeline_name: str) -> None:
+        """dlt cleans up right after writing the state, before the load completes; here only after it did, so the
+        newest complete state always survives (`complete_load`)."""
+        if self._cleanup_now:
+            super()._cleanup_pipeline_states(pipeline_name)
+
+    def complete_load(self, load_id: str) -> None:
+        self._store_current_state(load_id)
+        crash_at(LANDING_STATE_WRITTEN)
+        self._store_load(load_id)
+        document = self._pipeline_state_document()
+        if document and self.config.max_state_files >= 1:
+            self._cleanup_now = True
+            try:
+                self._cleanup_pipeline_states(document["pipeline_name"])
+            finally:
+                self._cleanup_now = False
+
+    @staticmethod
+    def _pipeline_state_document() -> dict[str, Any] | None:
+        from dlt.common.storages.load_package import CurrentLoadPackageStateNotAvailable, load_package_state
+
+        try:
+            return load_package_state()["state"].get("pipeline_state")  # type: ignore[return-value]
+        except CurrentLoadPackageStateNotAvailable:
+            return None
 
 
 class archive_filesystem(filesystem):  # lower case like dlt's own factories: config names it

@@ -1,7 +1,7 @@
 """Landing: CDC writes each batch to S3 and confirms the WAL as soon as it is there; `merge` applies it later.
 
 With `merge_interval_seconds > 0` ([sources.postgres.replication]), the CDC pipeline's destination is not the
-warehouse but the landing area of the archive bucket, `<bucket>/<dataset>_landing/`, written by dlt's
+warehouse but the landing area of the archive bucket, `<bucket>/_landing/<dataset>/`, written by dlt's
 filesystem destination (`archive_filesystem`: `<schema>/<table>/<load_id>.<file_id>.parquet`). Its dlt state (the
 confirmed LSN, the tables copied, chunked copies in progress) is stored there with every load, so the slot
 advances whenever S3 is up, whatever the warehouse is doing: a warehouse outage costs freshness, never WAL on the
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,42 +36,23 @@ from dlt.common.configuration.specs import BaseConfiguration, configspec
 from dlt.extract import DltResource
 
 from pipelines.destinations import archive_filesystem
+from pipelines.ops import Op
 from sources.postgres.errors import SourceConfigError
 from sources.replication import SOURCE_NAME, STATE_KEY, state_resource
-from sources.replication.batch import PreparedTable
-from sources.replication.multiset import ROW_HASH_COLUMN, ROW_KEY_COLUMN
+from sources.replication.multiset import ROW_KEY_COLUMN
 
 log = logging.getLogger("aurora_sync.cdc")
 
 LANDING_SUFFIX = "_landing"
-# The landing area is `<bucket>/<dataset>/_landing/`: inside the pipeline's own prefix, so its task role's S3
-# grant and the archive's lifecycle rule cover it, and `restore --all` skips it (a leading underscore).
+# The landing area is `<bucket>/_landing/<dataset>/`: beside the pipelines' archive prefixes, not in them, so the
+# archive's lifecycle rules (transition to cold storage, expiry) never touch a load that is not merged yet; what
+# `merge` consumed it removes itself after `landing_retention_days` (`pipelines.landing_area`).
 LANDING_DIR = "_landing"
 OPS_TABLE = "_aurora_ops"
-UNCHANGED_COLUMN = "_aurora_unchanged"  # JSON list of the columns whose value is the previous version's
-LOOKUP_PREFIX = "_aurora_lookup_k"  # + key position: the key of that previous version (the old key if it changed)
 SEQ_KEY = "landing_seq"  # in the CDC state: the last landing's sequence number (see `next_seq`)
-KINDS = ("changes", "snapshot", "chunk", "truncate", "columns")
+LAST_KEY = "landing_last"  # in the CDC state: the last landing load (its index entry, written after it completed)
 # hints that only mean something to a merge: the landing area appends, and keeps them in `_aurora_ops` instead
 _MERGE_ONLY_HINTS = ("primary_key", "merge_key", "hard_delete", "dedup_sort", "unique")
-
-
-@dataclass
-class Op:
-    """What one landing load does to one table (a row of `_aurora_ops`), with its rows."""
-
-    kind: str
-    table: str  # resource name, `<schema>__<table>`
-    primary_key: list[str]
-    hints: dict[str, Any]
-    rows: Iterable[pa.Table] | Callable[[], Iterator[pa.Table]] = field(default_factory=list)
-    lsn: int = 0
-    commit_time: datetime | None = None
-    reload: bool = False
-    delete_mode: str = "hard"
-
-    def __post_init__(self) -> None:
-        assert self.kind in KINDS, self.kind
 
 
 @configspec
@@ -96,7 +76,7 @@ def landing_bucket_url() -> str:
 
 def landing_dataset(pipeline: dlt.Pipeline) -> str:
     """The landing area's folder in the bucket."""
-    return f"{pipeline.dataset_name or pipeline.pipeline_name}/{LANDING_DIR}"
+    return f"{LANDING_DIR}/{pipeline.dataset_name or pipeline.pipeline_name}"
 
 
 def landing_pipeline(pipeline: dlt.Pipeline) -> dlt.Pipeline:
@@ -107,9 +87,9 @@ def landing_pipeline(pipeline: dlt.Pipeline) -> dlt.Pipeline:
     direct pipeline's state, which `run` detects.)
     """
     landing = dlt.pipeline(pipeline_name=pipeline.pipeline_name + LANDING_SUFFIX, pipelines_dir=pipeline.pipelines_dir,
-                           destination=archive_filesystem(bucket_url=landing_bucket_url().rstrip("/") + "/" + (
-                               pipeline.dataset_name or pipeline.pipeline_name)),
-                           dataset_name=LANDING_DIR)
+                           destination=archive_filesystem(bucket_url=landing_bucket_url().rstrip("/") + "/" +
+                                                          LANDING_DIR),
+                           dataset_name=pipeline.dataset_name or pipeline.pipeline_name)
     return landing
 
 
@@ -132,31 +112,10 @@ def landing_hints(hints: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def landed_rows(prepared: PreparedTable) -> pa.Table:
-    """A prepared batch table as it lands: unchanged TOAST values stay NULL, named per row with the key to take
-    them from, instead of being completed from a warehouse that is not current yet."""
-    arrow = prepared.arrow
-    if not prepared.fill_masks:
-        return arrow
-    assert prepared.fill_keys is not None
-    names = list(prepared.fill_masks)
-    masks = [prepared.fill_masks[n].to_pylist() for n in names]
-    unchanged = [json.dumps([n for n, m in zip(names, row, strict=True) if m]) if any(row) else None
-                 for row in zip(*masks, strict=True)]
-    arrow = arrow.append_column(UNCHANGED_COLUMN, pa.array(unchanged, pa.string()))
-    for i, key in enumerate(prepared.fill_keys.column_names):
-        arrow = arrow.append_column(LOOKUP_PREFIX + str(i), prepared.fill_keys[key])
-    return arrow
-
-
-def next_seq(previous: int | None, load_id: str) -> int:
-    """The next landing's sequence number: above the previous one, and never below the load's time in ms.
-
-    The merge skips every op at or below a table's merged seq, and its positions outlive the CDC state (they are
-    in the warehouse). After `teardown` + `setup` (the CDC state cleared) a counter from 1 would be skipped, and
-    the new snapshot never merged; the load's clock keeps the numbers above everything landed before it.
-    """
-    return max(int(previous or 0) + 1, int(float(load_id) * 1000))
+def next_seq(previous: int | None) -> int:
+    """The next landing's sequence number: the previous one plus one, with no gaps and no clock. It lives in the CDC
+    state, which `teardown` keeps it in, so a new `setup` never lands below what `merge` already applied."""
+    return int(previous or 0) + 1
 
 
 def _ops_rows(ops: list[Op], seq: int, load_id: str) -> pa.Table:
@@ -169,6 +128,7 @@ def _ops_rows(ops: list[Op], seq: int, load_id: str) -> pa.Table:
         "kind": pa.array([o.kind for o in ops], pa.string()),
         "reload": pa.array([o.reload for o in ops], pa.bool_()),
         "lsn": pa.array([o.lsn for o in ops], pa.int64()),
+        "ordinal": pa.array([o.ordinal for o in ops], pa.int64()),
         "commit_time": pa.array([o.commit_time for o in ops], pa.timestamp("us", tz="UTC")),
         "landed_at": pa.array([now] * len(ops), pa.timestamp("us", tz="UTC")),
         "primary_key": pa.array([json.dumps(o.primary_key) for o in ops], pa.string()),
@@ -192,15 +152,11 @@ def land(ops: list[Op], update_state: Callable[[dict[str, Any]], None] | None = 
             return
         state = dlt.current.source_state().setdefault(STATE_KEY, {})
         load_id = str(dlt.current.load_package_state()["load_id"])
-        state[SEQ_KEY] = seq = next_seq(state.get(SEQ_KEY), load_id)
+        previous = int(state.get(SEQ_KEY) or 0)
+        state[SEQ_KEY] = seq = next_seq(previous)
+        state[LAST_KEY] = {"seq": seq, "prev": previous, "load_id": load_id, "tables": sorted(o.table for o in ops),
+                           "landed_at": datetime.now(UTC).isoformat()}
         yield _ops_rows(ops, seq, load_id)
 
     yield dlt.resource(ops_table, name=OPS_TABLE, write_disposition="append")
     yield state_resource(update_state or (lambda state: None))
-
-
-def keyless_change_columns() -> tuple[str, ...]:
-    """The columns a keyless table's landed changes carry besides its values (`batch.CHANGE_COLUMN` ...)."""
-    from sources.replication.batch import CHANGE_COLUMN, CHANGE_KEY_COLUMN, COMMIT_TIME_COLUMN, LSN_COLUMN
-
-    return (ROW_HASH_COLUMN, CHANGE_COLUMN, CHANGE_KEY_COLUMN, COMMIT_TIME_COLUMN, LSN_COLUMN)

@@ -24,13 +24,21 @@ FAILPOINT_STEP_RUN_ENV = "AURORA_SYNC_FAILPOINT_STEP_RUN"
 FAILPOINT_JOBS_ENV = "AURORA_SYNC_FAILPOINT_JOBS"
 FAILPOINTS = ("extract_start", "extract_mid", "normalize_start", "normalize_mid", "load_start", "load_mid",
               "after_load")
-CDC_FAILPOINTS = ("after_load_before_ack",)  # pipelines/cdc.py: a batch is loaded, its LSN not yet confirmed
+# pipelines/cdc: a batch is loaded, its LSN not yet confirmed; pipelines/destinations: a landing load's state is
+# written, its `_dlt_loads` entry not yet
+CDC_FAILPOINTS = ("after_load_before_ack", "landing_state_written")
+
+
+_REACHED: dict[str, int] = {}
 
 
 def crash_at(point: str) -> None:
-    """A failpoint outside dlt's steps (e.g. `after_load`: loaded, but before the runner finished)."""
+    """A failpoint outside dlt's steps (e.g. `after_load`: loaded, but before the runner finished); with
+    `AURORA_SYNC_FAILPOINT_STEP_RUN=N`, the N-th time the process reaches it."""
     if os.environ.get(FAILPOINT_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        _REACHED[point] = _REACHED.get(point, 0) + 1
+        if _REACHED[point] >= int(os.environ.get(FAILPOINT_STEP_RUN_ENV) or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Failpoints(Collector):

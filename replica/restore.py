@@ -34,6 +34,7 @@ from sources.replication.multiset import ROW_HASH_COLUMN, ROW_KEY_COLUMN
 
 FILE_NAME = re.compile(r"^(?P<load_id>\d+(?:\.\d+)?)\.(?P<file_id>[A-Za-z0-9_-]+)\.(?P<ext>parquet|jsonl(?:\.gz)?)$")
 LSN_COLUMN = "_lsn"
+ORDINAL_COLUMN = "_lsn_ordinal"  # a change's place inside its transaction: versions with one `_lsn` differ by it
 DELETED_COLUMN = "_deleted"
 DLT_COLUMNS = ("_dlt_load_id", "_dlt_id")
 _FILE_COL, _SEQ_COL, _RN_COL = "_restore_file", "_restore_seq", "_restore_rn"
@@ -219,10 +220,12 @@ def rebuild(con: duckdb.DuckDBPyConnection, restore_plan: RestorePlan) -> pa.Tab
     lsn = restore_plan.lsn_column or (LSN_COLUMN if LSN_COLUMN in columns else None)
     deleted = restore_plan.deleted_column or (DELETED_COLUMN if DELETED_COLUMN in columns else None)
     order = f"{_SEQ_COL} DESC" + (f", {_quote(lsn)} DESC NULLS LAST" if lsn and lsn in columns else "")
+    if lsn == LSN_COLUMN and ORDINAL_COLUMN in columns:
+        order += f", {_quote(ORDINAL_COLUMN)} DESC NULLS LAST"
     keep = "" if not deleted or deleted not in columns else f" AND coalesce({_quote(deleted)}, false) = false"
     # the version order comes from the manifest's `dedup_sort` (CDC's `_lsn`, or a snapshot-source cursor such as
     # updated_at); only the columns CDC adds are left out of the rebuilt table
-    internal = {_FILE_COL, _SEQ_COL, _RN_COL, *DLT_COLUMNS, LSN_COLUMN, *(c for c in (deleted,) if c)}
+    internal = {_FILE_COL, _SEQ_COL, _RN_COL, *DLT_COLUMNS, LSN_COLUMN, ORDINAL_COLUMN, *(c for c in (deleted,) if c)}
     output = ", ".join(_quote(c) for c in columns if c not in internal)
     key = ", ".join(_quote(c) for c in restore_plan.primary_key)
     sql = f"""

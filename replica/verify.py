@@ -40,8 +40,8 @@ its first/last key reported. Touching drifting ranges are merged, so a lost bloc
 The source is only ever read, through `sources.postgres.session.make_engine` (read-only sessions,
 `statement_timeout`), from the reader DSN when `sources.postgres.reader_credentials` is set. The
 destination is read through the pipeline's dlt SQL client, so DuckDB and Snowflake work alike. dlt's
-columns (`_dlt_load_id`, `_dlt_id`) and CDC columns (`_lsn`, `_deleted`, `_deleted_at`) are not compared;
-rows whose `_deleted_at` is set (soft deletes) are not counted in the destination.
+columns (`_dlt_load_id`, `_dlt_id`) and CDC columns (`_lsn`, `_lsn_ordinal`, `_deleted`, `_deleted_at`) are not
+compared; rows whose `_deleted_at` is set (soft deletes) are not counted in the destination.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ def _import_all() -> None:
 
 
 def bases() -> list[type[BaseException]]:
+    from pipelines.fence import LockLost
     from pipelines.isolation import NotATableFailure, TableLoadFailed, TablesFailed
     from replica.restore import RestoreError
     from replica.snowflake_bootstrap import BootstrapConfigError
@@ -42,7 +43,7 @@ def bases() -> list[type[BaseException]]:
     from sources.postgres.errors import SourceError
 
     return [SourceError, VaultError, RunnerError, RestoreError, BootstrapConfigError, TablesFailed, NotATableFailure,
-            TableLoadFailed]
+            TableLoadFailed, LockLost]
 
 
 def error_classes() -> list[type[BaseException]]:

@@ -12,6 +12,7 @@ from dlt.common.configuration.exceptions import (
     ConfigValueCannotBeCoercedException,
 )
 
+from pipelines.fence import LockLost
 from pipelines.isolation import TablesFailed
 from sources.postgres.errors import SourceError, SourceUnreachable, explain_connection_error
 
@@ -43,6 +44,8 @@ def classify(exc: BaseException) -> tuple[ExitCode, str]:
             return cause.code, str(cause)
         if isinstance(cause, RunnerError):
             return cause.code, str(cause)
+        if isinstance(cause, LockLost):  # another task took over while this one ran: it stops, nothing is lost
+            return ExitCode.LOCK_HELD, str(cause)
         if isinstance(cause, TablesFailed):  # the other tables were loaded; the next run retries these
             return ExitCode.FAILURE, str(cause)
         if isinstance(cause, SourceUnreachable):

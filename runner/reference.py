@@ -291,6 +291,7 @@ def toml_keys(covered: set[str]) -> Iterator[ConfigKey]:
 
 
 def config_keys() -> list[ConfigKey]:
+    from pipelines.merge import MergeConfiguration
     from runner.settings import RunnerSettings
     from sources.postgres import postgres_replica
     from sources.postgres.chunking import snapshot_settings
@@ -309,6 +310,7 @@ def config_keys() -> list[ConfigKey]:
         function_keys(replication_settings, "sources.postgres.replication",
                       {"credentials", "schemas", "include", "exclude", "tables"}),
         configspec_keys(RunnerSettings, "runner"),
+        configspec_keys(MergeConfiguration, "merge"),
         vault_keys(),
         bootstrap_keys(),
         pipeline_keys(),

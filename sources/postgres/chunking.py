@@ -132,7 +132,9 @@ def snapshot_settings(
 
 
 # --- chunks ----------------------------------------------------------------------------------------------
-ChunkKind = Literal["all", "key", "ctid"]
+# keys: exactly the keys listed in `lo` (text values, one list per key): CDC reads keys again whose values were
+# known nowhere else (`sources.replication.reconcile`)
+ChunkKind = Literal["all", "key", "ctid", "keys"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,8 @@ class Chunk:
         return sa.text(sql).bindparams(**dict(zip(names, params, strict=True)))
 
     def as_state(self) -> list[Any]:
+        if self.kind == "keys":
+            return [self.index, self.kind, self.column, [[_jsonable(v) for v in key] for key in self.lo], None]
         return [self.index, self.kind, self.column, _jsonable(self.lo), _jsonable(self.hi)]
 
     @classmethod

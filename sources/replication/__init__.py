@@ -1,10 +1,10 @@
 """Change data capture from PostgreSQL's write-ahead log (logical replication, pgoutput) as dlt sources.
 
-The driver (`pipelines.cdc.run_cdc`) reads bounded batches from the slot and loads each one with
-`cdc_batch()`; the initial copy of a table goes through `cdc_snapshot()`. Both write to the same
-tables as the snapshot/incremental source (`<schema>__<table>`), merging on the primary key, with two
-extra columns: `_lsn` (commit LSN, the merge's dedup_sort) and `_deleted` (dlt `hard_delete`) or
-`_deleted_at` (soft deletes keep the row).
+The driver (`pipelines.cdc`) reads bounded batches of changes from the slot (`stream`, `batch`) in the change
+format (`changes`) and writes them through a sink; copies of tables come from `snapshot` (one go) and
+`chunked_copy` + `reconcile` (chunks). They land in the same tables as the snapshot/incremental source
+(`<schema>__<table>`), merged on the primary key, with extra columns: `_lsn` and `_lsn_ordinal` (the version's
+position in the stream), and `_deleted` (dlt `hard_delete`) or `_deleted_at` (soft deletes keep the row).
 
 Configuration: `sources.postgres.replication.<key>`, falling back to `sources.postgres.<key>`, so the
 DSN (`credentials`), `schemas`, `include`, `exclude` and per-table `tables` overrides are shared with
@@ -13,12 +13,11 @@ the snapshot source and only CDC settings live in `[sources.postgres.replication
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dlt
-import pyarrow as pa
 import sqlalchemy as sa
 from dlt.common.configuration import with_config
 from dlt.common.configuration.specs import ConnectionStringCredentials
@@ -43,8 +42,8 @@ SECTIONS = ("sources", "postgres", "replication")
 LANDING_FLUSH_SECONDS = 2.0
 DIRECT_FLUSH_SECONDS = 5.0
 
-__all__ = ["SOURCE_NAME", "STATE_KEY", "ReplicationError", "ReplicationSettings", "cdc_batch", "cdc_snapshot",
-           "replication_settings"]
+__all__ = ["SOURCE_NAME", "STATE_KEY", "ReplicationError", "ReplicationSettings", "replication_settings",
+           "state_resource", "table_hints"]
 
 
 @dataclass
@@ -76,6 +75,7 @@ class ReplicationSettings:
     block_size_bytes: int = 4 << 20
     dead_letter_url: str = "dead_letter"
     merge_interval_seconds: float = 0.0
+    slot_create_timeout_seconds: float = 300.0
 
     @property
     def lands(self) -> bool:
@@ -128,6 +128,7 @@ class ReplicationSettings:
         positive("new_table_check_seconds", 1)
         positive("block_size_bytes", 1 << 16)
         positive("merge_interval_seconds", 0)
+        positive("slot_create_timeout_seconds", 1)
         return self
 
 
@@ -158,6 +159,7 @@ def replication_settings(
     block_size_bytes: int = 4 << 20,
     dead_letter_url: str = "dead_letter",
     merge_interval_seconds: float = 0.0,
+    slot_create_timeout_seconds: float = 300.0,
 ) -> ReplicationSettings:
     """Resolve CDC settings from dlt config (`sources.postgres.replication.*` then `sources.postgres.*`).
 
@@ -182,6 +184,9 @@ def replication_settings(
         merge_interval_seconds: 0 loads every batch into the warehouse before confirming it (one failure domain);
             above 0, batches land in the archive bucket and are confirmed there, and `aurora-sync merge` applies
             them to the warehouse at this cadence (`pipelines.landing`, `pipelines.merge`).
+        slot_create_timeout_seconds: creating a slot waits for the transactions writing when it starts (naming them
+            in the log every few seconds); after this long it cancels its wait on the server and fails, leaving
+            nothing behind.
     """
     return ReplicationSettings(
         credentials=credentials, schemas=schemas, reader_credentials=reader_credentials,
@@ -196,7 +201,7 @@ def replication_settings(
         retained_wal_fail_bytes=retained_wal_fail_bytes, auto_add_tables=auto_add_tables,
         new_table_check_seconds=new_table_check_seconds, statement_timeout_ms=statement_timeout_ms,
         block_size_bytes=block_size_bytes, dead_letter_url=dead_letter_url,
-        merge_interval_seconds=merge_interval_seconds,
+        merge_interval_seconds=merge_interval_seconds, slot_create_timeout_seconds=slot_create_timeout_seconds,
     ).validate()
 
 
@@ -221,54 +226,3 @@ def state_resource(update: Callable[[dict[str, Any]], None]) -> DltResource:
         yield from ()
 
     return dlt.resource(position, name="_cdc_state")
-
-
-@dlt.source(name=SOURCE_NAME, section="replication", max_table_nesting=0, root_key=False)
-def cdc_batch(
-    tables: list[tuple[str, list[str], dict[str, Any], pa.Table]],
-    update_state: Callable[[dict[str, Any]], None],
-) -> Iterable[DltResource]:
-    """One batch of changes: a merge (delete-insert on the primary key) resource per table.
-
-    `tables`: (resource name, primary key, column hints, rows) — at most one row per key.
-    """
-    for name, primary_key, hints, rows in tables:
-        yield dlt.resource([rows], name=name, table_name=name, write_disposition=MERGE, primary_key=primary_key,
-                           columns=hints)
-    yield state_resource(update_state)
-
-
-# a chunk of a copy inserts only the keys the destination does not have (the stream's changes win)
-INSERT_ONLY = {"disposition": "merge", "strategy": "insert-only"}
-
-
-@dlt.source(name=SOURCE_NAME, section="replication", max_table_nesting=0, root_key=False)
-def cdc_chunk(
-    name: str,
-    primary_key: list[str],
-    hints: dict[str, Any],
-    tables: list[pa.Table],
-    update_state: Callable[[dict[str, Any]], None],
-) -> Iterable[DltResource]:
-    """One chunk of a chunked copy (`chunked_copy`): its rows, inserted where the key is absent."""
-    yield dlt.resource(tables, name=name, table_name=name, write_disposition=INSERT_ONLY, primary_key=primary_key,
-                       columns=hints)
-    yield state_resource(update_state)
-
-
-@dlt.source(name=SOURCE_NAME, section="replication", max_table_nesting=0, root_key=False)
-def cdc_snapshot(
-    name: str,
-    primary_key: list[str],
-    hints: dict[str, Any],
-    rows: Callable[[], Iterator[pa.Table]],
-    update_state: Callable[[dict[str, Any]], None],
-) -> Iterable[DltResource]:
-    """The initial copy of one table: replaces the destination table (an empty source table empties it)."""
-
-    def copy() -> Iterator[pa.Table]:
-        yield from rows()
-
-    yield dlt.resource(copy, name=name, table_name=name, write_disposition="replace", primary_key=primary_key,
-                       columns=hints)
-    yield state_resource(update_state)

@@ -10,6 +10,7 @@ change, in order, and become inserts and deletes of row copies (`multiset`).
 from __future__ import annotations
 
 import io
+import json
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,20 +18,27 @@ from datetime import datetime
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from sources.postgres.conversion import RejectedRow
 from sources.postgres.copy_loader import csv_to_arrow
 from sources.postgres.type_mapping import ColumnPlan
 
 from . import multiset
+from .changes import (
+    CHANGE_COLUMN,
+    CHANGE_KEY_COLUMN,
+    COMMIT_TIME_COLUMN,
+    DELETED_AT_COLUMN,
+    DELETED_COLUMN,
+    LOOKUP_PREFIX,
+    LSN_COLUMN,
+    ORDINAL_COLUMN,
+    UNCHANGED_COLUMN,
+)
 from .columns import ColumnSpec
 from .pgoutput import UNCHANGED, Relation, Value
 
 DeleteMode = Literal["hard", "soft"]
-LSN_COLUMN = "_lsn"
-DELETED_COLUMN = "_deleted"
-DELETED_AT_COLUMN = "_deleted_at"
 _ROW = ColumnPlan("_aurora_sync_row", "", pa.int64())
 ROW_OVERHEAD_BYTES = 96  # Python objects per change beyond the value bytes (measured order of magnitude)
 
@@ -39,6 +47,7 @@ def system_hints(delete_mode: DeleteMode) -> dict[str, dict[str, object]]:
     """dlt hints of the columns CDC adds: `_lsn` orders versions, `_deleted(_at)` marks deletes."""
     hints: dict[str, dict[str, object]] = {
         LSN_COLUMN: {"name": LSN_COLUMN, "data_type": "bigint", "nullable": True, "dedup_sort": "desc"},
+        ORDINAL_COLUMN: {"name": ORDINAL_COLUMN, "data_type": "bigint", "nullable": True},
     }
     if delete_mode == "hard":
         hints[DELETED_COLUMN] = {"name": DELETED_COLUMN, "data_type": "bool", "nullable": True, "hard_delete": True}
@@ -48,8 +57,10 @@ def system_hints(delete_mode: DeleteMode) -> dict[str, dict[str, object]]:
     return hints
 
 
-def system_columns(delete_mode: DeleteMode, lsns: list[int], deleted: list[datetime | None]) -> dict[str, pa.Array]:
-    columns = {LSN_COLUMN: pa.array(lsns, pa.int64())}
+def system_columns(delete_mode: DeleteMode, lsns: list[int], deleted: list[datetime | None],
+                   ordinals: list[int] | None = None) -> dict[str, pa.Array]:
+    columns = {LSN_COLUMN: pa.array(lsns, pa.int64()),
+               ORDINAL_COLUMN: pa.array(ordinals if ordinals is not None else [0] * len(lsns), pa.int64())}
     if delete_mode == "hard":
         columns[DELETED_COLUMN] = pa.array([True if d is not None else None for d in deleted], pa.bool_())
     else:
@@ -189,9 +200,9 @@ class ChangeBatch:
             new = [p if v is UNCHANGED else v for v, p in zip(new, previous.values, strict=True)]
             lookup_key = previous.lookup_key
         if old_key != key:  # the primary key changed: the old row goes away
-            tombstone = RowChange("D", lsn, at, self._tombstone(table, old, previous), lookup_key)
+            tombstone = RowChange("D", lsn, at, self._tombstone(table, old, previous), lookup_key, ordinal)
             self._put(changes, old_key, tombstone, now)
-        self._put(changes, key, RowChange("U", lsn, at, new, lookup_key), now)
+        self._put(changes, key, RowChange("U", lsn, at, new, lookup_key, ordinal), now)
 
     def delete(self, table: LiveTable, old: list[Value], lsn: int, at: datetime, now: float, size: int = 0,
                ordinal: int = 0) -> None:
@@ -204,7 +215,8 @@ class ChangeBatch:
         key = table.key(old)
         previous = changes.rows.get(key)
         lookup_key = previous.lookup_key if previous is not None and previous.op != "D" else key
-        self._put(changes, key, RowChange("D", lsn, at, self._tombstone(table, old, previous), lookup_key), now)
+        self._put(changes, key, RowChange("D", lsn, at, self._tombstone(table, old, previous), lookup_key, ordinal),
+                  now)
 
     @staticmethod
     def _tombstone(table: LiveTable, old: list[Value] | None, previous: RowChange | None) -> list[Value]:
@@ -221,18 +233,15 @@ class ChangeBatch:
 
 @dataclass
 class PreparedTable:
-    """One table of a batch as typed Arrow, plus what still has to come from the destination."""
+    """One table of a batch in the change format (`changes`): typed Arrow, markers where the WAL had no value."""
 
     table: LiveTable
-    arrow: pa.Table  # one row per key: relation columns + system columns
-    fill_masks: dict[str, pa.Array]  # column → rows whose value is the destination's current value
-    fill_keys: pa.Table | None  # typed lookup keys of the rows to fill, aligned with `arrow`, nulls elsewhere
+    rows: pa.Table  # keyed: one row per key, positions, tombstones, markers; keyless: ordered I/D changes
     rejected: list[RejectedRow]
     inserts: int = 0
     updates: int = 0
     deletes: int = 0
-    fill_rows: int = 0
-    unmatched_deletes: int = 0  # keyless tables: deletes of a row the destination did not hold
+    fill_rows: int = 0  # rows with a value to take from an earlier version (unchanged TOAST, soft-delete tombstones)
 
 
 ArrayConverter = Callable[[ColumnSpec, list[bytes]], list[bytes | None]]
@@ -261,16 +270,12 @@ def _parse(plans: list[ColumnPlan], rows: list[list[Value]], not_null: frozenset
 
 # (table, the batch's rows, their values in relation order) -> the generated columns' values of each row
 GeneratedValues = Callable[["LiveTable", list[RowChange], list[list[Value]]], list[list[Value]]]
-# (table, row hashes) -> the destination's live copies (their `_row_key`s) of each hash
-ExistingCopies = Callable[["LiveTable", set[str]], dict[str, list[str]]]
 
 
 def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: ArrayConverter,
-            generated: GeneratedValues | None = None, existing: ExistingCopies | None = None,
-            *, plan_multiset: bool = True) -> PreparedTable:
-    """A batch's changes of one table as typed Arrow. `plan_multiset=False` (landing, `pipelines.landing`)
-    leaves a keyless table's changes as the ordered inserts and deletes they are: the merge plans them against
-    the warehouse, which is only current then."""
+            generated: GeneratedValues | None = None) -> PreparedTable:
+    """A batch's changes of one table as typed Arrow in the change format (`changes`). Nothing here reads the
+    destination: values the WAL left out stay markers, completed where the batch is applied (`pipelines.apply`)."""
     table = changes.table
     rows = list(changes.rows.values())
     keyset = set(table.key_positions)
@@ -306,70 +311,32 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
     arrow, rejected = _parse([c.plan for c in table.columns], values_rows, frozenset(table.primary_key))
     order = arrow[_ROW.name].to_pylist()
     arrow = arrow.drop_columns([_ROW.name])
-    if table.keyless and not plan_multiset:
-        return _multiset_changes(changes, arrow, [rows[i] for i in order], delete_mode, rejected)
-    if table.keyless:
-        assert existing is not None, "a keyless table needs the destination's copies"
-        return _prepare_multiset(changes, arrow, [rows[i] for i in order], delete_mode, rejected, existing)
     kept = [rows[i] for i in order]
+    if table.keyless:
+        return _multiset_changes(changes, arrow, kept, rejected)
     deleted = [r.commit_time if r.op == "D" else None for r in kept]
-    for name, column in system_columns(delete_mode, [r.lsn for r in kept], deleted).items():
+    for name, column in system_columns(delete_mode, [r.lsn for r in kept], deleted,
+                                       [r.ordinal for r in kept]).items():
         arrow = arrow.append_column(name, column)
-
-    masks: dict[str, pa.Array] = {}
     needs_fill = [any(v is UNCHANGED for v in values_rows[i]) for i in order]
-    if any(needs_fill):
-        for j, column in enumerate(table.columns):
-            mask = [values_rows[i][j] is UNCHANGED for i in order]
-            if any(mask):
-                masks[column.name] = pa.array(mask, pa.bool_())
-    fill_keys = None
-    if masks:
-        key_plans = [table.columns[i].plan for i in table.key_positions]
-        key_rows: list[list[Value]] = [
-            list(kept[n].lookup_key) if needs_fill[n] else [None] * len(key_plans) for n in range(len(kept))
-        ]
-        fill_keys, _ = _parse(key_plans, key_rows)
-        fill_keys = fill_keys.drop_columns([_ROW.name])
-    return PreparedTable(table, arrow, masks, fill_keys, rejected,
-                         changes.inserts, changes.updates, changes.deletes, sum(needs_fill) if masks else 0)
+    if not any(needs_fill):
+        return PreparedTable(table, arrow, rejected, changes.inserts, changes.updates, changes.deletes)
+    names = [c.name for c in table.columns]
+    unchanged = [json.dumps([names[j] for j, v in enumerate(values_rows[i]) if v is UNCHANGED]) if need else None
+                 for i, need in zip(order, needs_fill, strict=True)]
+    arrow = arrow.append_column(UNCHANGED_COLUMN, pa.array(unchanged, pa.string()))
+    key_plans = [table.columns[i].plan for i in table.key_positions]
+    key_rows: list[list[Value]] = [list(kept[n].lookup_key) if needs_fill[n] else [None] * len(key_plans)
+                                   for n in range(len(kept))]
+    lookups, _ = _parse(key_plans, key_rows)
+    for position, name in enumerate(lookups.column_names[:len(key_plans)]):
+        arrow = arrow.append_column(f"{LOOKUP_PREFIX}{position}", lookups[name])
+    return PreparedTable(table, arrow, rejected, changes.inserts, changes.updates, changes.deletes, sum(needs_fill))
 
 
-def _prepare_multiset(changes: TableChanges, arrow: pa.Table, kept: list[RowChange], delete_mode: DeleteMode,
-                      rejected: list[RejectedRow], existing: ExistingCopies) -> PreparedTable:
-    """A keyless table's changes as copies to insert and copies to delete (see `multiset`)."""
-    table = changes.table
-    hashes = multiset.row_hashes(arrow, [c.name for c in table.columns])
-    ops = [(r.op, i, h, multiset.change_key(r.lsn, r.ordinal)) for i, (r, h) in enumerate(zip(kept, hashes,
-                                                                                            strict=True))]
-    planned = multiset.plan(ops, lambda wanted: existing(table, wanted))
-    out = multiset_rows(arrow, hashes, [r.lsn for r in kept], [r.commit_time for r in kept], planned, delete_mode)
-    prepared = PreparedTable(table, out, {}, None, rejected, changes.inserts, changes.updates, changes.deletes)
-    prepared.unmatched_deletes = planned.unmatched
-    return prepared
-
-
-def multiset_rows(arrow: pa.Table, hashes: list[str], lsns: list[int], commit_times: list[datetime],
-                  planned: multiset.MultisetPlan, delete_mode: DeleteMode) -> pa.Table:
-    """The rows a multiset plan loads: each insert under its new key, each delete under the key it removes."""
-    picks = planned.inserts + planned.deletes
-    out = arrow.take(pa.array([i for i, _ in picks], pa.int64()))
-    out = out.append_column(multiset.ROW_KEY_COLUMN, pa.array([k for _, k in picks], pa.string()))
-    out = out.append_column(multiset.ROW_HASH_COLUMN, pa.array([hashes[i] for i, _ in picks], pa.string()))
-    deleted = [None] * len(planned.inserts) + [commit_times[i] for i, _ in planned.deletes]
-    for name, column in system_columns(delete_mode, [lsns[i] for i, _ in picks], deleted).items():
-        out = out.append_column(name, column)
-    return out
-
-
-# a keyless table's landed changes (`plan_multiset=False`): the change (I or D), its would-be key, its commit time
-CHANGE_COLUMN = "_aurora_change"
-CHANGE_KEY_COLUMN = "_aurora_change_key"
-COMMIT_TIME_COLUMN = "_aurora_commit_time"
-
-
-def _multiset_changes(changes: TableChanges, arrow: pa.Table, kept: list[RowChange], delete_mode: DeleteMode,
+def _multiset_changes(changes: TableChanges, arrow: pa.Table, kept: list[RowChange],
                       rejected: list[RejectedRow]) -> PreparedTable:
+    """A keyless table's changes as they happened: the apply plans them against the warehouse (`multiset`)."""
     table = changes.table
     out = arrow.append_column(multiset.ROW_HASH_COLUMN, pa.array(
         multiset.row_hashes(arrow, [c.name for c in table.columns]), pa.string()))
@@ -378,46 +345,5 @@ def _multiset_changes(changes: TableChanges, arrow: pa.Table, kept: list[RowChan
                                                         pa.string()))
     out = out.append_column(COMMIT_TIME_COLUMN, pa.array([r.commit_time for r in kept], pa.timestamp("us", tz="UTC")))
     out = out.append_column(LSN_COLUMN, pa.array([r.lsn for r in kept], pa.int64()))
-    return PreparedTable(table, out, {}, None, rejected, changes.inserts, changes.updates, changes.deletes)
-
-
-def apply_fill(prepared: PreparedTable, current: pa.Table | None, delete_mode: DeleteMode) -> tuple[pa.Table, int]:
-    """Replace UNCHANGED cells by the destination's current values (`current`: key columns + the
-    masked columns). Soft-delete tombstones of rows the destination never had are dropped.
-
-    Returns the completed table and the number of rows whose unchanged values could not be found.
-    """
-    arrow = prepared.arrow
-    if not prepared.fill_masks:
-        return arrow, 0
-    assert prepared.fill_keys is not None
-    key_names = list(prepared.fill_keys.column_names)
-    found: dict[tuple[object, ...], int] = {}
-    if current is not None and current.num_rows:
-        for index, key in enumerate(zip(*(current[k].to_pylist() for k in key_names), strict=True)):
-            found[key] = index
-    lookup = list(zip(*(prepared.fill_keys[k].to_pylist() for k in key_names), strict=True))
-    masks = list(prepared.fill_masks.values())
-    any_mask = masks[0]
-    for mask in masks[1:]:
-        any_mask = pc.or_(any_mask, mask)
-    wanted = any_mask.to_pylist()
-    take = [found.get(key) if want else None for key, want in zip(lookup, wanted, strict=True)]
-    missing = [want and index is None for want, index in zip(wanted, take, strict=True)]
-    indices = pa.array(take, pa.int64())
-    for name, mask in prepared.fill_masks.items():
-        position = arrow.column_names.index(name)
-        target = arrow.schema.field(name).type
-        if current is not None and name in current.column_names and current.num_rows:
-            filled = current[name].combine_chunks().take(indices).cast(target)
-        else:
-            filled = pa.nulls(arrow.num_rows, target)
-        arrow = arrow.set_column(position, arrow.schema.field(name), pc.if_else(mask, filled, arrow[name]))
-    unresolved = 0
-    if any(missing):
-        deletes = arrow[DELETED_AT_COLUMN].is_valid().to_pylist() if delete_mode == "soft" else [False] * len(missing)
-        drop = [m and d for m, d in zip(missing, deletes, strict=True)]
-        unresolved = sum(1 for m, d in zip(missing, deletes, strict=True) if m and not d)
-        if any(drop):
-            arrow = arrow.filter(pa.array([not d for d in drop]))
-    return arrow, unresolved
+    out = out.append_column(ORDINAL_COLUMN, pa.array([r.ordinal for r in kept], pa.int64()))
+    return PreparedTable(table, out, rejected, changes.inserts, changes.updates, changes.deletes)

@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +46,74 @@ from .slot import MARKER_PREFIX, connect, emit_marker, qualified_identifier
 
 log = logging.getLogger("aurora_sync.cdc")
 LOW, HIGH = "copy-lw", "copy-hw"
+XID_EPOCH = 1 << 32
 
 
-def watermark(kind: str, chunk: Chunk, nonce: str) -> str:
-    return f"{kind}:{nonce}:{chunk.table}#{chunk.index}"
+@dataclass(frozen=True)
+class TxSnapshot:
+    """A transaction snapshot (`pg_current_snapshot()`): which transactions a read saw."""
+
+    xmin: int  # 64-bit transaction ids, as PostgreSQL 13+ prints them
+    xmax: int
+    xip: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def parse(cls, text: str) -> TxSnapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+
+    @classmethod
+    def read(cls, conn: Any) -> TxSnapshot:
+        """The snapshot of `conn`'s transaction (REPEATABLE READ: the first statement fixes it for the rest)."""
+        with conn.cursor() as cur:
+            function = "pg_current_snapshot" if conn.server_version >= 130000 else "txid_current_snapshot"
+            cur.execute(f"SELECT {function}()::text")
+            return cls.parse(cur.fetchone()[0])
+
+    def full(self, xid: int) -> int:
+        """A 32-bit xid (pgoutput sends those) as the 64-bit id nearest to this snapshot's horizon."""
+        candidate = (self.xmax & ~(XID_EPOCH - 1)) | (xid & (XID_EPOCH - 1))
+        if candidate >= self.xmax + XID_EPOCH // 2:
+            candidate -= XID_EPOCH
+        elif candidate < self.xmax - XID_EPOCH // 2:
+            candidate += XID_EPOCH
+        return candidate
+
+    def visible(self, xid: int) -> bool:
+        """Whether a committed transaction's changes are in what this snapshot reads."""
+        full = self.full(xid)
+        return full < self.xmin or (full < self.xmax and full not in self.xip)
+
+    def in_progress(self) -> list[int]:
+        """The 32-bit ids of the transactions running when it was taken."""
+        return [x & (XID_EPOCH - 1) for x in self.xip]
+
+
+def key_list_predicate(spec: TableSpec, key_types: Sequence[str],
+                       keys: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """`WHERE` for exactly these keys (text values as PostgreSQL prints them), usable by the key's index."""
+    names = ['"' + k.replace('"', '""') + '"' for k in spec.primary_key]
+    columns = [[None if key[i] is None else str(key[i]) for key in keys] for i in range(len(names))]
+    if len(names) == 1:
+        return f"{names[0]} = ANY(%s::{key_types[0]}[])", [columns[0]]
+    unnest = ", ".join(f"%s::{t}[]" for t in key_types)
+    return f"({', '.join(names)}) IN (SELECT * FROM unnest({unnest}))", columns
+
+
+def chunk_key(generation: str, chunk: Chunk) -> str:
+    """`schema.table#<generation>:<index>`: a copy begun again (a DDL mid-copy) never takes an older one's chunk."""
+    return f"{chunk.table}#{generation}:{chunk.index}"
+
+
+def parse_chunk_key(key: str) -> tuple[str, str, int]:
+    """(schema.table, generation, index) of a chunk key."""
+    table, _, rest = key.rpartition("#")
+    generation, _, index = rest.rpartition(":")
+    return table, generation, int(index)
+
+
+def watermark(kind: str, key: str, nonce: str) -> str:
+    return f"{kind}:{nonce}:{key}"
 
 
 def parse_watermark(content: str) -> tuple[str, str, str] | None:
@@ -69,6 +133,7 @@ class SpilledChunk:
     read: ChunkRead
     low_lsn: int
     high_lsn: int
+    snapshot: TxSnapshot  # what the read saw: which transactions of the window its rows already hold
 
     def tables(self) -> Iterator[pa.Table]:
         for path in self.paths:
@@ -110,6 +175,7 @@ class ChunkReaders:
         self.todo: queue.Queue[tuple[CopyJob, Chunk] | None] = queue.Queue()
         self.results: dict[str, SpilledChunk] = {}
         self.failures: dict[str, BaseException] = {}  # table → why its chunk could not be read
+        self.cancelled: set[str] = set()  # generations of copies begun again since: their chunks are dropped
         self.lock = threading.Condition()
         self.stop = threading.Event()
         self.spill_dir = tempfile.mkdtemp(prefix="aurora-sync-chunks-")
@@ -122,12 +188,22 @@ class ChunkReaders:
         for thread in self.threads:
             thread.start()
 
-    def submit(self, job: CopyJob) -> None:
-        for chunk in job.chunks:
-            if chunk.index not in job.done:
+    def submit(self, job: CopyJob, chunks: list[Chunk] | None = None) -> None:
+        """Read the job's chunks not done yet (or just `chunks`: one read again, keys to repair)."""
+        for chunk in chunks if chunks is not None else job.chunks:
+            if chunks is not None or chunk.index not in job.done:
                 with self.lock:
                     self.in_flight += 1
                 self.todo.put((job, chunk))
+
+    def cancel(self, job: CopyJob) -> None:
+        """Drop a copy's chunks not landed yet (the copy began again): queued ones are skipped, read ones freed."""
+        with self.lock:
+            self.cancelled.add(job.generation)
+            for key in [k for k in self.results if parse_chunk_key(k)[1] == job.generation]:
+                self.results.pop(key).discard()
+                self.in_flight -= 1
+                self.slots.release()
 
     def take(self, chunk_id: str, timeout: float = 300.0) -> SpilledChunk | None:
         """The spilled chunk whose HW the stream reached (None if its read failed)."""
@@ -164,7 +240,7 @@ class ChunkReaders:
                 if item is None:
                     return
                 job, chunk = item
-                if job.spec.qualified in self.failures:
+                if job.spec.qualified in self.failures or job.generation in self.cancelled:
                     with self.lock:
                         self.in_flight -= 1
                     continue
@@ -181,7 +257,12 @@ class ChunkReaders:
                         self.lock.notify_all()
                     continue
                 with self.lock:
-                    self.results[chunk.id] = spilled
+                    if job.generation in self.cancelled:
+                        spilled.discard()
+                        self.in_flight -= 1
+                        self.slots.release()
+                        continue
+                    self.results[chunk_key(job.generation, chunk)] = spilled
                     self.lock.notify_all()
         finally:
             meta.close()
@@ -193,12 +274,21 @@ class ChunkReaders:
         # the guard asks the server the chunk is read from: with a reader endpoint, that is where the load goes
         read.paused_seconds = wait_until_calm(reader if reader is not None else meta, self.settings,
                                               job.spec.qualified, self.stop)
-        low = emit_marker(meta, watermark(LOW, chunk, self.nonce))
+        low = emit_marker(meta, watermark(LOW, chunk_key(job.generation, chunk), self.nonce))
         source = reader if reader is not None else meta
         if reader is not None:
             _wait_for_replay(reader, low, self.stop)
         plans = [c.plan for c in job.columns]
-        predicate, params = chunk.predicate()
+        if chunk.kind == "keys":  # keys read again (`reconcile`): their values were known nowhere else
+            by_name = {c.name: c for c in job.columns}
+            with meta.cursor() as cur:
+                types = []
+                for key in job.spec.primary_key:
+                    cur.execute("SELECT format_type(%s, %s)", (by_name[key].type_oid, by_name[key].typmod))
+                    types.append(cur.fetchone()[0])
+            predicate, params = key_list_predicate(job.spec, types, chunk.lo)
+        else:
+            predicate, params = chunk.predicate()
         select = "SELECT {} FROM {} WHERE {}".format(
             ", ".join(p.select_sql for p in plans), qualified_identifier(job.spec).as_string(source),
             source.cursor().mogrify(predicate, params).decode())
@@ -208,7 +298,9 @@ class ChunkReaders:
         schema: pa.Schema | None = None
         try:
             raw.autocommit = False
-            raw.set_session(readonly=True)
+            # one snapshot for the whole read, and the first statement tells which transactions it sees
+            raw.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            snapshot = TxSnapshot.read(raw)
             batches = copy_to_arrow(raw, select, plans, self.block_size, frozenset(job.spec.primary_key),
                                     name=f"{job.spec.name}-{chunk.index}", close=False)
 
@@ -233,8 +325,8 @@ class ChunkReaders:
             with contextlib.suppress(Exception):
                 raw.rollback()
                 raw.close()
-        high = emit_marker(meta, watermark(HIGH, chunk, self.nonce))
-        return SpilledChunk(chunk, paths, read, low, high)
+        high = emit_marker(meta, watermark(HIGH, chunk_key(job.generation, chunk), self.nonce))
+        return SpilledChunk(chunk, paths, read, low, high, snapshot)
 
 
 def _wait_for_replay(reader: Any, lsn: int, stop: threading.Event, timeout: float = 600.0) -> None:
@@ -257,7 +349,8 @@ def _wait_for_replay(reader: Any, lsn: int, stop: threading.Event, timeout: floa
         time.sleep(0.2)
 
 
-__all__ = ["HIGH", "LOW", "MARKER_PREFIX", "ChunkReaders", "CopyJob", "SpilledChunk", "parse_watermark"]
+__all__ = ["HIGH", "LOW", "MARKER_PREFIX", "ChunkReaders", "CopyJob", "SpilledChunk", "chunk_key", "parse_chunk_key",
+           "parse_watermark"]
 
 
 def _wait_aurora_lag(reader: Any) -> None:

@@ -47,3 +47,7 @@ class TruncateRefused(ReplicationError):
 
 class RetainedWalExceeded(ReplicationError):
     """The slot retains more WAL than `retained_wal_fail_bytes` even after this run."""
+
+
+class SlotCreationTimeout(SourceUnreachable):
+    """Creating the slot waited `slot_create_timeout_seconds` for open transactions and was cancelled."""

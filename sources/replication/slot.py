@@ -8,7 +8,10 @@ no row, and they work on Aurora without extra grants.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,10 +28,18 @@ from sources.postgres.errors import explain_connection_error
 from sources.postgres.session import APPLICATION_NAME, session_options
 from sources.postgres.transport import secure_dsn
 
-from .errors import PrerequisiteMissing, PublicationError, ReplicationError, SlotInUse, SlotMissing
+from .errors import (
+    PrerequisiteMissing,
+    PublicationError,
+    ReplicationError,
+    SlotCreationTimeout,
+    SlotInUse,
+    SlotMissing,
+)
 from .lsn import format_lsn, parse_lsn
 from .walstream import replication_connection
 
+log = logging.getLogger("aurora_sync.cdc")
 NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MARKER_PREFIX = "aurora-sync"
 
@@ -296,11 +307,14 @@ class ExportedSnapshot:
 
 
 @contextmanager
-def create_slot(dsn: str, slot: str, *, temporary: bool = False) -> Iterator[ExportedSnapshot]:
+def create_slot(dsn: str, slot: str, *, temporary: bool = False, timeout: float = 300.0,
+                report_every: float = 5.0) -> Iterator[ExportedSnapshot]:
     """Create a pgoutput slot on a replication connection and export its snapshot.
 
-    The snapshot stays importable (SET TRANSACTION SNAPSHOT) while this context is open; a temporary
-    slot disappears when it closes. Creation waits for transactions already running to finish.
+    The snapshot stays importable (SET TRANSACTION SNAPSHOT) while this context is open; a temporary slot disappears
+    when it closes. Creation waits for every transaction that is writing when it starts (a long report, a session
+    idle in transaction): every `report_every` seconds the sessions it waits for are logged (pid, application, age),
+    and after `timeout` seconds the wait is cancelled on the server and `SlotCreationTimeout` names them.
     """
     check_name("Slot", slot)
     conn = replication_connection(dsn, APPLICATION_NAME)
@@ -309,20 +323,67 @@ def create_slot(dsn: str, slot: str, *, temporary: bool = False) -> Iterator[Exp
         kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
         export = "(SNAPSHOT 'export')" if version >= 150000 else "EXPORT_SNAPSHOT"
         cur = conn.cursor()
-        try:
-            cur.execute(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput {export}")
-        except psycopg2.Error as exc:
-            text = str(exc)
+        cur.execute("SELECT pg_backend_pid()")
+        pid = int(cur.fetchone()[0])
+        outcome: dict[str, Any] = {}
+
+        def create() -> None:
+            try:
+                cur.execute(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput {export}")
+                outcome["row"] = cur.fetchone()
+            except psycopg2.Error as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=create, name="create-slot", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        worker.join(report_every)
+        blockers: list[dict[str, Any]] = []
+        if worker.is_alive():
+            watcher = connect(dsn, statement_timeout_ms=30_000)
+            try:
+                while worker.is_alive():
+                    blockers = waiting_for(watcher, pid)
+                    waited = time.monotonic() - started
+                    log.warning(f"creating replication slot {slot!r} waits for {len(blockers)} open transaction(s) "
+                                f"to end ({waited:.0f} s so far)",
+                                extra={"fields": {"phase": "setup", "slot": slot, "waiting_for": blockers}})
+                    if waited >= timeout:
+                        query(watcher, "SELECT pg_cancel_backend(%s)", (pid,))
+                        worker.join(30)
+                        listed = "; ".join(f"pid {b['pid']} ({b['application_name'] or 'no application'}, "
+                                           f"{b['state']}, transaction open {b['age_s']:.0f} s)" for b in blockers)
+                        raise SlotCreationTimeout(
+                            f"Creating replication slot {slot!r} waited {waited:.0f} s for transactions that were "
+                            f"writing when it started, and was cancelled (slot_create_timeout_seconds = "
+                            f"{timeout:.0f}): {listed or 'they ended as it was cancelled'}. Let them finish (or end "
+                            "them: pg_terminate_backend(pid)) and run setup again; nothing was created.")
+                    worker.join(report_every)
+            finally:
+                watcher.close()
+        error = outcome.get("error")
+        if error is not None:
+            text = str(error)
             if "already exists" in text:
                 raise ReplicationError(f"Replication slot {slot!r} already exists.") from None
             if "permission denied" in text.lower() or "must be superuser or replication" in text.lower():
                 raise PrerequisiteMissing(f"Cannot create replication slot {slot!r}: {text.strip()} "
                                           "(grant rds_replication on Aurora, REPLICATION elsewhere).") from None
             raise ReplicationError(f"Cannot create replication slot {slot!r}: {text.strip()}") from None
-        name, consistent_point, snapshot_name, _ = cur.fetchone()
+        name, consistent_point, snapshot_name, _ = outcome["row"]
         yield ExportedSnapshot(name, parse_lsn(consistent_point) or 0, snapshot_name)
     finally:
         conn.close()
+
+
+def waiting_for(conn: Any, walsender_pid: int) -> list[dict[str, Any]]:
+    """The sessions whose open writing transactions a slot being created waits for (they started before it)."""
+    rows = query(conn, """
+        SELECT a.pid, a.application_name, a.state, coalesce(extract(epoch FROM now() - a.xact_start), 0)
+        FROM pg_stat_activity a, pg_stat_activity w
+        WHERE w.pid = %s AND a.pid <> w.pid AND a.backend_xid IS NOT NULL AND a.xact_start <= w.query_start
+        ORDER BY a.xact_start""", (walsender_pid,))
+    return [{"pid": r[0], "application_name": r[1], "state": r[2], "age_s": round(float(r[3]), 1)} for r in rows]
 
 
 def drop_slot(conn: Any, slot: str) -> bool:

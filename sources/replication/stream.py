@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sources.postgres.catalog import TableSpec
@@ -26,6 +26,7 @@ from sources.postgres.catalog import TableSpec
 from .batch import ChangeBatch, GeneratedColumn, LiveTable
 from .chunked_copy import LOW, parse_watermark
 from .columns import TypeResolver
+from .ddl import DdlEvent, ddl_event
 from .errors import ReplicationError, TruncateRefused
 from .lsn import format_lsn
 from .pgoutput import (
@@ -44,6 +45,7 @@ from .slot import MARKER_PREFIX
 from .walstream import WalStream
 
 log = logging.getLogger("aurora_sync.cdc")
+RECENT_TRANSACTIONS = 100_000  # commit LSNs remembered by xid (halved when full): far more than a chunk's read spans
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TruncateEvent:
     tables: list[LiveTable]
     lsn: int
     commit_time: datetime
+    ordinal: int = 0  # its place in the transaction: changes after it in the same transaction survive it
 
 
 @dataclass
@@ -70,15 +73,41 @@ class IdleEvent:
     lsn: int
 
 
+@dataclass(slots=True)
+class WindowChange:
+    """One change of a table with a chunk in flight, as decoded: replayed onto the chunk's rows if the chunk's read
+    did not see it (`sources.replication.reconcile`)."""
+
+    kind: str  # I, U, D, or T (TRUNCATE)
+    table: LiveTable
+    old: list[Value] | None
+    new: list[Value] | None
+    lsn: int  # commit LSN
+    ordinal: int
+    commit_time: datetime
+    xid: int
+
+
+@dataclass
+class Window:
+    """Everything the stream saw of one table between a chunk's low and high watermark."""
+
+    table: str  # schema.table
+    low_lsn: int
+    changes: list[WindowChange] = field(default_factory=list)
+    columns_changed: bool = False  # a new shape mid-window: the chunk is read again
+
+
 @dataclass
 class ChunkWatermark:
-    """The stream reached a chunk's high watermark: every change before it has been yielded. `deleted` are the
-    keys of the chunk's table deleted (or moved away by a key update) between its low and high watermark."""
+    """The stream reached a chunk's high watermark: every change before it has been yielded. `window` holds the
+    table's changes since the chunk's low watermark; `committed_at(xid)` the commit LSN of a recent transaction."""
 
     chunk_id: str  # schema.table#index
     table: LiveTable | None
-    deleted: list[tuple[Value, ...]]
+    window: Window
     lsn: int
+    committed_at: Callable[[int], int | None] = lambda xid: None
 
 
 @dataclass
@@ -90,7 +119,16 @@ class RelationEvent:
     changed: bool  # its columns differ from the previous announcement in this stream
 
 
-Event = BatchReady | TruncateEvent | IdleEvent | RelationEvent | ChunkWatermark
+@dataclass
+class DdlSeen:
+    """A tracked table's DDL (captured by `ddl`'s event triggers) at its exact place in the stream: every change
+    before it has been yielded; the rest of its transaction follows."""
+
+    ddl: DdlEvent
+    lsn: int  # commit LSN of the DDL's transaction
+
+
+Event = BatchReady | TruncateEvent | IdleEvent | RelationEvent | ChunkWatermark | DdlSeen
 
 
 @dataclass
@@ -130,7 +168,10 @@ class ChangeStream:
         # chunked copies (`chunked_copy`): the watermarks of this run carry `copy_nonce`; an open window collects
         # the keys its table loses between a chunk's low and high watermark
         self.copy_nonce: str | None = None
-        self.windows: dict[str, list[tuple[Value, ...]]] = {}
+        self.windows: dict[str, Window] = {}
+        # xid -> commit LSN of the latest transactions: a chunk's read must have seen every transaction that committed
+        # before its low watermark (`reconcile`), which these tell
+        self.recent: dict[int, int] = {}
         self.keep_going: Callable[[], bool] = lambda: False  # a drain does not end while this is true
         self._forget: set[str] = set()
 
@@ -173,11 +214,16 @@ class ChangeStream:
         return live
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _windowed(self, table: LiveTable, key: tuple[Value, ...]) -> None:
-        prefix = table.qualified + "#"
-        for chunk_id, keys in self.windows.items():
-            if chunk_id.startswith(prefix):
-                keys.append(key)
+    def _windowed(self, change: WindowChange) -> None:
+        for window in self.windows.values():
+            if window.table == change.table.qualified:
+                window.changes.append(change)
+
+    def _committed(self, xid: int, lsn: int) -> None:
+        self.recent[xid] = lsn
+        if len(self.recent) > RECENT_TRANSACTIONS:
+            for old in list(self.recent)[:len(self.recent) // 2]:
+                del self.recent[old]
 
     def events(self, *, follow: bool, stop: threading.Event | None = None, target_lsn: int = 0,
                marker: str | None = None) -> Iterator[Event]:
@@ -234,15 +280,17 @@ class ChangeStream:
                 size = len(item[1])
                 if isinstance(message, Insert):
                     batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now, size, txn_changes)
+                    kind, old, new = "I", None, message.new
                 elif isinstance(message, Update):
                     batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now, size,
                                  txn_changes)
-                    if self.windows and message.old is not None and table.key(message.old) != table.key(message.new):
-                        self._windowed(table, table.key(message.old))
+                    kind, old, new = "U", message.old, message.new
                 else:
                     batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now, size, txn_changes)
-                    if self.windows:
-                        self._windowed(table, table.key(message.old))
+                    kind, old, new = "D", message.old, None
+                if self.windows:
+                    self._windowed(WindowChange(kind, table, old, new, txn.final_lsn, txn_changes, txn.commit_time,
+                                                txn.xid))
                 if batch.changes >= limits.max_batch_rows or batch.bytes >= limits.max_batch_bytes:
                     yield BatchReady(self._mark(batch, txn, txn_changes),
                                      "rows" if batch.changes >= limits.max_batch_rows else "bytes")
@@ -252,6 +300,8 @@ class ChangeStream:
                 txn_changes = 0
                 skipping = self.skip[1] if self.skip and self.skip[0] == message.final_lsn else 0
             elif isinstance(message, Commit):
+                if txn is not None:
+                    self._committed(txn.xid, txn.final_lsn)
                 txn = None
                 self.safe_lsn = max(self.safe_lsn, message.end_lsn)
                 batch.safe_lsn = message.end_lsn
@@ -267,6 +317,9 @@ class ChangeStream:
                 current = self._live_table(message.relid)
                 changed = previous is not None and current is not None and previous.shape() != current.shape()
                 if changed and current is not None:
+                    for window in self.windows.values():
+                        if window.table == current.qualified:
+                            window.columns_changed = True
                     log.info(f"{current.qualified}: columns changed at {format_lsn(txn.final_lsn if txn else 0)}",
                              extra={"fields": {"table": current.qualified, "phase": "cdc"}})
                     if current.qualified in batch.tables:  # one batch holds one shape per table
@@ -281,6 +334,10 @@ class ChangeStream:
                     table = self._live_table(relid)
                     if table is not None and txn.final_lsn >= self.tracked[table.qualified].snapshot_lsn:
                         tables.append(table)
+                if skipping:  # applied before a restart, like the changes before it (see `skip`)
+                    skipping -= 1
+                    txn_changes += 1
+                    continue
                 if tables:
                     names = ", ".join(t.qualified for t in tables)
                     if self.truncate_mode == "fail":
@@ -291,7 +348,24 @@ class ChangeStream:
                     if batch:
                         yield BatchReady(self._mark(batch, txn, txn_changes), "truncate")
                         batch = ChangeBatch()
-                    yield TruncateEvent(tables, txn.final_lsn, txn.commit_time)
+                txn_changes += 1  # a place in the transaction of its own: what follows it survives it
+                if tables:
+                    for table in tables:
+                        if self.windows:
+                            self._windowed(WindowChange("T", table, None, None, txn.final_lsn, txn_changes,
+                                                        txn.commit_time, txn.xid))
+                    yield TruncateEvent(tables, txn.final_lsn, txn.commit_time, txn_changes)
+            elif isinstance(message, Message) and message.transactional:
+                ddl = ddl_event(message)
+                if ddl is None or txn is None or ddl.replicated_as not in self.tracked:
+                    continue
+                for window in self.windows.values():  # a chunk read across a DDL of its table is read again
+                    if window.table == ddl.replicated_as:
+                        window.columns_changed = True
+                if batch:
+                    yield BatchReady(self._mark(batch, txn, txn_changes), "ddl")
+                    batch = ChangeBatch()
+                yield DdlSeen(ddl, txn.final_lsn)
             elif isinstance(message, Message) and not message.transactional and message.prefix == MARKER_PREFIX:
                 if txn is None:
                     self.safe_lsn = max(self.safe_lsn, message.lsn)
@@ -299,7 +373,7 @@ class ChangeStream:
                 if watermark is not None and watermark[1] == self.copy_nonce:
                     kind, _, chunk_id = watermark
                     if kind == LOW:
-                        self.windows[chunk_id] = []
+                        self.windows[chunk_id] = Window(chunk_id.rsplit("#", 1)[0], message.lsn)
                     elif chunk_id in self.windows:
                         if batch:  # the chunk lands after every change before its high watermark
                             yield BatchReady(self._mark(batch, txn, txn_changes), "chunk")
@@ -307,7 +381,8 @@ class ChangeStream:
                         qualified = chunk_id.rsplit("#", 1)[0]
                         live = next((t for t in self._live.values() if t is not None and t.qualified == qualified),
                                     None)
-                        yield ChunkWatermark(chunk_id, live, self.windows.pop(chunk_id), message.lsn)
+                        yield ChunkWatermark(chunk_id, live, self.windows.pop(chunk_id), message.lsn,
+                                             self.recent.get)
                 if not follow and marker is not None and message.content == marker.encode() and not self.keep_going():
                     break
             # TypeInfo and Origin need no action: types are looked up by OID
