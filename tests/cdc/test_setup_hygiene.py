@@ -1,0 +1,86 @@
+"""A failed `setup` leaves nothing behind on the source and never waits in silence (issue: exact under races and
+crashes, scenarios 8 and 9)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from pipelines.cdc import copies
+from runner.exit_codes import ExitCode
+from sources.replication.errors import SlotCreationTimeout
+from tests.conftest import PROJECT_ROOT, subprocess_env
+from tests.test_run_operations import AURORA_SYNC
+
+from .conftest import Harness
+
+
+def slots(cdc: Harness) -> list[str]:
+    return [r[0] for r in cdc.source("SELECT slot_name FROM pg_replication_slots")]
+
+
+def test_invalid_snapshot_settings_fail_before_the_slot_is_created(cdc: Harness, tmp_path: Path) -> None:
+    """Was: `setup` exited 2 for chunk_bytes below its floor only after it created the slot, which held WAL."""
+    cdc.sql("CREATE TABLE app.t (id int PRIMARY KEY)", "INSERT INTO app.t VALUES (1)")
+    env = subprocess_env({"SOURCES__POSTGRES__CREDENTIALS": cdc.dsn, "SOURCES__POSTGRES__SCHEMAS": '["app"]',
+                          "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "r.duckdb"),
+                          "DLT_DATA_DIR": str(tmp_path / "dlt"), "RUNNER__DEAD_LETTER_URL": str(tmp_path / "dl"),
+                          "SOURCES__POSTGRES__SNAPSHOT__CHUNK_BYTES": "1000"})
+    result = subprocess.run([AURORA_SYNC, "setup"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == ExitCode.CONFIG_ERROR, result.stderr[-2000:]
+    assert "chunk_bytes" in result.stderr
+    assert slots(cdc) == []
+
+
+def test_a_setup_that_fails_after_creating_the_slot_drops_it(cdc: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    cdc.sql("CREATE TABLE app.t (id int PRIMARY KEY)", "INSERT INTO app.t VALUES (1)")
+
+    def broken(*args: object, **kwargs: object) -> list[object]:
+        assert slots(cdc) == [cdc.slot], "the slot exists when the copy starts"
+        raise RuntimeError("the destination went away mid-copy")
+
+    monkeypatch.setattr(copies, "snapshot", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        cdc.setup()
+    assert slots(cdc) == [], "a failed setup dropped the slot it created: it holds no WAL"
+    monkeypatch.undo()
+
+
+def test_slot_creation_names_the_transactions_it_waits_for_and_gives_up_cleanly(
+        cdc: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Was: `setup` logged nothing for 90 s behind one open transaction, and the server kept waiting after it was
+    killed."""
+    cdc.sql("CREATE TABLE app.t (id int PRIMARY KEY)", "INSERT INTO app.t VALUES (1)")
+    cdc.configure(slot_create_timeout_seconds=8)
+    blocker = psycopg2.connect(cdc.dsn, application_name="long-report")
+    try:
+        with blocker.cursor() as cur:  # a write transaction left open: slot creation waits for it
+            cur.execute("INSERT INTO app.t VALUES (2)")
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="aurora_sync.cdc"), pytest.raises(SlotCreationTimeout) as failure:
+            cdc.setup()
+        waited = time.monotonic() - started
+        assert 8 <= waited < 60
+        assert f"pid {pid}" in str(failure.value) and "long-report" in str(failure.value)
+        reports = [r for r in caplog.records if "waits for" in r.getMessage()]
+        assert len(reports) >= 1
+        assert any(b["application_name"] == "long-report" for b in getattr(reports[0], "fields", {}).get(
+            "waiting_for", [])), json.dumps(getattr(reports[0], "fields", {}), default=str)
+        # nothing is left waiting on the server, and no slot was created
+        time.sleep(0.5)
+        assert cdc.source("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid' OR "
+                          "query LIKE 'CREATE_REPLICATION_SLOT%'") == [(0,)]
+        assert slots(cdc) == []
+    finally:
+        blocker.rollback()
+        blocker.close()
+    cdc.setup()  # once the transaction ended, setup succeeds
+    assert slots(cdc) == [cdc.slot]
