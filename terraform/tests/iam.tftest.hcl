@@ -98,25 +98,42 @@ run "iam" {
     error_message = "The task role may put metrics into its own namespace only."
   }
 
-  # CDC land/merge: the follower lands batches under <pipeline>/ (write, data key) and `merge`, run by the
-  # merge schedule with the same task role, lists and reads them there; Snowflake's COPY reads them through
-  # the storage-integration role. Both fit the existing policies: nothing added for the split.
+  # CDC land/merge (docs/cdc.md#land-then-merge): the follower lands batches under _landing/<pipeline>/
+  # (write, data key) and `merge`, run by the merge schedule with the same task role, lists and reads them
+  # there, then deletes what it applied. The landing area is outside <pipeline>/, so that the archive's
+  # lifecycle never reaches an unmerged load.
   assert {
     condition = (
       anytrue([
         for s in jsondecode(aws_iam_role_policy.task["customers_orders"].policy).Statement :
-        contains(flatten([s.Resource]), "arn:aws:s3:::sync-bucket/customers_orders/*") && contains(flatten([s.Action]), "s3:GetObject") && contains(flatten([s.Action]), "s3:PutObject")
+        contains(flatten([s.Resource]), "arn:aws:s3:::sync-bucket/_landing/customers_orders/*") &&
+        alltrue([for a in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"] : contains(flatten([s.Action]), a)])
       ]) &&
       anytrue([
         for s in jsondecode(aws_iam_role_policy.task["customers_orders"].policy).Statement :
-        s.Action == "s3:ListBucket" && contains(try(s.Condition.StringLike["s3:prefix"], []), "customers_orders/*")
+        s.Action == "s3:ListBucket" && contains(try(s.Condition.StringLike["s3:prefix"], []), "_landing/customers_orders/") && contains(try(s.Condition.StringLike["s3:prefix"], []), "_landing/customers_orders/*")
       ]) &&
       anytrue([
         for s in jsondecode(aws_iam_role_policy.task["customers_orders"].policy).Statement :
         s.Resource == var.data_kms_key_arn && contains(flatten([s.Action]), "kms:Decrypt") && contains(flatten([s.Action]), "kms:GenerateDataKey") && try(s.Condition.StringEquals["kms:ViaService"], "") == "s3.eu-west-1.amazonaws.com"
       ])
     )
-    error_message = "The task role must let the follower land and the merge list and read <pipeline>/ objects, with the data key through S3 only."
+    error_message = "The task role must let the follower land and the merge list, read and delete _landing/<pipeline>/ objects, with the data key through S3 only."
+  }
+
+  assert {
+    condition = (
+      contains(flatten([for s in jsondecode(aws_iam_role_policy.task["billing"].policy).Statement : flatten([s.Resource])]), "arn:aws:s3:::sync-bucket/_landing/billing/*") &&
+      !strcontains(aws_iam_role_policy.task["billing"].policy, "_landing/customers_orders") &&
+      !strcontains(aws_iam_role_policy.task["customers_orders"].policy, "_landing/billing") &&
+      !strcontains(aws_iam_role_policy.task["customers_orders"].policy, "sync-bucket/_landing/*")
+    )
+    error_message = "Each task role reaches its own landing area only, never the whole _landing/ prefix or another pipeline's."
+  }
+
+  assert {
+    condition     = !strcontains(aws_iam_role_policy.snowflake.policy, "_landing")
+    error_message = "The Snowflake role reads the archive only: no object or listing of the CDC landing area _landing/."
   }
 
   assert {

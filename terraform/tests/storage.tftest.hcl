@@ -83,8 +83,8 @@ run "storage" {
   }
 
   assert {
-    condition     = sort([for r in aws_s3_bucket_lifecycle_configuration.this.rule : r.id]) == tolist(["archive-billing", "archive-customers_orders", "dead-letter"])
-    error_message = "One archive rule per pipeline plus the dead-letter rule."
+    condition     = sort([for r in aws_s3_bucket_lifecycle_configuration.this.rule : r.id]) == tolist(["archive-billing", "archive-customers_orders", "dead-letter", "landing"])
+    error_message = "One archive rule per pipeline plus the dead-letter rule and the landing-area rule."
   }
 
   assert {
@@ -92,12 +92,43 @@ run "storage" {
       for r in aws_s3_bucket_lifecycle_configuration.this.rule : (
         r.id == "dead-letter"
         ? one(r.filter).prefix == "dead_letter/" && one(r.expiration).days == 90 && length(r.transition) == 0
+        : r.id == "landing" ? true
         : one(r.filter).prefix == "${trimprefix(r.id, "archive-")}/" &&
         one(r.transition).days == 30 && one(r.transition).storage_class == "GLACIER_IR" &&
         one(r.expiration).days == 400 && one(r.noncurrent_version_expiration).noncurrent_days == 30
       )
     ])
     error_message = "Archive rules must transition, expire and expire noncurrent versions; dead letters keep their own retention."
+  }
+
+  # CDC land/merge (docs/cdc.md#land-then-merge): an unmerged load under _landing/<pipeline>/ must never
+  # transition or expire; `merge` deletes what it applied, the rule only cleans up after those deletes.
+  assert {
+    condition = alltrue([
+      for r in aws_s3_bucket_lifecycle_configuration.this.rule : (
+        one(r.filter).prefix == "_landing/" &&
+        r.status == "Enabled" &&
+        length(r.transition) == 0 &&
+        length(r.noncurrent_version_transition) == 0 &&
+        alltrue([for e in r.expiration : e.expired_object_delete_marker && coalesce(e.days, 0) == 0 && e.date == null]) &&
+        one(r.noncurrent_version_expiration).noncurrent_days == 30 &&
+        one(r.abort_incomplete_multipart_upload).days_after_initiation == 7
+      ) if r.id == "landing"
+    ])
+    error_message = "The _landing/ rule must never transition or expire current objects: only noncurrent versions, expired delete markers and incomplete uploads go."
+  }
+
+  assert {
+    condition = alltrue([
+      for r in aws_s3_bucket_lifecycle_configuration.this.rule :
+      !startswith("_landing/", one(r.filter).prefix) && !startswith(one(r.filter).prefix, "_landing/") if r.id != "landing"
+    ])
+    error_message = "No other lifecycle rule (archive transition/expiry, dead letters) may reach the landing area."
+  }
+
+  assert {
+    condition     = output.landing_prefix == "_landing/"
+    error_message = "The landing area is _landing/<pipeline>/, beside the archive prefixes."
   }
 
   assert {
@@ -140,4 +171,18 @@ run "existing_access_log_bucket_is_used_as_is" {
     condition     = aws_s3_bucket_logging.this.target_bucket == "org-s3-access-logs" && length(aws_s3_bucket.logs) == 0
     error_message = "A given access-log bucket is used, and no log bucket is created."
   }
+}
+
+run "pipeline_name_overlapping_the_landing_area" {
+  command = plan
+
+  module {
+    source = "./modules/storage"
+  }
+
+  variables {
+    pipelines = ["customers_orders", "_landing"]
+  }
+
+  expect_failures = [var.pipelines]
 }

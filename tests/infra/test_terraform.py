@@ -332,8 +332,16 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
     assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
     assert '"aws:SecureTransport":"false"' in s3.get_bucket_policy(Bucket=bucket)["Policy"].replace(" ", "")
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
-    assert set(rules) == {"archive-customers_orders", "archive-orders_cdc", "dead-letter"}
+    assert set(rules) == {"archive-customers_orders", "archive-orders_cdc", "dead-letter", "landing"}
     assert rules["dead-letter"]["Filter"]["Prefix"] == "dead_letter/"
+    # the CDC landing area: an unmerged load never transitions or expires (`merge` deletes what it applied)
+    landing = rules["landing"]
+    assert landing["Filter"]["Prefix"] == "_landing/" and landing["Status"] == "Enabled"
+    assert "Transitions" not in landing and "NoncurrentVersionTransitions" not in landing
+    assert landing["Expiration"] == {"ExpiredObjectDeleteMarker": True}, landing
+    assert landing["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    assert landing["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7
+    assert not any(r["Filter"]["Prefix"].startswith("_") for i, r in rules.items() if i != "landing")
     # --- audit: server access logs always on (into the created <bucket>-logs), the archive's data-event trail
     assert outputs["access_log_bucket"] == f"{bucket}-logs"
     logging_target = s3.get_bucket_logging(Bucket=bucket)["LoggingEnabled"]
@@ -403,6 +411,20 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
         trust["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"]
         == "AB12345_SFCRole=2_eXaMpLeExTeRnAlId0000="
     )
+    # the follower's task role reaches its landing area (land, merge, delete); the Snowflake role does not
+    iam = client("iam")
+
+    def policy(role: str, name: str) -> str:
+        document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        return document if isinstance(document, str) else json.dumps(document)
+
+    task_policy = json.loads(policy("aurora-snowflake-sync-prod-orders_cdc-task", "pipeline-orders_cdc"))
+    read_write = next(s for s in task_policy["Statement"] if s["Sid"] == "ReadWriteOwnPrefixes")
+    assert f"arn:aws:s3:::{bucket}/_landing/orders_cdc/*" in read_write["Resource"]
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(read_write["Action"])
+    listing = next(s for s in task_policy["Statement"] if s["Sid"] == "ListOwnPrefixes")
+    assert "_landing/orders_cdc/*" in listing["Condition"]["StringLike"]["s3:prefix"]
+    assert "_landing" not in policy("aurora-snowflake-sync-prod-snowflake", "read-staged-files")
     alarms = client("cloudwatch").describe_alarms(AlarmNamePrefix="aurora-snowflake-sync-prod-")["MetricAlarms"]
     # five per pipeline, plus error logs, DLQ depth and failed tasks, plus the follower's landing and merge lag
     assert len(alarms) == 5 * 2 + 3 + 2

@@ -7,9 +7,12 @@ locals {
   cluster_arn   = "${local.arn_prefix}:ecs:${var.region}:${var.account_id}:cluster/${var.ecs_cluster_name}"
   s3_via        = "s3.${var.region}.amazonaws.com"
 
-  # S3 prefixes of one pipeline: its staged/archived files and its dead letters.
+  # S3 prefixes of one pipeline: its staged/archived files, its dead letters, and its CDC landing area
+  # (the follower lands batches there, `merge` lists, reads and then deletes what it applied; see
+  # docs/cdc.md#land-then-merge). The landing area is outside <pipeline>/ so that the archive's lifecycle
+  # never reaches an unmerged load; the Snowflake role does not get it (it reads the archive only).
   pipeline_prefixes = {
-    for p in var.pipelines : p => ["${p}/", "dead_letter/${p}/"]
+    for p in var.pipelines : p => ["${p}/", "dead_letter/${p}/", "_landing/${p}/"]
   }
 
   ecs_tasks_trust = jsonencode({
@@ -144,7 +147,8 @@ resource "aws_iam_role_policy" "task" {
 
 # ------------------------------------------------------------------------------------------------
 # Snowflake storage integration: Snowflake's IAM user assumes this role, with the integration's
-# external ID, and may only read the pipelines' prefixes.
+# external ID, and may only read the pipelines' archive prefixes (<pipeline>/; not dead_letter/, not the
+# CDC landing area _landing/, which only the pipeline's task role reads, to merge it).
 # ------------------------------------------------------------------------------------------------
 resource "aws_iam_role" "snowflake" {
   name                 = "${var.name_prefix}-snowflake"

@@ -1,9 +1,12 @@
 # The staging and archive bucket. Layout (written by the runner):
 #   <pipeline>/<schema>/<table>/<load_id>...parquet   staged files, kept as the archive
 #   dead_letter/<pipeline>/<table>/...                rows that could not be loaded
+#   _landing/<pipeline>/...                           CDC batches landed by the follower, until `merge`
+#                                                     applies and deletes them (docs/cdc.md#land-then-merge)
 locals {
   root_arn           = "arn:${var.partition}:iam::${var.account_id}:root"
   dead_letter_prefix = "dead_letter/"
+  landing_prefix     = "_landing/"
 }
 
 resource "aws_kms_key" "data" {
@@ -138,7 +141,8 @@ resource "aws_s3_bucket_policy" "this" {
 resource "aws_s3_bucket_lifecycle_configuration" "this" {
   bucket = aws_s3_bucket.this.id
 
-  # One archive rule per pipeline prefix, so that dead_letter/ keeps its own, independent retention.
+  # One archive rule per pipeline prefix, so that dead_letter/ and _landing/ keep their own, independent
+  # rules. No pipeline name starts with "_" (validated), so no <pipeline>/ filter matches _landing/.
   dynamic "rule" {
     for_each = sort(tolist(var.pipelines))
     content {
@@ -182,6 +186,34 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
 
     noncurrent_version_expiration {
       noncurrent_days = 7
+    }
+
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 7
+    }
+  }
+
+  # The CDC landing area has its own rule, outside every archive prefix, because a landed load must stay
+  # in place until `merge` has applied it: a transition (to a storage class with retrieval fees or a restore
+  # step) or an expiry there would make the merge fail on a gap (LandingGap) or lose changes whose WAL the
+  # slot has already released. So current objects never transition or expire; `merge` deletes what it
+  # consumed. Only the leftovers of those deletes go: noncurrent versions (kept as long as the archive's, a
+  # window to restore a load deleted by mistake), the delete markers left once those are gone, and
+  # incomplete multipart uploads.
+  rule {
+    id     = "landing"
+    status = "Enabled"
+
+    filter {
+      prefix = local.landing_prefix
+    }
+
+    expiration {
+      expired_object_delete_marker = true
+    }
+
+    noncurrent_version_expiration {
+      noncurrent_days = var.archive_lifecycle.noncurrent_expiration_days
     }
 
     abort_incomplete_multipart_upload {

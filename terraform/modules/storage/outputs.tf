@@ -18,6 +18,11 @@ output "dead_letter_prefix" {
   value       = local.dead_letter_prefix
 }
 
+output "landing_prefix" {
+  description = "Key prefix of the CDC landing area (_landing/<pipeline>/...), outside the archive's lifecycle."
+  value       = local.landing_prefix
+}
+
 output "access_log_bucket" {
   description = "Bucket that receives the archive's S3 server access logs (given, or created here)."
   value       = local.access_log_bucket

@@ -21,10 +21,16 @@ variable "partition" {
 variable "pipelines" {
   description = "Pipeline names; each has its own <pipeline>/ prefix and archive lifecycle rule."
   type        = set(string)
+
+  # "_landing/" (the CDC landing area) and its lifecycle rule must never fall under an archive prefix.
+  validation {
+    condition     = alltrue([for p in var.pipelines : !startswith(p, "_") && !strcontains(p, "/")])
+    error_message = "A pipeline name must not start with \"_\" or contain \"/\": its archive prefix <pipeline>/ (transition, expiry) would overlap the CDC landing area _landing/."
+  }
 }
 
 variable "archive_lifecycle" {
-  description = "Transition, expiry and noncurrent-version expiry of the archive under <pipeline>/."
+  description = "Transition, expiry and noncurrent-version expiry of the archive under <pipeline>/ (noncurrent_expiration_days also applies to _landing/, whose current objects never expire)."
   type = object({
     transition_days            = number
     storage_class              = string
