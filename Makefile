@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv tools demo demo-snowflake test test-fast lint bench bench-snapshot clean
+.PHONY: venv tools demo demo-snowflake test test-fast lint bench bench-snapshot clean soak
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -33,6 +33,12 @@ test: venv tools lint
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
+
+# The race-and-crash soak of CDC (tests/race): SEEDS seeds for every mode, ~1 min each. make soak SEEDS=200;
+# RACE_MODES=follow,land-merge RACE_DDL=1 RACE_SEED_START=1000 RACE_RESULTS=r.jsonl RACE_KEEP_DIR=/tmp/f pass through.
+SEEDS ?= 50
+soak: venv
+	RACE_SEEDS=$(SEEDS) $(BIN)/pytest -q -m race tests/race
 
 bench: venv
 	$(BIN)/python -m bench.snapshot_vs_copy --rows 1000000
