@@ -26,7 +26,7 @@ FAILPOINTS = ("extract_start", "extract_mid", "normalize_start", "normalize_mid"
               "after_load")
 # pipelines/cdc: a batch is loaded, its LSN not yet confirmed; pipelines/destinations: a landing load's state is
 # written, its `_dlt_loads` entry not yet
-CDC_FAILPOINTS = ("after_load_before_ack", "landing_state_written")
+CDC_FAILPOINTS = ("after_load_before_ack", "landing_state_written", "slot_created")
 
 
 _REACHED: dict[str, int] = {}

@@ -96,3 +96,23 @@ def wait_for_slot(cdc: Cdc, lsn: int, timeout: float = 5.0) -> SlotHealth | None
         if health is None or (health.confirmed_flush_lsn or 0) >= lsn or time.monotonic() > deadline:
             return health
         time.sleep(0.05)
+
+
+def unfinished_setup(health: SlotHealth | None, state: dict[str, Any]) -> str | None:
+    """Why the slot on the source needs someone's attention though no run failed: a `setup` killed or failing after it
+    created the slot leaves it holding WAL on the writer with no run consuming it. None when there is nothing to say.
+
+    `state` is the pipeline's CDC state (`sources.<source>.cdc`) as the destination holds it."""
+    if health is None:
+        return None
+    held = f"it holds {health.retained_wal_bytes / 2**20:.1f} MiB of WAL on the writer"
+    if state.get("confirmed_lsn") is None:
+        return (f"replication slot {health.slot_name!r} exists but no setup finished with it (a setup was killed or "
+                f"failed after creating it): {held}. Run `aurora-sync setup` again to finish, or "
+                "`aurora-sync teardown` to drop it.")
+    copying = sorted(t.get("resource", name) for name, t in state.get("tables", {}).items() if t.get("copy"))
+    if copying and not health.active:
+        return (f"the initial copy of {', '.join(copying)} is not finished and no sync is streaming the slot "
+                f"{health.slot_name!r}: {held}. `aurora-sync setup` or the next `aurora-sync run --mode cdc` "
+                "finishes it.")
+    return None

@@ -25,6 +25,7 @@ from ..exit_codes import ExitCode
 from .checks import Check
 from .doctor_security import role_checks, tls_check, write_privilege_check
 from .run import PIPELINES, load_pipeline_module, source_dsn
+from .status import pipeline_state, slot
 
 
 def register(subparsers: Any) -> None:
@@ -223,6 +224,23 @@ def snowflake_stage_check(pipeline: dlt.Pipeline) -> list[Check]:
                       "run `aurora-sync snowflake-bootstrap`, and check the grants on the stage and integration")]
 
 
+def slot_check(pipeline: dlt.Pipeline) -> list[Check]:
+    """A replication slot that a killed or failed `setup` left behind holds WAL on the writer: say so."""
+    try:
+        health = slot(pipeline.pipeline_name, pipeline_state(pipeline))
+    except Exception as exc:
+        return [Check("source: replication slot", "warn", f"cannot read the slot: {str(exc).splitlines()[0]}")]
+    if health is None:
+        return [Check("source: replication slot", "skip", "no slot: CDC is not set up for this pipeline")]
+    if health.get("error"):
+        return [Check("source: replication slot", "warn", f"cannot read the slot: {health['error'].splitlines()[0]}")]
+    if health.get("attention"):
+        return [Check("source: replication slot", "warn", health["attention"],
+                      "`aurora-sync setup` finishes it; `aurora-sync teardown` drops the slot")]
+    return [Check("source: replication slot", "ok", f"{health['slot_name']} retains "
+                  f"{health['retained_wal_bytes'] / 2**20:.1f} MiB of WAL, wal_status={health.get('wal_status')}")]
+
+
 def run_checks(pipeline_name: str, extra: list[Callable[[], list[Check]]] | None = None) -> list[Check]:
     checks: list[Check] = []
     try:
@@ -231,6 +249,7 @@ def run_checks(pipeline_name: str, extra: list[Callable[[], list[Check]]] | None
         checks.append(Check("source: configuration", "fail", str(exc), "set sources.postgres.credentials"))
     pipeline = load_pipeline_module(pipeline_name).make_pipeline()
     checks += destination_checks(pipeline)
+    checks += slot_check(pipeline)
     checks += snowflake_stage_check(pipeline)
     checks += vault_checks()
     for producer in extra or []:

@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dlt
+from dlt.common.destination.exceptions import DestinationUndefinedEntity
 from dlt.pipeline.state_sync import load_pipeline_state_from_destination
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.cdc.health import unfinished_setup
 from pipelines.isolation import FAILED_TABLES_KEY
 from sources.replication.lsn import format_lsn
 from sources.replication.slot import connect, object_name, slot_health
@@ -28,14 +30,17 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=main)
 
 
-def _state(pipeline: dlt.Pipeline) -> dict[str, Any]:
+def pipeline_state(pipeline: dlt.Pipeline) -> dict[str, Any]:
     """Local state when this machine ran the pipeline, else the state committed in the destination."""
     if pipeline.first_run is False or pipeline.state.get("_state_version", 0) > 0:
         local = dict(pipeline.state)
         if local.get("sources"):
             return local
-    with pipeline.destination_client() as client:
-        remote = load_pipeline_state_from_destination(pipeline.pipeline_name, client)  # type: ignore[arg-type]
+    try:
+        with pipeline.destination_client() as client:
+            remote = load_pipeline_state_from_destination(pipeline.pipeline_name, client)  # type: ignore[arg-type]
+    except DestinationUndefinedEntity:  # no state stored yet (a setup killed before its first load)
+        return {}
     return dict(remote or {})
 
 
@@ -65,17 +70,24 @@ def cursors(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return positions
 
 
-def slot(pipeline_name: str) -> dict[str, Any] | None:
-    """The replication slot's retained WAL, read-only from the source (None when CDC is not set up)."""
+def cdc_state(state: dict[str, Any]) -> dict[str, Any]:
+    return next((s["cdc"] for s in state.get("sources", {}).values() if s.get("cdc")), {})
+
+
+def slot(pipeline_name: str, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The replication slot's retained WAL, read-only from the source (None when CDC is not set up), and
+    `attention`: why a slot no run consumes needs someone (a setup killed after creating it)."""
     try:
         conn = connect(source_dsn(), statement_timeout_ms=10_000)
     except Exception as exc:
         return {"error": str(exc)}
     try:
         health = slot_health(conn, object_name(pipeline_name))
-        return health.as_fields() if health else None
     finally:
         conn.close()
+    if health is None:
+        return None
+    return {**health.as_fields(), "attention": unfinished_setup(health, cdc_state(state))}
 
 
 def packages(pipeline: dlt.Pipeline) -> dict[str, Any]:
@@ -99,7 +111,7 @@ def collect(pipeline_name: str) -> dict[str, Any]:
         if not isinstance(started, datetime):
             started = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
         lag = round((datetime.now(UTC) - started).total_seconds(), 1)
-    state = _state(pipeline)
+    state = pipeline_state(pipeline)
     return {
         "pipeline": pipeline_name,
         "destination": pipeline.destination.destination_name if pipeline.destination else None,
@@ -109,7 +121,7 @@ def collect(pipeline_name: str) -> dict[str, Any]:
         "failed_tables": set_aside(state),
         "packages": packages(pipeline),
         "positions": cursors(state),
-        "replication_slot": slot(pipeline_name),
+        "replication_slot": slot(pipeline_name, state),
     }
 
 
@@ -141,6 +153,8 @@ def main(args: argparse.Namespace) -> ExitCode:
         console.print(f"Replication slot: {health.get('slot_name')} wal_status={health.get('wal_status')} "
                       f"retained WAL={health.get('retained_wal_bytes')} bytes, pinned={health.get('pinned_wal_bytes')} "
                       f"bytes {health.get('error', '')}")
+        if health.get("attention"):
+            console.print(f"[bold yellow]attention[/bold yellow] {health['attention']}")
     for table, failure in sorted(status["failed_tables"].items()):
         console.print(f"[bold red]set aside[/bold red] {table} since {failure.get('since')}: "
                       f"{failure.get('step')} failed: {failure.get('error')}")

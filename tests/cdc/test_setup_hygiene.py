@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import duckdb
 import psycopg2
 import pytest
 
@@ -84,3 +85,41 @@ def test_slot_creation_names_the_transactions_it_waits_for_and_gives_up_cleanly(
         blocker.close()
     cdc.setup()  # once the transaction ended, setup succeeds
     assert slots(cdc) == [cdc.slot]
+
+
+def test_a_setup_killed_after_creating_the_slot_is_named_by_status_and_doctor_and_finished_by_the_next(
+        cdc: Harness, tmp_path: Path) -> None:
+    """kill -9 cannot drop anything: a slot then holds WAL with no run consuming it. status and doctor say so and
+    what to do, and the next `setup` (a replacement task: an empty disk) finishes it exactly."""
+    cdc.sql("CREATE TABLE app.t (id int PRIMARY KEY, v text)",
+            "INSERT INTO app.t SELECT g, 'v' || g FROM generate_series(1, 500) g")
+    base = {"SOURCES__POSTGRES__CREDENTIALS": cdc.dsn, "SOURCES__POSTGRES__SCHEMAS": '["app"]',
+            "DESTINATION__DUCKDB__CREDENTIALS": str(tmp_path / "r.duckdb"),
+            "RUNNER__DEAD_LETTER_URL": str(tmp_path / "dl")}
+
+    def aurora_sync(*args: str, disk: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        env = subprocess_env({**base, "DLT_DATA_DIR": str(tmp_path / disk), **extra})
+        return subprocess.run([AURORA_SYNC, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=180, check=False)
+
+    killed = aurora_sync("setup", disk="disk-1", AURORA_SYNC_FAILPOINT="slot_created")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    (slot_name,) = slots(cdc)
+
+    status = aurora_sync("status", "--json", disk="disk-2")
+    assert status.returncode == ExitCode.SUCCESS, status.stderr[-2000:]
+    attention = json.loads(status.stdout)["replication_slot"]["attention"]
+    assert slot_name in attention and "no setup finished" in attention and "aurora-sync teardown" in attention
+    doctor = aurora_sync("doctor", "--json", disk="disk-2")
+    check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "source: replication slot")
+    assert check["status"] == "warn" and "no setup finished" in check["detail"], check
+
+    finished = aurora_sync("setup", disk="disk-3")
+    assert finished.returncode == ExitCode.SUCCESS, finished.stderr[-2000:]
+    assert slots(cdc) == [slot_name]
+    assert json.loads(aurora_sync("status", "--json", disk="disk-3").stdout)["replication_slot"]["attention"] is None
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as duck:
+        ((schema,),) = duck.sql("SELECT table_schema FROM information_schema.tables WHERE table_name = 'app__t' "
+                                "AND table_schema NOT LIKE '%staging%'").fetchall()
+        copied = duck.sql(f"SELECT id, v FROM {schema}.app__t ORDER BY id").fetchall()
+    assert copied == cdc.source("SELECT id, v FROM app.t ORDER BY id")
