@@ -20,6 +20,7 @@ from pipelines.chunk_claims import ChunkClaims
 from pipelines.isolation import IsolatedRun, RunPlan, run_isolated
 from pipelines.progress import collector_for
 from pipelines.snapshot_helper import HelperResult
+from pipelines.transactions import transactional
 from sources.postgres import SOURCE_NAME, postgres_replica
 from sources.postgres.chunking import Chunk, snapshot_settings
 from sources.postgres.session import close_idle_sessions, writer_dsn
@@ -32,8 +33,10 @@ Mode = Literal["incremental", "snapshot"]
 
 
 def make_pipeline(pipelines_dir: str | None = None) -> dlt.Pipeline:
-    return dlt.pipeline(pipeline_name=PIPELINE_NAME, pipelines_dir=pipelines_dir,
-                        progress=collector_for(interactive=sys.stderr.isatty()))
+    pipeline = dlt.pipeline(pipeline_name=PIPELINE_NAME, pipelines_dir=pipelines_dir,
+                            progress=collector_for(interactive=sys.stderr.isatty()))
+    transactional(pipeline.destination)  # a merge's DELETE and INSERT commit together (pipelines.transactions)
+    return pipeline
 
 
 def run(

@@ -13,8 +13,9 @@ its own, and fails otherwise:
 - a table's replace (loaded into staging, then copied over in one transaction: `insert-from-staging`);
 - the load's completion (`_dlt_loads`), which is what makes the package's dlt state visible to the next task.
 
-The check first *updates* the holder's fence row, which serialises it with a take-over writing that row: either the
-stale transaction commits before the new holder took over, or it sees another token and raises inside the warehouse.
+In Snowflake the check first *updates* the holder's fence row, which serialises it with a take-over writing that row:
+either the stale transaction commits before the new holder took over, or it sees another token and raises inside
+the warehouse. DuckDB needs only the read: one process at a time opens its file for writing.
 The apply's own SQL (a TRUNCATE, keyless deletes by key) is guarded by position or idempotent (`pipelines.apply`),
 so a stale holder cannot undo anything with it either.
 
@@ -36,7 +37,10 @@ import dlt
 from dlt.common.destination.client import PreparedTableSchema, StateInfo
 from dlt.common.time import ensure_datetime_in_tz
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
+from dlt.destinations.impl.duckdb.duck import DuckDbClient
 from dlt.destinations.sql_jobs import SqlMergeFollowupJob, SqlStagingReplaceFollowupJob
+
+from pipelines.transactions import transactional
 
 log = logging.getLogger("aurora_sync.fence")
 
@@ -60,25 +64,32 @@ def raise_if_fenced_off(exc: BaseException) -> None:
         current = current.__cause__ or current.__context__
 
 
-def fence_sql(sql_client: Any, role: str, token: str) -> list[str]:
-    """Statements that fail unless `token` still holds `role`: run first in the transaction they protect."""
+def fence_sql(sql_client: Any, role: str, token: str, *, serialise: bool = True) -> list[str]:
+    """Statements that fail unless `token` still holds `role`: run first in the transaction they protect.
+
+    `serialise=False` leaves out the write to the fence row, for DuckDB: one process at a time can open its file for
+    writing, so no take-over can commit while this transaction is open, and the tables' parallel jobs would only
+    conflict with each other on the row (DuckDB fails one of two concurrent updates of a row, then dlt retries)."""
     table = sql_client.make_qualified_table_name(FENCE_TABLE)
     mine = f"role = '{role}' AND token = '{token}'"
-    return [
-        f"UPDATE {table} SET checked_at = taken_at WHERE {mine}",  # a write: it waits for (or blocks) a take-over
-        f"SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {table} WHERE {mine}) THEN '1' ELSE '{LOST}' END AS INT)",
-    ]
+    check = f"SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM {table} WHERE {mine}) THEN '1' ELSE '{LOST}' END AS INT)"
+    if not serialise:
+        return [check]
+    # a write first: it waits for (or blocks) a take-over writing the row, so the check below cannot go stale
+    return [f"UPDATE {table} SET checked_at = taken_at WHERE {mine}", check]
 
 
-def _fenced_job(base: type, role: str, token: str) -> type:
+def _fenced_job(base: type, role: str, token: str, serialise: bool) -> type:
     def generate_sql(cls: type, table_chain: Sequence[PreparedTableSchema], sql_client: Any) -> list[str]:
-        return fence_sql(sql_client, role, token) + base.generate_sql.__func__(cls, table_chain, sql_client)
+        return (fence_sql(sql_client, role, token, serialise=serialise)
+                + base.generate_sql.__func__(cls, table_chain, sql_client))
 
     return type(f"Fenced{base.__name__}", (base,), {"generate_sql": classmethod(generate_sql)})
 
 
 def _fenced_client(base: type, role: str, token: str) -> type:
     merge_job = SqlMergeFollowupJob
+    serialise = not issubclass(base, DuckDbClient)
     try:
         from dlt.destinations.impl.snowflake.snowflake import SnowflakeClient, SnowflakeMergeJob
 
@@ -86,8 +97,8 @@ def _fenced_client(base: type, role: str, token: str) -> type:
             merge_job = SnowflakeMergeJob
     except ImportError:  # pragma: no cover - snowflake extras are a core dependency here
         pass
-    merge = _fenced_job(merge_job, role, token)
-    replace = _fenced_job(SqlStagingReplaceFollowupJob, role, token)
+    merge = _fenced_job(merge_job, role, token, serialise)
+    replace = _fenced_job(SqlStagingReplaceFollowupJob, role, token, serialise)
 
     def _create_merge_followup_jobs(self: Any, table_chain: Sequence[PreparedTableSchema]) -> list[Any]:
         return [merge.from_table_chain(table_chain, self.sql_client)]
@@ -97,7 +108,7 @@ def _fenced_client(base: type, role: str, token: str) -> type:
 
     def complete_load(self: Any, load_id: str) -> None:
         with self.sql_client.begin_transaction():
-            for statement in fence_sql(self.sql_client, role, token):
+            for statement in fence_sql(self.sql_client, role, token, serialise=serialise):
                 self.sql_client.execute_sql(statement)
             base.complete_load(self, load_id)
 
@@ -146,6 +157,7 @@ def fenced_pipeline(pipeline: dlt.Pipeline, role: str, *, pipeline_name: str | N
         fenced.__class__ = fenced_factory
         # replaces go through the staging dataset too, so the copy into the table is one checked transaction
         fenced.config_params = {**destination.config_params, "replace_strategy": "insert-from-staging"}
+        transactional(fenced)  # the check, the DELETE and the INSERT in one transaction
         destination = fenced
     result = dlt.pipeline(pipeline_name=pipeline_name or pipeline.pipeline_name, pipelines_dir=pipeline.pipelines_dir,
                           destination=destination, staging=pipeline.staging, dataset_name=pipeline.dataset_name,
