@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.landing_listing import run
 from pipelines.landing_area import LandingArea, LandingGap
 from pipelines.merge import merge_landed
 
@@ -91,3 +92,12 @@ def test_only_what_every_table_merged_is_ever_removed_from_the_landing_area(land
     assert {e.seq for e in area.index()} == waiting, "a load merged a moment ago stays its retention time"
     same(cdc)
     assert merge_landed(cdc.pipeline()).idle
+
+
+def test_an_idle_merge_cycle_lists_once_however_many_loads_the_landing_area_holds() -> None:
+    """The merge lists the landing index after its last merged load (S3 StartAfter): an idle cycle is one LIST
+    request at 200 loads and at 2,000, a cycle after 50 new loads one more (`bench/landing_listing.py` runs it at
+    100,000). Was: every cycle listed the whole `_dlt_loads` folder, a thousand requests after a month."""
+    small, large = run([200, 2_000])
+    assert small.idle_list_requests == large.idle_list_requests == 1, (small, large)
+    assert small.busy_list_requests == large.busy_list_requests == 1, (small, large)
