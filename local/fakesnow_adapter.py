@@ -16,6 +16,10 @@ one names the fakesnow (or dlt) behaviour it works around, so that it can be dro
    → an fsspec S3 filesystem pointing at the moto endpoint is registered on fakesnow's DuckDB connections.
 5. fakesnow creates the connection's schema on connect, but dlt passes it quoted and creates it itself.
    → `create_schema_on_connect=False`, for `fakesnow.patch` and for the HTTP server's shared instance.
+6. Snowflake makes a second transaction that updates a row wait until the first commits (the fencing check,
+   `pipelines.fence`, updates its fence row first for exactly that); fakesnow's DuckDB instead fails one of them
+   with "Conflict on update", so the tables' parallel merges failed at random.
+   → explicit transactions (autocommit off) take turns, one at a time, as they would on the fence row.
 
 Not bridged: fakesnow's handling of dlt's quoted PUT target (`'@"SCHEMA"."%TABLE"/...'`). Every load here goes
 through the S3 stage, so dlt never PUTs; a test that did would fail loudly rather than pass on a patch.
@@ -166,20 +170,62 @@ def client_capabilities() -> Iterator[None]:
         yield
 
 
+class _TransactionTurns:
+    """Patch 6: one explicit transaction at a time across fakesnow connections, as Snowflake's row lock makes the
+    fenced ones. A plain `Lock`, since the HTTP server may begin and end a session's transaction on two threads."""
+
+    WAIT_S = 300
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: Any = None
+
+    def begin(self, conn: Any) -> None:
+        if self._holder is conn:
+            return
+        if not self._lock.acquire(timeout=self.WAIT_S):
+            raise RuntimeError(f"fakesnow: waited {self.WAIT_S} s for another connection's transaction to end")
+        self._holder = conn
+
+    def end(self, conn: Any) -> None:
+        if self._holder is conn:
+            self._holder = None
+            self._lock.release()
+
+
 @contextlib.contextmanager
 def adapter(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
-    """Apply patches 1-4 (process-wide) while the block runs; `s3_filesystem` is the fsspec S3 filesystem to use."""
+    """Apply patches 1-4 and 6 (process-wide) while the block runs; `s3_filesystem`: the fsspec S3 filesystem."""
     check_version()
     import fakesnow.cursor as fs_cursor
     from fakesnow import copy_into as fs_copy
+    from fakesnow.conn import FakeSnowflakeConnection
     from fakesnow.instance import FakeSnow
 
     snowflake_factory, capabilities = _one_statement_capabilities()
     original_execute = fs_cursor.FakeSnowflakeCursor.execute
     original_copy_into = fs_cursor.copy_into
     original_init = FakeSnow.__init__
+    original_autocommit = FakeSnowflakeConnection.autocommit
+    original_close = FakeSnowflakeConnection.close
+    turns = _TransactionTurns()
 
     fake = FakeSnowflake()
+
+    def autocommit(self: Any, mode: bool) -> None:
+        if not mode:
+            turns.begin(self)
+        try:
+            original_autocommit(self, mode)
+        finally:
+            if mode:
+                turns.end(self)
+
+    def close(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            original_close(self, *args, **kwargs)
+        finally:
+            turns.end(self)
 
     def execute(self: Any, command: str, *args: Any, **kwargs: Any) -> Any:
         fake.executed.append(command)
@@ -207,6 +253,8 @@ def adapter(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
         stack.enter_context(_patched(fs_cursor.FakeSnowflakeCursor, "execute", execute))
         stack.enter_context(_patched(fs_cursor, "copy_into", copy_into))
         stack.enter_context(_patched(FakeSnow, "__init__", init))
+        stack.enter_context(_patched(FakeSnowflakeConnection, "autocommit", autocommit))
+        stack.enter_context(_patched(FakeSnowflakeConnection, "close", close))
         yield fake
 
 
