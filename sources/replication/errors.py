@@ -29,6 +29,11 @@ class SlotInvalidated(ReplicationError):
     """PostgreSQL invalidated the slot (max_slot_wal_keep_size exceeded): changes were lost."""
 
 
+class SlotUndecodable(ReplicationError):
+    """PostgreSQL's logical decoding fails on the slot's WAL itself ("could not map filenode"): every retry stops
+    at the same change, so the slot can never advance and has to be re-created (a resnapshot)."""
+
+
 class SlotAheadOfState(ReplicationError):
     """The slot confirmed changes our destination never recorded: someone else consumed it."""
 

@@ -150,3 +150,20 @@ def test_invalidated_slot(cdc: Harness) -> None:
     cdc.configure(on_slot_lost="resnapshot")
     cdc.drain()
     assert_exact(cdc)
+
+
+def test_a_slot_postgresql_cannot_decode_is_not_retried_forever() -> None:
+    """Race soak, follow seed 8: every START_REPLICATION failed at once with PostgreSQL's "could not map filenode";
+    taken for a dropped stream, each run exited 1 to be retried, for ever. It must ask for a resnapshot instead."""
+    from runner.errors import classify
+    from runner.exit_codes import ExitCode
+    from sources.replication.errors import SlotUndecodable, StreamInterrupted
+    from sources.replication.walstream import classify_start_error
+
+    message = 'ERROR:  could not map filenode "base/16384/16779" to relation OID\n'
+    error = classify_start_error(message, "race_slot")
+    assert isinstance(error, SlotUndecodable)
+    code, text = classify(error)
+    assert code == ExitCode.CONFIG_ERROR and "setup --resnapshot" in text and "16779" in text
+    dropped = classify_start_error("server closed the connection unexpectedly", "race_slot")
+    assert isinstance(dropped, StreamInterrupted) and classify(dropped)[0] == ExitCode.FAILURE
