@@ -56,3 +56,7 @@ class RetainedWalExceeded(ReplicationError):
 
 class SlotCreationTimeout(SourceUnreachable):
     """Creating the slot waited `slot_create_timeout_seconds` for open transactions and was cancelled."""
+
+
+class SlotCreationRaced(SourceUnreachable):
+    """Every attempt to create the slot overlapped a catalog change (TRUNCATE, DDL); none was kept, rerun."""

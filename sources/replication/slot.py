@@ -32,6 +32,7 @@ from .errors import (
     PrerequisiteMissing,
     PublicationError,
     ReplicationError,
+    SlotCreationRaced,
     SlotCreationTimeout,
     SlotInUse,
     SlotMissing,
@@ -306,6 +307,28 @@ class ExportedSnapshot:
     snapshot_name: str
 
 
+# Relations whose files logical decoding maps back to tables (temporary ones are never decoded), each with what a
+# catalog change alters: the file (TRUNCATE, a rewrite), the row's version (any ALTER), the columns' versions.
+CATALOG_FINGERPRINT = """
+    SELECT c.oid::regclass::text, c.relfilenode, c.xmin::text,
+           (SELECT md5(string_agg(a.attnum || ':' || a.xmin::text, ',' ORDER BY a.attnum))
+            FROM pg_attribute a WHERE a.attrelid = c.oid)
+    FROM pg_class c WHERE c.relpersistence = 'p' AND c.relkind IN ('r', 'p', 't', 'm')"""
+CREATE_ATTEMPTS = 5
+
+
+def catalog_fingerprint(dsn: str) -> dict[str, tuple[Any, ...]]:
+    conn = connect(dsn, statement_timeout_ms=120_000, where="to read the catalog around creating the slot")
+    try:
+        return {row[0]: tuple(row[1:]) for row in query(conn, CATALOG_FINGERPRINT)}
+    finally:
+        conn.close()
+
+
+def changed_relations(before: dict[str, tuple[Any, ...]], after: dict[str, tuple[Any, ...]]) -> list[str]:
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+
+
 @contextmanager
 def create_slot(dsn: str, slot: str, *, temporary: bool = False, timeout: float = 300.0,
                 report_every: float = 5.0) -> Iterator[ExportedSnapshot]:
@@ -315,65 +338,118 @@ def create_slot(dsn: str, slot: str, *, temporary: bool = False, timeout: float 
     when it closes. Creation waits for every transaction that is writing when it starts (a long report, a session
     idle in transaction): every `report_every` seconds the sessions it waits for are logged (pid, application, age),
     and after `timeout` seconds the wait is cancelled on the server and `SlotCreationTimeout` names them.
+
+    A slot whose creation overlapped a committed catalog change (TRUNCATE, ALTER TABLE, CREATE or DROP of a table:
+    anywhere in the database) is dropped and created again. PostgreSQL (15.18 and master, reproduced here) can
+    decode such a slot with a stale catalog snapshot: a TRUNCATE, or a rewrite, whose catalog changes were logged
+    before the slot's snapshot builder reached its second phase and whose commit came after is not seen by the
+    first decoding, so changes to the new file fail with "could not map filenode" on every start
+    (`SlotUndecodable`), and an ADD COLUMN decodes silently with the old columns. The exported snapshot itself is
+    right; the check compares the catalog read before creation with the catalog read after it.
     """
     check_name("Slot", slot)
-    conn = replication_connection(dsn, APPLICATION_NAME)
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        before = catalog_fingerprint(dsn)
+        conn = replication_connection(dsn, APPLICATION_NAME)
+        try:
+            row = _create(conn, dsn, slot, temporary, timeout, report_every)
+            changed = changed_relations(before, catalog_fingerprint(dsn))
+        except BaseException:
+            conn.close()
+            raise
+        if not changed:
+            break
+        conn.close()  # a temporary slot goes with it
+        if not temporary:
+            _drop_when_released(dsn, slot)
+        log.warning(f"replication slot {slot!r} was created while the catalog changed ({len(changed)} relation(s), "
+                    f"e.g. {', '.join(changed[:5])}): PostgreSQL may decode it with a stale catalog, so it was "
+                    f"dropped to be created again (attempt {attempt} of {CREATE_ATTEMPTS})",
+                    extra={"fields": {"phase": "setup", "slot": slot, "changed": changed[:20]}})
+    else:
+        raise SlotCreationRaced(
+            f"Creating replication slot {slot!r} overlapped a catalog change (TRUNCATE, ALTER TABLE, CREATE or DROP "
+            f"TABLE) {CREATE_ATTEMPTS} times in a row, last on {', '.join(changed[:5])}. PostgreSQL can decode such "
+            "a slot with a stale catalog, so none was kept. Run setup again when schema changes and TRUNCATEs are "
+            "quiet for a few seconds; nothing was created.")
     try:
-        version = conn.server_version
-        kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
-        export = "(SNAPSHOT 'export')" if version >= 150000 else "EXPORT_SNAPSHOT"
-        cur = conn.cursor()
-        cur.execute("SELECT pg_backend_pid()")
-        pid = int(cur.fetchone()[0])
-        outcome: dict[str, Any] = {}
-
-        def create() -> None:
-            try:
-                cur.execute(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput {export}")
-                outcome["row"] = cur.fetchone()
-            except psycopg2.Error as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=create, name="create-slot", daemon=True)
-        started = time.monotonic()
-        worker.start()
-        worker.join(report_every)
-        blockers: list[dict[str, Any]] = []
-        if worker.is_alive():
-            watcher = connect(dsn, statement_timeout_ms=30_000)
-            try:
-                while worker.is_alive():
-                    blockers = waiting_for(watcher, pid)
-                    waited = time.monotonic() - started
-                    log.warning(f"creating replication slot {slot!r} waits for {len(blockers)} open transaction(s) "
-                                f"to end ({waited:.0f} s so far)",
-                                extra={"fields": {"phase": "setup", "slot": slot, "waiting_for": blockers}})
-                    if waited >= timeout:
-                        query(watcher, "SELECT pg_cancel_backend(%s)", (pid,))
-                        worker.join(30)
-                        listed = "; ".join(f"pid {b['pid']} ({b['application_name'] or 'no application'}, "
-                                           f"{b['state']}, transaction open {b['age_s']:.0f} s)" for b in blockers)
-                        raise SlotCreationTimeout(
-                            f"Creating replication slot {slot!r} waited {waited:.0f} s for transactions that were "
-                            f"writing when it started, and was cancelled (slot_create_timeout_seconds = "
-                            f"{timeout:.0f}): {listed or 'they ended as it was cancelled'}. Let them finish (or end "
-                            "them: pg_terminate_backend(pid)) and run setup again; nothing was created.")
-                    worker.join(report_every)
-            finally:
-                watcher.close()
-        error = outcome.get("error")
-        if error is not None:
-            text = str(error)
-            if "already exists" in text:
-                raise ReplicationError(f"Replication slot {slot!r} already exists.") from None
-            if "permission denied" in text.lower() or "must be superuser or replication" in text.lower():
-                raise PrerequisiteMissing(f"Cannot create replication slot {slot!r}: {text.strip()} "
-                                          "(grant rds_replication on Aurora, REPLICATION elsewhere).") from None
-            raise ReplicationError(f"Cannot create replication slot {slot!r}: {text.strip()}") from None
-        name, consistent_point, snapshot_name, _ = outcome["row"]
+        name, consistent_point, snapshot_name, _ = row
         yield ExportedSnapshot(name, parse_lsn(consistent_point) or 0, snapshot_name)
     finally:
         conn.close()
+
+
+def _drop_when_released(dsn: str, slot: str, wait: float = 30.0) -> None:
+    """Drop `slot` once the walsender of the connection just closed has let go of it."""
+    conn = connect(dsn, read_only=False, statement_timeout_ms=30_000, where="to drop a slot created in a race")
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                drop_slot(conn, slot)
+                return
+            except SlotInUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        conn.close()
+
+
+def _create(conn: Any, dsn: str, slot: str, temporary: bool, timeout: float, report_every: float) -> tuple[Any, ...]:
+    """CREATE_REPLICATION_SLOT on `conn`, reporting (and after `timeout` cancelling) the wait for open writers."""
+    version = conn.server_version
+    kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+    export = "(SNAPSHOT 'export')" if version >= 150000 else "EXPORT_SNAPSHOT"
+    cur = conn.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    pid = int(cur.fetchone()[0])
+    outcome: dict[str, Any] = {}
+
+    def create() -> None:
+        try:
+            cur.execute(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput {export}")
+            outcome["row"] = cur.fetchone()
+        except psycopg2.Error as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=create, name="create-slot", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(report_every)
+    blockers: list[dict[str, Any]] = []
+    if worker.is_alive():
+        watcher = connect(dsn, statement_timeout_ms=30_000)
+        try:
+            while worker.is_alive():
+                blockers = waiting_for(watcher, pid)
+                waited = time.monotonic() - started
+                log.warning(f"creating replication slot {slot!r} waits for {len(blockers)} open transaction(s) "
+                            f"to end ({waited:.0f} s so far)",
+                            extra={"fields": {"phase": "setup", "slot": slot, "waiting_for": blockers}})
+                if waited >= timeout:
+                    query(watcher, "SELECT pg_cancel_backend(%s)", (pid,))
+                    worker.join(30)
+                    listed = "; ".join(f"pid {b['pid']} ({b['application_name'] or 'no application'}, "
+                                       f"{b['state']}, transaction open {b['age_s']:.0f} s)" for b in blockers)
+                    raise SlotCreationTimeout(
+                        f"Creating replication slot {slot!r} waited {waited:.0f} s for transactions that were "
+                        f"writing when it started, and was cancelled (slot_create_timeout_seconds = "
+                        f"{timeout:.0f}): {listed or 'they ended as it was cancelled'}. Let them finish (or end "
+                        "them: pg_terminate_backend(pid)) and run setup again; nothing was created.")
+                worker.join(report_every)
+        finally:
+            watcher.close()
+    error = outcome.get("error")
+    if error is not None:
+        text = str(error)
+        if "already exists" in text:
+            raise ReplicationError(f"Replication slot {slot!r} already exists.") from None
+        if "permission denied" in text.lower() or "must be superuser or replication" in text.lower():
+            raise PrerequisiteMissing(f"Cannot create replication slot {slot!r}: {text.strip()} "
+                                      "(grant rds_replication on Aurora, REPLICATION elsewhere).") from None
+        raise ReplicationError(f"Cannot create replication slot {slot!r}: {text.strip()}") from None
+    return tuple(outcome["row"])
 
 
 def waiting_for(conn: Any, walsender_pid: int) -> list[dict[str, Any]]:
