@@ -1,4 +1,5 @@
-"""An independent source-versus-destination comparison: psycopg2 on one side, the `duckdb` package on the other,
+"""An independent source-versus-destination comparison: psycopg2 on one side, the `duckdb` package (or, for the
+Snowflake path, the Snowflake connector talking to fakesnow: `tests.race.stand_ins.SnowflakeReader`) on the other,
 and none of the product's code in between (its own `aurora-sync verify` is run beside this, not instead of it).
 
 Every table of the source schema is compared with `<dataset>.<schema>__<table>` as a multiset of rows over the
@@ -9,6 +10,11 @@ to its length and md5) so that equal values compare equal whatever type each sid
 
 `compare()` returns a structured diff per table: missing rows, extra rows, and (tables with a key) rows whose
 values differ, with counts, per-column statistics and a few examples; `summarize()` turns it into one line.
+`duplicate_keys()` only looks for keys stored more than once (what a snapshot must never leave, even one taken
+while the source changes).
+
+The destination is a DuckDB file path, or any object with `execute(sql, params)` returning a cursor (`?`
+placeholders) and `case_fold` (how the destination spells a name: `str.upper` for Snowflake); `close()` is called.
 """
 
 from __future__ import annotations
@@ -89,12 +95,41 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def compare(dsn: str, duck_path: str, dataset: str, schema: str = "app", tables: list[str] | None = None,
+class DuckDBReader:
+    """A DuckDB file, read only (names as dlt spells them for DuckDB: as they are)."""
+
+    case_fold = staticmethod(str)
+
+    def __init__(self, path: str) -> None:
+        self.conn = duckdb.connect(path, read_only=True)
+
+    def execute(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(sql, list(params))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _reader(destination: Any) -> Any:
+    return DuckDBReader(str(destination)) if isinstance(destination, str | bytes) or hasattr(
+        destination, "__fspath__") else destination
+
+
+def _destination_columns(duck: Any, dataset: str, dest_table: str) -> dict[str, str]:
+    """lower-case name -> the destination's own spelling, in column order (empty: no such table)."""
+    fold = duck.case_fold
+    found = duck.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+                         "AND table_name = ? ORDER BY ordinal_position", [fold(dataset), fold(dest_table)]).fetchall()
+    return {str(r[0]).lower(): str(r[0]) for r in found}
+
+
+def compare(dsn: str, destination: Any, dataset: str, schema: str = "app", tables: list[str] | None = None,
             examples: int = 5) -> dict[str, Any]:
-    """Compare every table of `schema` (or `tables`, source names) with the DuckDB destination."""
+    """Compare every table of `schema` (or `tables`, source names) with the destination (a DuckDB file path, or a
+    reader: see the module docstring)."""
     src = psycopg2.connect(dsn)
     src.set_session(isolation_level="REPEATABLE READ", readonly=True)  # one snapshot for every table
-    duck = duckdb.connect(duck_path, read_only=True)
+    duck = _reader(destination)
     report: dict[str, Any] = {"dataset": dataset, "tables": {}}
     try:
         shapes = source_tables(src, schema)
@@ -118,9 +153,8 @@ def _compare_table(src: Any, duck: Any, schema: str, table: str, dataset: str, c
                    examples: int) -> dict[str, Any]:
     dest_table = f"{schema}__{table}"
     result: dict[str, Any] = {"ok": False, "key": key, "columns": columns}
-    found = duck.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
-                         "AND table_name = ? ORDER BY ordinal_position", [dataset, dest_table]).fetchall()
-    dest_columns = [r[0] for r in found]
+    spelled = _destination_columns(duck, dataset, dest_table)
+    dest_columns = list(spelled)
     with src.cursor() as cur:
         cur.execute(f"SELECT {', '.join(_quote(c) for c in columns)} FROM {_quote(schema)}.{_quote(table)}")
         source_rows = [tuple(normalize(v) for v in row) for row in cur.fetchall()]
@@ -131,14 +165,16 @@ def _compare_table(src: Any, duck: Any, schema: str, table: str, dataset: str, c
         return result
     compared = [c for c in columns if c in dest_columns]
     result["missing_columns"] = [c for c in columns if c not in dest_columns]
-    where = "_deleted_at IS NULL" if "_deleted_at" in dest_columns else "true"
-    qualified = f"{_quote(dataset)}.{_quote(dest_table)}"
+    deleted_at = _quote(spelled.get("_deleted_at", "_deleted_at"))
+    where = f"{deleted_at} IS NULL" if "_deleted_at" in dest_columns else "true"
+    qualified = f"{_quote(duck.case_fold(dataset))}.{_quote(duck.case_fold(dest_table))}"
     if "_deleted_at" in dest_columns:
         result["soft_deleted_rows"] = duck.execute(f"SELECT count(*) FROM {qualified} "
-                                                   "WHERE _deleted_at IS NOT NULL").fetchone()[0]
+                                                   f"WHERE {deleted_at} IS NOT NULL").fetchone()[0]
     if "_deleted" in dest_columns:  # hard deletes: tombstones must never be stored
-        result["stored_tombstones"] = duck.execute(f"SELECT count(*) FROM {qualified} WHERE _deleted").fetchone()[0]
-    select = ", ".join(_quote(c) for c in compared) or "1"
+        result["stored_tombstones"] = duck.execute(f"SELECT count(*) FROM {qualified} "
+                                                   f"WHERE {_quote(spelled['_deleted'])}").fetchone()[0]
+    select = ", ".join(_quote(spelled[c]) for c in compared) or "1"
     dest_rows = [tuple(normalize(v) for v in row)
                  for row in duck.execute(f"SELECT {select} FROM {qualified} WHERE {where}").fetchall()]
     result["destination_rows"] = len(dest_rows)
@@ -151,6 +187,38 @@ def _compare_table(src: Any, duck: Any, schema: str, table: str, dataset: str, c
     result["ok"] = (not result["missing_columns"] and not result.get("stored_tombstones")
                     and all(result[k]["count"] == 0 for k in ("missing", "extra", "different", "duplicate_keys")))
     return result
+
+
+def duplicate_keys(dsn: str, destination: Any, dataset: str, schema: str = "app",
+                   examples: int = 5) -> dict[str, Any]:
+    """Keys stored more than once in the destination, per keyed table of `schema` (tables not there yet are
+    skipped). Independent of the source's current rows: a snapshot taken while the source changes may miss or
+    keep rows that moved, but a key range is read once, so a finished snapshot never holds a key twice."""
+    src = psycopg2.connect(dsn)
+    duck = _reader(destination)
+    report: dict[str, Any] = {"tables": {}}
+    try:
+        shapes = source_tables(src, schema)
+        src.rollback()
+        for table, (_, key) in sorted(shapes.items()):
+            spelled = _destination_columns(duck, dataset, f"{schema}__{table}")
+            if not key or not spelled or not all(k in spelled for k in key):
+                continue
+            keys = ", ".join(_quote(spelled[k]) for k in key)
+            where = f"WHERE {_quote(spelled['_deleted_at'])} IS NULL" if "_deleted_at" in spelled else ""
+            qualified = f"{_quote(duck.case_fold(dataset))}.{_quote(duck.case_fold(f'{schema}__{table}'))}"
+            found = duck.execute(f"SELECT {keys}, count(*) FROM {qualified} {where} GROUP BY {keys} "
+                                 f"HAVING count(*) > 1 ORDER BY count(*) DESC").fetchall()
+            report["tables"][f"{schema}__{table}"] = {
+                "count": len(found), "rows": sum(int(r[-1]) - 1 for r in found),
+                "examples": [_show(tuple(normalize(v) for v in r[:-1])) for r in found[:examples]]}
+    finally:
+        src.close()
+        duck.close()
+    report["ok"] = all(t["count"] == 0 for t in report["tables"].values())
+    report["summary"] = "; ".join(f"{name}: {t['count']} duplicated key(s) ({t['rows']} extra copies), e.g. "
+                                  f"{t['examples'][:3]}" for name, t in report["tables"].items() if t["count"])
+    return report
 
 
 def _compare_keyed(columns: list[str], key_pos: list[int], source_rows: list[tuple[Any, ...]],

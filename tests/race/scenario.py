@@ -13,14 +13,30 @@ Modes:
   then drains (`run --mode cdc`) while the workload goes on, some killed; quiesce; a final drain.
 - `follow`: setup, then `run --mode cdc --follow` under the workload, killed and restarted again and again; at the
   end SIGTERM (it must flush and exit 0) and one drain.
-- `land-merge`: like `follow` with `merge_interval_seconds` > 0 and a `file://` bucket, plus `aurora-sync merge`
-  started repeatedly (some killed mid-run, each on its own disk: it is another ECS task); at the end a drain and
-  merges until one finds nothing left.
+- `land-merge`: like `follow` with `merge_interval_seconds` > 0 and a bucket (`file://`, or by the seed S3 on moto
+  behind a pausable proxy), plus `aurora-sync merge` started repeatedly (some killed mid-run, each on its own disk:
+  it is another ECS task); at the end a drain and merges until one finds nothing left.
+- `snapshot-helpers`: `run --mode snapshot` as the coordinator with `[sources.postgres.snapshot] helper_tasks` and
+  1-3 `aurora-sync snapshot-helper` tasks beside it, loading fakesnow's HTTP server through the S3 stage on moto
+  (the setup of tests/snowflake/test_snapshot_helpers.py: `tests.race.stand_ins`), while the workload writes;
+  coordinators and helpers are killed (kill -9 at random, failpoints for the coordinator) and restarted on the
+  same or an empty disk. A snapshot read while the source changes cannot equal it, but it must never hold a key
+  twice: checked after every snapshot that finishes. After quiesce: a run finishes any snapshot begun before it,
+  then one more snapshot, with helpers and again kills, must end exact. Every process must end with exit 0 (or
+  by our kill); no CDC here, so no slot.
 
-Every decision (sizes, batch settings, failpoints, kill times, disks) comes from `random.Random(seed)`, so a seed
-replays the same plan; the interleavings differ from run to run, which is what the soak (`make soak`) is for.
+Outages (plan field `outage`, by the seed): `follow` and `land-merge` may get a warehouse outage (another process
+holds the DuckDB replica's write lock for a few seconds), `land-merge` an S3 outage instead (its bucket is then
+on moto, and the proxy in front of it is paused: moto keeps its data, a restarted moto would not). The sync must
+fail cleanly (an error, a non-zero exit, or a retry: never a raw traceback) and catch up; the end must be exact.
+Outages are in the timeline, in result.json (`outages`) and in the summary line.
+
+Every decision (sizes, batch settings, failpoints, kill times, disks, outages) comes from `random.Random(seed)`,
+so a seed replays the same plan; the interleavings differ from run to run, which is what the soak (`make soak`)
+is for.
 
     python -m tests.race.scenario --mode follow --seed 7 [--ddl] [--no-truncate] [--no-kills] [--keep]
+    python -m tests.race.scenario --mode snapshot-helpers --seed 13 [--keep]
 
 starts its own PostgreSQL (local/postgres.py), runs the scenario, prints the result as JSON and exits 1 when the
 destination is not exact. `--no-kills` replays the same plan without kill -9 and failpoints: a failure that goes
@@ -28,14 +44,16 @@ away is a crash-recovery bug. The work directory keeps every process's log (logs
 journal of committed transactions (journal.txt), result.json and, on a difference, diff.json and the source
 tables as CSV (source/).
 
-The destination is DuckDB (dataset `race`, `DESTINATION__DUCKDB__CREDENTIALS=<workdir>/replica.duckdb`); slot and
-publication are named after the database, so scenarios on one cluster do not share them.
+The destination is DuckDB (dataset `race`, `DESTINATION__DUCKDB__CREDENTIALS=<workdir>/replica.duckdb`), and for
+`snapshot-helpers` fakesnow (database AURORA_SYNC, schema RACE), read by the comparator through the Snowflake
+connector; slot and publication are named after the database, so scenarios on one cluster do not share them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import functools
 import json
 import os
@@ -58,11 +76,16 @@ from typing import Any, TextIO
 import psycopg2
 
 from tests.race import comparator
+from tests.race.stand_ins import DuckDBLockHolder, FakeSnowflakeWarehouse, S3Landing
 from tests.race.workload import Workload, create_schema, seed_rows
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MODES = ("setup-chunked-1", "setup-chunked-N", "follow", "land-merge")
+SNAPSHOT_HELPERS = "snapshot-helpers"
+MODES = ("setup-chunked-1", "setup-chunked-N", "follow", "land-merge", SNAPSHOT_HELPERS)
 DATASET = "race"
+SNAPSHOT_RUN = ["run", "--mode", "snapshot"]
+# outages each mode may get (by the seed): the warehouse is the DuckDB replica; S3 is land-merge's bucket
+OUTAGES = {"follow": ("warehouse",), "land-merge": ("s3", "warehouse")}
 
 
 @functools.cache
@@ -80,6 +103,20 @@ def product_failpoints() -> tuple[str, ...]:
                            capture_output=True, text=True, timeout=120, check=False, cwd=tempfile.gettempdir())
     points = asked.stdout.split() if asked.returncode == 0 else []
     return tuple(p for p in points if p != "after_load") or fallback  # mid-change product: the documented points
+
+
+@functools.cache
+def snapshot_failpoints() -> tuple[str, ...]:
+    """The failpoints a `run --mode snapshot` passes: dlt's steps (once per chunk package) and the runner's
+    `after_load` (loaded, the run not finished yet). Helpers build their own dlt pipeline without the failpoint
+    collector, so they are killed by timers only."""
+    python = Path(aurora_sync_binary()).parent / "python"
+    asked = subprocess.run([str(python if python.exists() else sys.executable), "-c",
+                            "from pipelines.progress import FAILPOINTS; print(' '.join(FAILPOINTS))"],
+                           capture_output=True, text=True, timeout=120, check=False, cwd=tempfile.gettempdir())
+    points = asked.stdout.split() if asked.returncode == 0 else []
+    return tuple(points) or ("extract_start", "extract_mid", "normalize_start", "normalize_mid", "load_start",
+                             "load_mid", "after_load")
 
 
 # exit codes (runner/exit_codes.py)
@@ -133,11 +170,67 @@ class Plan:
     start_workload_before_setup: bool
     fresh_disk_probability: float
     failpoint_probability: float
+    # fields added later come from random generators of their own, so the ones above stay what they were
+    outage: str = "none"  # none | s3 | warehouse (OUTAGES says which a mode may get)
+    outage_after_s: float = 0.0  # how long after the follower phase begins
+    outage_seconds: float = 0.0
+    bucket: str = "file"  # land-merge: a file:// bucket, or s3 (moto behind a proxy that can be paused)
+    helpers: int = 0  # snapshot-helpers: snapshot-helper tasks running beside the coordinator
+    helper_idle_seconds: float = 0.0  # their --idle-seconds
+    helper_kill_probability: float = 0.0  # of each helper's life
+    helpers_end: str = "idle"  # after the last snapshot: helpers end by themselves (idle), or get SIGTERM (ECS stop)
+    max_rows_per_second: int = 0  # snapshot-helpers: a chunk takes about a second to read, so helpers get work
+    final_kills: int = 0  # snapshot-helpers: coordinator kills during the snapshot after quiesce
 
     @classmethod
     def make(cls, mode: str, seed: int, ddl: bool, truncate: bool, workload_seconds: float | None) -> Plan:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+        if mode == SNAPSHOT_HELPERS:
+            return cls.snapshot_helpers(seed, ddl, truncate, workload_seconds)
+        plan = cls.cdc(mode, seed, ddl, truncate, workload_seconds)
+        rng = random.Random(f"outage:{mode}:{seed}")
+        kinds = OUTAGES.get(mode, ())
+        if kinds and rng.random() < 0.5:  # half the seeds of a mode with outages get one
+            plan.outage = rng.choice(kinds)
+            plan.outage_after_s = round(rng.uniform(2, 6), 1)
+            plan.outage_seconds = round(rng.uniform(3, 8), 1)
+        if mode == "land-merge":
+            plan.bucket = "s3" if plan.outage == "s3" or rng.random() < 0.25 else "file"
+        return plan
+
+    @classmethod
+    def snapshot_helpers(cls, seed: int, ddl: bool, truncate: bool, workload_seconds: float | None) -> Plan:
+        """Small tables (every package goes through fakesnow, ~1-3 s each): app.docs in 4-6 chunks (more as rows
+        are added), pairs and bag in 1-4; each chunk throttled to about a second of reading.
+
+        Every workload operation stays in: a snapshot re-reads and replaces every table (the keyless bag by ctid
+        ranges, TRUNCATE and DDL included) and needs no cursor, so the one taken after quiesce is exact whatever
+        the operations did before it; the ones taken while they run are only checked for duplicate keys."""
+        rng = random.Random(f"plan:{SNAPSHOT_HELPERS}:{seed}")
+        docs = rng.randint(1_200, 2_000)
+        chunk_rows = docs // rng.randint(4, 6)
+        return cls(
+            mode=SNAPSHOT_HELPERS, seed=seed, ddl=ddl, truncate=truncate,
+            threads=rng.choice((2, 3)), think=rng.choice((0.05, 0.08)),
+            docs=docs, pairs=rng.randint(200, 700), bag=rng.randint(200, 600),
+            # dense, so key moves cross the chunks' key ranges, yet with room beside a TRUNCATE's refill (ids
+            # 1..3000 at most): the workload must always find free ids
+            key_space=int(max(docs, 3_000) * rng.uniform(1.5, 2.0)),
+            chunk_rows=chunk_rows, workers=rng.choice((1, 1, 2)),
+            max_batch_rows=2_000, max_batch_seconds=1.0, delete_mode="hard",  # CDC settings: unused here
+            workload_seconds=workload_seconds or round(rng.uniform(10, 16), 1),
+            start_workload_before_setup=True,
+            fresh_disk_probability=rng.choice((0.25, 0.5)),
+            failpoint_probability=rng.choice((0.4, 0.6)),
+            helpers=rng.choice((1, 2, 2, 3)), helper_idle_seconds=rng.choice((6.0, 8.0, 10.0)),
+            helper_kill_probability=rng.choice((0.3, 0.5)), helpers_end=rng.choice(("idle", "sigterm")),
+            max_rows_per_second=chunk_rows * rng.choice((1, 2)),
+            final_kills=rng.choice((0, 1, 1, 2)),
+        )
+
+    @classmethod
+    def cdc(cls, mode: str, seed: int, ddl: bool, truncate: bool, workload_seconds: float | None) -> Plan:
         rng = random.Random(f"plan:{mode}:{seed}")
         setup_mode = mode.startswith("setup-chunked")
         docs = rng.randint(20_000, 30_000) if setup_mode else rng.randint(2_000, 5_000)
@@ -168,16 +261,19 @@ class Plan:
 
 
 class Proc:
-    """One `aurora-sync` process in its own process group; stdout and stderr (JSON logs) go to files."""
+    """One `aurora-sync` process in its own process group; stdout and stderr (JSON logs) go to files. `command` is
+    what runs the CLI (default: the `aurora-sync` script; `python -m local.fakesnow_client` for fakesnow)."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path, logdir: Path,
-                 note: dict[str, Any]) -> None:
+                 note: dict[str, Any], command: list[str] | None = None) -> None:
         self.name, self.args, self.note = name, args, note
         self.stdout_path, self.stderr_path = logdir / f"{name}.out", logdir / f"{name}.log"
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
-            self.popen = subprocess.Popen([aurora_sync_binary(), "--json-logs", *args], env=env, cwd=cwd,
-                                          stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.popen = subprocess.Popen([*(command or [aurora_sync_binary()]), "--json-logs", *args], env=env,
+                                          cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                          start_new_session=True)
         self.started = time.monotonic()
+        self.ended: float | None = None  # when the harness saw it end
         self.killed_by_harness = False
         self.kill_after: float | None = None
 
@@ -228,6 +324,14 @@ class Proc:
                     found.append(json.loads(line))
         return found
 
+    def raw_traceback(self) -> str | None:
+        """A Python traceback printed outside the JSON logs (a crash, not an error the product handled)."""
+        text = self.text()
+        for i, line in enumerate(lines := text.splitlines()):
+            if line.startswith("Traceback (most recent call last)"):
+                return "\n".join(lines[i:i + 30])[-1500:]
+        return None
+
 
 # --- the scenario ----------------------------------------------------------------------------------------------
 
@@ -250,13 +354,19 @@ class Result:
     comparison: dict[str, Any] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
     product: dict[str, Any] = field(default_factory=dict)
+    outages: list[dict[str, Any]] = field(default_factory=list)  # what was cut off, when, and who noticed
+    snapshots: dict[str, Any] = field(default_factory=dict)  # snapshot-helpers: who read which chunks
     workdir: str = ""
 
     def headline(self) -> str:
         verdict = "ok" if self.ok else "FAILED"
         first = "; ".join(self.failures)[:600]
+        outages = ", ".join(f"{o['kind']} {o.get('seconds', 0):.1f}s" + ("" if o.get("began", True) else
+                                                                         " (could not begin)")
+                            for o in self.outages)
         return (f"race {self.mode} seed {self.seed}: {verdict} in {self.duration_s:.0f}s, kills {self.kills}, "
-                f"workload {self.workload.get('committed_total', 0)} txns" + (f" -- {first}" if first else ""))
+                + (f"outage {outages}, " if outages else "")
+                + f"workload {self.workload.get('committed_total', 0)} txns" + (f" -- {first}" if first else ""))
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,7 +413,16 @@ class Scenario:
         self.workload: Workload | None = None
         self.lock = threading.Lock()
         self.config_error = False
-        self.failpoints = product_failpoints()
+        self.snapshot_mode = mode == SNAPSHOT_HELPERS
+        self.failpoints = snapshot_failpoints() if self.snapshot_mode else product_failpoints()
+        self.helper_rng = random.Random(f"helpers:{mode}:{seed}")
+        self.s3: S3Landing | None = None  # land-merge's bucket on moto
+        self.warehouse: FakeSnowflakeWarehouse | None = None  # snapshot-helpers' destination
+        self.holder: DuckDBLockHolder | None = None  # a warehouse outage in progress
+        self.sigterm_after_done = 0  # helpers that got SIGTERM while exiting after their work (exit 143)
+        self.outages: list[dict[str, Any]] = []
+        python = Path(aurora_sync_binary()).parent / "python"
+        self.python = str(python if python.exists() else sys.executable)
 
     # --- bookkeeping --------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -329,7 +448,7 @@ class Scenario:
     # --- environment ----------------------------------------------------------------------------------------------
     def disk(self, role: str, *, fresh: bool | None = None) -> tuple[Path, bool]:
         """The task's DLT_DATA_DIR: the same as last time, or (by the seed, or `fresh`) a brand-new empty one."""
-        rng = self.merge_rng if role == "merge" else self.rng
+        rng = self.merge_rng if role == "merge" else self.helper_rng if role.startswith("helper") else self.rng
         if role not in self.disks:
             fresh = True
         elif fresh is None:
@@ -347,7 +466,6 @@ class Scenario:
         env.update({
             "SOURCES__POSTGRES__CREDENTIALS": self.dsn,
             "SOURCES__POSTGRES__SCHEMAS": '["app"]',
-            "DESTINATION__DUCKDB__CREDENTIALS": self.duck,
             "CUSTOMERS_ORDERS__DATASET_NAME": DATASET,
             "DLT_DATA_DIR": str(disk),
             "RUNNER__DEAD_LETTER_URL": str(self.workdir / "dead_letter"),
@@ -373,6 +491,14 @@ class Scenario:
         if plan.mode == "land-merge":
             env["SOURCES__POSTGRES__REPLICATION__MERGE_INTERVAL_SECONDS"] = "5"
             env["DESTINATION__FILESYSTEM__BUCKET_URL"] = self.bucket.as_uri()
+            if self.s3 is not None:
+                env.update(self.s3.env())
+        if self.warehouse is not None:  # fakesnow through the S3 stage, as tests/snowflake/test_snapshot_helpers.py
+            env.update(self.warehouse.env())
+            env["SOURCES__POSTGRES__SNAPSHOT__HELPER_TASKS"] = str(plan.helpers)
+            env["SOURCES__POSTGRES__SNAPSHOT__MAX_ROWS_PER_SECOND"] = str(plan.max_rows_per_second)
+        else:
+            env["DESTINATION__DUCKDB__CREDENTIALS"] = self.duck
         env.update(extra or {})
         return env
 
@@ -388,12 +514,16 @@ class Scenario:
 
     # --- processes ------------------------------------------------------------------------------------------------
     def start(self, role: str, args: list[str], *, failpoint: dict[str, str] | None = None,
-              fresh: bool | None = None, kill_after: float | None = None) -> Proc:
+              fresh: bool | None = None, kill_after: float | None = None, task: str | None = None) -> Proc:
         if not self.with_kills:  # the same plan and draws, without the crashes (to tell crash bugs from others)
             failpoint, kill_after = {}, None
-        # setup, follow and drain are one pipeline's task (one disk, or a new one: a replacement task); the
-        # merge is another task with its own disk; verify starts on an empty one
-        disk, was_fresh = self.disk(role if role in ("merge", "verify") else "sync", fresh=fresh)
+        # setup, follow, drain and the snapshot coordinator are one pipeline's task (one disk, or a new one: a
+        # replacement task); the merge is another task with its own disk, so is each snapshot helper slot
+        # (`task`); verify starts on an empty one
+        task = task or (role if role in ("merge", "verify") else "sync")
+        disk, was_fresh = self.disk(task, fresh=fresh)
+        if role == "coordinator":
+            self.analyze_source()
         self.counter[role] += 1
         name = f"{self.counter[role]:02d}-{role}"
         note: dict[str, Any] = {"proc": name, "args": " ".join(args),
@@ -404,7 +534,12 @@ class Scenario:
             note["failpoint"] = f"{point} run {run}" + (f" jobs {jobs}" if jobs else "")
         if kill_after is not None:
             note["kill_after_s"] = round(kill_after, 2)
-        proc = Proc(name, args, self.env(disk, failpoint), self.workdir, self.logdir, note)
+        extra = dict(failpoint or {})
+        if task.startswith("helper"):  # a helper's working folder (mkdtemp) stays on its disk when it is killed
+            (disk / "tmp").mkdir(exist_ok=True)
+            extra["TMPDIR"] = str(disk / "tmp")
+        command = FakeSnowflakeWarehouse.command(self.python) if self.warehouse is not None else None
+        proc = Proc(name, args, self.env(disk, extra), self.workdir, self.logdir, note, command)
         proc.kill_after = kill_after
         with self.lock:
             self.procs.append(proc)
@@ -428,6 +563,7 @@ class Scenario:
             label = "failpoint"
         else:
             label = str(code)
+        proc.ended = time.monotonic()
         with self.lock:
             self.exit_codes.setdefault(role, Counter())[label] += 1
         self.note("exit", proc=proc.name, code=code, how=label, after_s=round(time.monotonic() - proc.started, 2),
@@ -479,8 +615,35 @@ class Scenario:
         seed_rows(self.dsn, plan.seed, plan.docs, plan.pairs, plan.bag)
         self.workload = Workload(self.dsn, plan.seed, ddl=plan.ddl, truncate=plan.truncate, threads=plan.threads,
                                  think=plan.think, key_space=plan.key_space)
+        if plan.bucket == "s3":
+            self.s3 = S3Landing()
+            self.note("s3 bucket on moto", bucket=self.s3.bucket_url, endpoint=self.s3.proxy.url,
+                      moto=self.s3.s3.endpoint_url)
+        if self.snapshot_mode:
+            self.warehouse = FakeSnowflakeWarehouse()
+            self.note("fakesnow server", endpoint=self.warehouse.endpoint, s3=self.warehouse.s3.endpoint_url)
+            self.bootstrap()
         self.note("prepared", docs=plan.docs, pairs=plan.pairs, bag=plan.bag, chunk_rows=plan.chunk_rows,
-                  workers=plan.workers, slot=self.slot)
+                  workers=plan.workers, **({"helpers": plan.helpers} if self.snapshot_mode else {"slot": self.slot}))
+
+    def bootstrap(self) -> None:
+        """tests/snowflake/conftest.py's `bootstrap()` (database, schema, file format, stage), in a process of its
+        own (`python -m tests.race.stand_ins bootstrap`): the objects `snowflake-bootstrap` creates in production."""
+        disk, _ = self.disk("bootstrap", fresh=True)
+        with (self.logdir / "00-bootstrap.log").open("w") as log:
+            done = subprocess.run([self.python, "-m", "tests.race.stand_ins", "bootstrap"], env=self.env(disk),
+                                  cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=COMMAND_TIMEOUT, check=False)
+        self.note("bootstrap", code=done.returncode)
+        if done.returncode != SUCCESS:
+            raise RuntimeError(f"snowflake bootstrap exited {done.returncode}: "
+                               f"{(self.logdir / '00-bootstrap.log').read_text()[-600:]}")
+
+    def close_stand_ins(self) -> None:
+        for stand_in in (self.s3, self.warehouse):
+            if stand_in is not None:
+                with contextlib.suppress(Exception):
+                    stand_in.close()
 
     def start_workload(self) -> None:
         assert self.workload is not None
@@ -595,10 +758,317 @@ class Scenario:
                 return
         self.fail("merge: no idle merge cycle after the final drain (landed batches left unmerged, or failures)")
 
+    # --- outages ------------------------------------------------------------------------------------------------------
+    def outage_window(self, follow_start: float) -> float:
+        """When the planned outage is over at the latest (the holder may wait a moment for the DuckDB lock)."""
+        plan = self.plan
+        return follow_start + plan.outage_after_s + plan.outage_seconds + (8 if plan.outage == "warehouse" else 0)
+
+    def outage_in_background(self, follow_start: float) -> threading.Thread:
+        thread = threading.Thread(target=self.outage, args=(follow_start,), name="race-outage", daemon=True)
+        thread.start()
+        return thread
+
+    def outage(self, follow_start: float) -> None:
+        """The planned outage: S3 (the proxy in front of moto paused: refused and cut connections) or the
+        warehouse (another process holds DuckDB's write lock on the replica), for `outage_seconds`."""
+        plan = self.plan
+        time.sleep(max(0.0, follow_start + plan.outage_after_s - time.monotonic()))
+        record: dict[str, Any] = {"kind": plan.outage, "planned_s": plan.outage_seconds}
+        if plan.outage == "s3":
+            assert self.s3 is not None
+            self.s3.pause()
+            began = time.monotonic()
+            self.note("outage begins", kind="s3", seconds=plan.outage_seconds)
+            time.sleep(plan.outage_seconds)
+            self.s3.resume()
+        else:
+            self.holder = holder = DuckDBLockHolder(
+                self.duck, self.logdir / f"{len(self.outages) + 1:02d}-warehouse-outage.log", acquire_timeout=8.0)
+            record["lock_acquired_after_s"] = holder.acquired_after
+            if not holder.acquired:
+                holder.release()
+                self.holder = None
+                record.update(began=False, seconds=0.0, answer=holder.answer, at_s=self.elapsed())
+                self.note("outage could not begin", kind="warehouse", answer=holder.answer)
+                with self.lock:
+                    self.outages.append(record)
+                return
+            began = time.monotonic()
+            self.note("outage begins", kind="warehouse", seconds=plan.outage_seconds,
+                      lock_acquired_after_s=holder.acquired_after)
+            time.sleep(plan.outage_seconds)
+            holder.release()
+            self.holder = None
+        ended = time.monotonic()
+        record.update(began=True, at_s=round(began - self.t0, 2), seconds=round(ended - began, 2),
+                      ended_at_s=round(ended - self.t0, 2), began_at=began, ended_at=ended,
+                      wall=(time.time() - (time.monotonic() - began), time.time()))
+        self.note("outage ends", kind=plan.outage, seconds=record["seconds"])
+        with self.lock:
+            self.outages.append(record)
+
+    def outage_effects(self) -> None:
+        """Who noticed each outage (a process that exited non-zero during it or within 15 s after), and whether
+        each of them failed cleanly: an error in its JSON logs, no raw traceback."""
+        for record in self.outages:
+            began, ended = record.pop("began_at", None), record.pop("ended_at", None)
+            wall = record.pop("wall", None)
+            if began is None or ended is None:
+                continue
+            if wall:
+                record["logged"] = self.logged_between(*wall)
+                lag = self.landing_lag_between(*wall)
+                if lag is not None:
+                    record["worst_landing_lag_s"] = lag
+            noticed = []
+            for proc in list(self.procs):
+                code = proc.poll()
+                if proc.ended is None or code in (SUCCESS, None, -signal.SIGKILL):
+                    continue
+                if proc.started <= ended + 15 and began <= proc.ended:
+                    noticed.append(f"{proc.name} exit {code}")
+                    crash = proc.raw_traceback()
+                    if crash:
+                        self.fail(f"{proc.name} ({proc.note['args']}) did not fail cleanly in the {record['kind']} "
+                                  f"outage: a raw traceback: {crash[-400:]!r}")
+            record["noticed_by"] = noticed
+
+    def logged_between(self, start: float, end: float, after: float = 15.0) -> dict[str, int]:
+        """WARNING and ERROR messages (digits as N) the processes logged from `start` to `end` + `after` (wall
+        clock): how the outage showed in the product's logs, retries included."""
+        found: Counter[str] = Counter()
+        for proc in list(self.procs):
+            for e in proc.events():
+                if e.get("level") not in ("WARNING", "ERROR", "CRITICAL"):
+                    continue
+                try:
+                    at = dt.datetime.fromisoformat(str(e.get("ts")).replace("Z", "+00:00")).timestamp()
+                except ValueError:
+                    continue
+                if start <= at <= end + after:
+                    found[f"{proc.name.split('-', 1)[1]} {e['level']}: " +
+                          re.sub(r"\d+", "N", str(e.get("message", "")))[:160]] += 1
+        return dict(found.most_common(8))
+
+    def landing_lag_between(self, start: float, end: float, after: float = 15.0) -> float | None:
+        """The worst landing lag of the batches landed from `start` to `end` + `after`: an S3 outage shows as
+        batches that wait (retries) and land late, even when no process fails."""
+        lags = []
+        for proc in list(self.procs):
+            for e in proc.events():
+                if e.get("message") != "cdc batch landed" or not isinstance(e.get("landing_lag_s"), int | float):
+                    continue
+                with contextlib.suppress(ValueError):
+                    at = dt.datetime.fromisoformat(str(e.get("ts")).replace("Z", "+00:00")).timestamp()
+                    if start <= at <= end + after:
+                        lags.append(float(e["landing_lag_s"]))
+        return round(max(lags), 2) if lags else None
+
+    # --- snapshot-helpers -----------------------------------------------------------------------------------------
+    def snapshot_phases(self) -> None:
+        """Coordinators and helpers under kills while the workload writes, then after quiesce until exact
+        (`snapshots_until_exact`); the helpers run beside every coordinator and must end by themselves."""
+        plan = self.plan
+        assert self.workload is not None and self.workload.started_at is not None
+        until = self.workload.started_at + plan.workload_seconds
+        stop = threading.Event()
+        # helper tasks come and go through every phase (they help whichever coordinator is running)
+        helpers = threading.Thread(target=self.helpers_in_background, args=(stop,), name="race-helpers",
+                                   daemon=True)
+        helpers.start()
+        try:
+            self.snapshots_until_exact(until)
+        finally:
+            self.quiesce()
+            stop.set()
+            helpers.join(COMMAND_TIMEOUT + 60)
+
+    def snapshots_until_exact(self, until: float) -> None:
+        """Coordinators under kills until `until`; quiesce; finish a snapshot left in progress (read in part while
+        the workload wrote: not exact, but no key twice); then a snapshot of the quiet source, its coordinator
+        killed `final_kills` times and resumed (same disk or a new one): that one must end exact."""
+        plan = self.plan
+        finished = self.coordinators_under_kills(until)
+        self.quiesce()
+        if self.config_error or self.over_budget():
+            return
+        if not finished:
+            proc = self.coordinator_until_success("the run finishing the snapshot in progress")
+            if proc is None:
+                return
+            self.check_duplicate_keys(proc.name)
+        self.note("snapshot of the quiet source begins", helpers=plan.helpers, coordinator_kills=plan.final_kills)
+        for _ in range(plan.final_kills):
+            failpoint = self.failpoint(self.rng)
+            kill_after = self.rng.uniform(3, 12) if failpoint else self.rng.uniform(2, 10)
+            proc, code = self.run_once("coordinator", SNAPSHOT_RUN, failpoint=failpoint, kill_after=kill_after)
+            self.coordinator_exit(proc, code)
+            if code == SUCCESS:
+                return  # it finished before its kill came
+            time.sleep(self.rng.uniform(0, 1))
+        self.coordinator_until_success("the final snapshot")
+
+    def coordinators_under_kills(self, until: float) -> bool:
+        """`run --mode snapshot` again and again until `until` (then the workload is quiesced and the one in
+        flight goes on), killed by timers and failpoints; whether the last one finished its snapshot."""
+        finished = False
+        while not self.config_error and not self.over_budget() and time.monotonic() < until:
+            r = self.rng.random()
+            failpoint = self.failpoint(self.rng) if r < 0.4 else {}
+            kill_after = (self.rng.uniform(4, 14) if failpoint else self.rng.uniform(2, 12)) if r < 0.75 else None
+            if kill_after is None and not self.counter["coordinator"]:  # the first life always dies
+                kill_after = self.rng.uniform(2, 12)
+            proc = self.start("coordinator", SNAPSHOT_RUN, failpoint=failpoint, kill_after=kill_after)
+            kill_at = proc.started + proc.kill_after if proc.kill_after is not None else None
+            limit = proc.started + COMMAND_TIMEOUT
+            while proc.alive() and time.monotonic() < limit:
+                if kill_at is not None and time.monotonic() >= kill_at:
+                    proc.kill9()
+                    break
+                if time.monotonic() >= until:
+                    self.quiesce()  # the source goes quiet; the snapshot in flight goes on
+                time.sleep(0.05)
+            code = self.finished("coordinator", proc, proc.wait(30) if not proc.alive() or proc.killed_by_harness
+                                 else None)
+            self.coordinator_exit(proc, code)
+            finished = code == SUCCESS
+            if finished:
+                self.check_duplicate_keys(proc.name)
+            time.sleep(self.rng.uniform(0, 1) if code != LOCK_HELD else 1.0)
+        return finished
+
+    def analyze_source(self) -> None:
+        """ANALYZE the source tables, as autovacuum would by then. The chunk plan sizes a table by its catalog
+        estimate (`pg_class.reltuples`); right after the workload's TRUNCATE and refill that is 0, and with
+        `chunk_rows` set the table would be read in one chunk (nothing to share with helpers) until autovacuum
+        analyzes it, which a local cluster does only after a minute or so."""
+        with contextlib.suppress(psycopg2.Error):
+            conn = psycopg2.connect(self.dsn, connect_timeout=10)
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("SET lock_timeout = '2s'")
+                    cur.execute("ANALYZE app.docs, app.pairs, app.bag")
+            finally:
+                conn.close()
+
+    def coordinator_until_success(self, what: str, attempts: int = 4) -> Proc | None:
+        """`run --mode snapshot` without kills until it exits 0; any other exit but 3 (lock held) is a failure."""
+        for _ in range(attempts):
+            if self.config_error or self.over_budget():
+                break
+            proc, code = self.run_once("coordinator", SNAPSHOT_RUN, fresh=False)
+            self.coordinator_exit(proc, code)
+            if code == SUCCESS:
+                return proc
+            time.sleep(1.0)
+        self.fail(f"{what}: `aurora-sync run --mode snapshot` did not exit 0 in {attempts} attempts")
+        return None
+
+    def coordinator_exit(self, proc: Proc, code: int | None) -> None:
+        if code not in (SUCCESS, LOCK_HELD, -signal.SIGKILL, None, CONFIG_ERROR):  # None, 2: reported already
+            self.fail(f"{proc.name} (run --mode snapshot) exited {code}: {self.error_of(proc)}")
+
+    def helpers_in_background(self, stop: threading.Event) -> None:
+        """`plan.helpers` slots, each running `aurora-sync snapshot-helper` after another (each slot is an ECS task
+        with its disk: the same or a new one); some killed at random. Once `stop` is set no helper starts, and
+        those running must end with exit 0: by themselves (nothing left to help with, or idle), or, by the seed
+        (`helpers_end`), on SIGTERM (ECS stopping the task: it finishes the package in flight)."""
+        plan, rng = self.plan, self.helper_rng
+        slots: dict[int, Proc | None] = dict.fromkeys(range(1, plan.helpers + 1))
+        next_start = {i: time.monotonic() + rng.uniform(0, 2) for i in slots}
+        stopped_at: float | None = None
+        signalled: set[str] = set()
+        next_look = 0.0
+        args = ["snapshot-helper", "--idle-seconds", f"{plan.helper_idle_seconds:g}"]
+        while True:
+            now = time.monotonic()
+            if stop.is_set() and stopped_at is None:
+                stopped_at = now
+            sigterm_now = stopped_at is not None and plan.helpers_end == "sigterm" and now >= next_look
+            if sigterm_now:
+                next_look = now + 0.5
+            for i, proc in slots.items():
+                if proc is not None and proc.alive():
+                    if proc.kill_after is not None and now >= proc.started + proc.kill_after:
+                        proc.kill9()
+                    elif stopped_at is not None and now > stopped_at + plan.helper_idle_seconds + COMMAND_TIMEOUT / 2:
+                        self.finished("helper", proc, None)  # kills it, and fails: a helper that never ends
+                        slots[i] = None
+                    elif sigterm_now and proc.name not in signalled and (
+                            now - proc.started > 30 or any(e.get("message") == "snapshot helper started"
+                                                           for e in proc.events())):
+                        # only once its SIGTERM handler is in place (it logs "snapshot helper started" after)
+                        signalled.add(proc.name)
+                        self.note("sigterm", proc=proc.name)
+                        proc.terminate()
+                    continue
+                if proc is not None:
+                    code = self.finished("helper", proc, proc.wait(30))
+                    if code == -signal.SIGTERM and proc.name in signalled and any(
+                            e.get("message") == "snapshot helper done" for e in proc.events()):
+                        # it had finished and was shutting down, its SIGTERM handler already gone: the exit code
+                        # is 143, which the task-failed alarm ignores (docs/cli.md); no work was cut short
+                        self.note("sigterm after the helper was done", proc=proc.name, code=code)
+                        self.sigterm_after_done += 1
+                    elif code not in (SUCCESS, -signal.SIGKILL, CONFIG_ERROR):
+                        self.fail(f"{proc.name} (snapshot-helper" + (", after SIGTERM" if proc.name in signalled
+                                                                      else "") + f") exited {code}: "
+                                  f"{self.error_of(proc)}")
+                    slots[i] = None
+                    next_start[i] = now + rng.uniform(0.2, 3)
+                if stopped_at is None and now >= next_start[i] and not self.config_error and not self.over_budget():
+                    kill_after = rng.uniform(1, 12) if rng.random() < plan.helper_kill_probability else None
+                    slots[i] = self.start("helper", args, kill_after=kill_after, task=f"helper{i}")
+            if stopped_at is not None and all(p is None for p in slots.values()):
+                return
+            time.sleep(0.05)
+
+    def destination(self) -> Any:
+        """What the comparator reads: the DuckDB file, or fakesnow through the Snowflake connector."""
+        return self.warehouse.reader() if self.warehouse is not None else self.duck
+
+    def check_duplicate_keys(self, after: str) -> None:
+        """A finished snapshot holds every key once, even one read while the workload wrote (each key range is
+        read once; a chunk read twice, or the rows of a load that never completed, would show here)."""
+        try:
+            report = comparator.duplicate_keys(self.dsn, self.destination(), DATASET)
+        except Exception as exc:
+            self.fail(f"could not look for duplicate keys after {after}: {type(exc).__name__}: {exc}")
+            return
+        self.note("duplicate keys", after=after, ok=report["ok"],
+                  tables={t: r["count"] for t, r in report["tables"].items()})
+        if not report["ok"]:
+            self.fail(f"duplicate keys after {after} finished its snapshot: {report['summary']}")
+
+    def snapshot_reads(self) -> dict[str, Any]:
+        """How the chunks were shared (from the JSON logs): chunks read by coordinators and by helpers, snapshots
+        finished, rows of incomplete loads cleaned up. Recorded, not checked: timing decides the helpers' share."""
+        by_role: dict[str, Counter[str]] = {}
+        for proc in self.procs:
+            role = proc.name.split("-", 1)[1]
+            if role not in ("coordinator", "helper"):
+                continue
+            counts = by_role.setdefault(role, Counter())
+            for e in proc.events():
+                if e.get("message") == "chunk read":
+                    counts["chunks read"] += 1
+                elif e.get("message") == "helper chunks loaded":
+                    counts["helper chunks loaded"] += len(e.get("chunks") or [])
+                elif e.get("message") == "snapshot finished":
+                    counts["snapshots finished"] += 1
+                elif "of loads that never completed" in str(e.get("message", "")):
+                    counts["incomplete loads cleaned up"] += 1
+        found: dict[str, Any] = {role: dict(c) for role, c in by_role.items()}
+        if self.sigterm_after_done:
+            found["helpers SIGTERM-ed while exiting (143)"] = self.sigterm_after_done
+        return found
+
     # --- final checks -----------------------------------------------------------------------------------------------
     def compare(self) -> None:
         try:
-            report = comparator.compare(self.dsn, self.duck, DATASET, examples=500)
+            report = comparator.compare(self.dsn, self.destination(), DATASET, examples=500)
         except Exception as exc:  # e.g. the DuckDB file was never created
             self.result.comparison = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             self.fail(f"comparator could not compare: {type(exc).__name__}: {exc}")
@@ -660,6 +1130,13 @@ class Scenario:
         stop_merges = threading.Event()
         try:
             self.prepare()
+            if self.snapshot_mode:
+                self.start_workload()
+                self.snapshot_phases()
+                self.quiesce()
+                self.compare()
+                self.verify()
+                return self.result
             if plan.start_workload_before_setup:
                 self.start_workload()
             setup_ok = self.setup_under_kills()
@@ -673,9 +1150,16 @@ class Scenario:
                     background = threading.Thread(target=self.merges_in_background, args=(stop_merges,),
                                                   name="race-merges", daemon=True)
                     background.start()
+                outage: threading.Thread | None = None
+                if plan.outage != "none":  # the follower phase lasts until a few seconds after the outage
+                    follow_start = time.monotonic()
+                    until = max(until, self.outage_window(follow_start) + 6)
+                    outage = self.outage_in_background(follow_start)
                 follower = self.follow_under_kills(until)
                 while time.monotonic() < until and not self.over_budget():
                     time.sleep(0.1)
+                if outage is not None:
+                    outage.join(60)
                 self.quiesce()
                 self.stop_follower(follower)
             self.quiesce()
@@ -697,7 +1181,10 @@ class Scenario:
                 self.quiesce()
             for proc in self.procs:
                 proc.reap()
+            if self.holder is not None:
+                self.holder.release()
             self.finish()
+            self.close_stand_ins()
         return self.result
 
     def finish(self) -> None:
@@ -708,6 +1195,10 @@ class Scenario:
                 self.fail(f"workload thread crashed: {result.workload['crashes']}")
             with contextlib.suppress(OSError):
                 (self.workdir / "journal.txt").write_text("\n".join(self.workload.journal_lines()) + "\n")
+        self.outage_effects()
+        result.outages = list(self.outages)
+        if self.snapshot_mode:
+            result.snapshots = self.snapshot_reads()
         result.kills = dict(self.kills)
         result.starts = dict(self.counter)
         result.disks = dict(self.disk_counts)
@@ -796,6 +1287,10 @@ def report_text(result: Result) -> str:
     lines.append(f"  verify: exit {result.verify.get('exit_code')} {json.dumps(result.verify.get('summary'))}")
     lines.append(f"  kills: {result.kills}; exit codes: {result.exit_codes}; processes: {result.starts}; "
                  f"disks: {result.disks}")
+    if result.outages:
+        lines.append(f"  outages: {json.dumps(result.outages, default=str, ensure_ascii=False)[:1500]}")
+    if result.snapshots:
+        lines.append(f"  snapshots: {json.dumps(result.snapshots, default=str)}")
     lines.append(f"  product: {json.dumps(result.product, default=str, ensure_ascii=False)[:1500]}")
     lines.append(f"  workload: {json.dumps({k: result.workload.get(k) for k in ('committed', 'errors')})[:1500]}")
     lines.append(f"  workdir: {result.workdir} (logs/, journal.txt, result.json)")

@@ -1,7 +1,9 @@
 """Seeded race-and-crash scenarios of the CDC paths (see tests/race/scenario.py for what one does), and a check
 that the independent comparator they rely on reports each kind of difference.
 
-The default selection is small: 12 scenarios of ~30-60 s, 3 seeds per mode. For a soak:
+The default selection is small: 13 scenarios of ~30-110 s, 3 seeds per CDC mode and 1 for `snapshot-helpers`
+(fakesnow and moto: slower). Seeds decide the outages too (follow 8: warehouse; land-merge 10 and 12: S3, 11:
+warehouse). For a soak:
 
     RACE_SEEDS=200 .venv/bin/pytest -m race tests/race        # seeds 1..200 for every mode (make soak SEEDS=200)
     RACE_SEED_START=1000 RACE_SEEDS=50 RACE_MODES=follow,land-merge RACE_DDL=1 .venv/bin/pytest -m race tests/race
@@ -23,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from local.moto_s3 import MotoNotAvailable, find_moto_server
 from local.postgres import LocalPostgres
 from tests.conftest import fresh_database
-from tests.race.scenario import MODES, env_flag, report_text, run_scenario
+from tests.race.scenario import MODES, SNAPSHOT_HELPERS, Plan, env_flag, report_text, run_scenario
 
 pytestmark = [pytest.mark.race, pytest.mark.timeout(900)]
 
@@ -35,6 +38,7 @@ DEFAULT_SEEDS = {
     "setup-chunked-N": (4, 5, 6),
     "follow": (7, 8, 9),
     "land-merge": (10, 11, 12),
+    SNAPSHOT_HELPERS: (13,),
 }
 
 
@@ -60,6 +64,12 @@ def test_race(pg: LocalPostgres, tmp_path: Path, mode: str, seed: int, capsys: p
     # soak cover it
     ddl, truncate = env_flag("RACE_DDL", seed % 3 == 0), env_flag("RACE_TRUNCATE", True)
     seconds = float(os.environ["RACE_WORKLOAD_SECONDS"]) if os.environ.get("RACE_WORKLOAD_SECONDS") else None
+    plan = Plan.make(mode, seed, ddl, truncate, seconds)
+    if mode == SNAPSHOT_HELPERS or plan.bucket == "s3":  # fakesnow's S3 stage, or the S3 bucket, are on moto
+        try:
+            find_moto_server()
+        except MotoNotAvailable as exc:
+            pytest.skip(str(exc))
     with fresh_database(pg, prefix="race") as dsn:
         result = run_scenario(dsn, tmp_path, mode, seed, ddl=ddl, truncate=truncate, workload_seconds=seconds,
                               kills=env_flag("RACE_KILLS", True))
