@@ -28,8 +28,14 @@ demo-snowflake: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Two workers, each with its own PostgreSQL cluster (tests/conftest.py), then the timing-sensitive tests alone.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: venv tools lint
-	$(BIN)/pytest -q
+	@status=0; \
+	$(BIN)/pytest -q -m "not serial" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) || status=$$?; \
+	$(BIN)/pytest -q -m serial || status=$$?; \
+	exit $$status
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"

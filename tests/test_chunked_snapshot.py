@@ -23,6 +23,9 @@ from tests.conftest import PROJECT_ROOT, execute, subprocess_env
 from tests.helpers import DATASET, duck_rows
 from tests.test_run_operations import AURORA_SYNC, aurora_sync, events
 
+# serial: the source guard measures the machine's CPU and the tests time transactions (make test runs these alone)
+pytestmark = pytest.mark.serial
+
 ROWS = 120_000
 
 

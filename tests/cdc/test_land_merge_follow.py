@@ -37,7 +37,9 @@ from tests.snowflake.conftest import (  # noqa: F401  (fixtures)
     snowflake_env,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")]
+# serial: landing lag and retained WAL are measured against wall-clock bounds, alone on the machine (make test)
+pytestmark = [pytest.mark.slow, pytest.mark.serial,
+              pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")]
 
 AURORA_SYNC = str(Path(sys.executable).parent / "aurora-sync")
 MERGE_INTERVAL = 4

@@ -20,6 +20,9 @@ import pytest
 
 from .conftest import REPO, TERRAFORM_DIR, Terraform, copy_config, wait_for
 
+# one worker runs them all: they share one initialised copy of terraform/ and a background `terraform test`
+pytestmark = pytest.mark.xdist_group("terraform")
+
 REGION = "eu-west-1"
 MOTO_ACCOUNT = "123456789012"
 SECRET_PATTERNS = (
