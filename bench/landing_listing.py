@@ -6,6 +6,8 @@ Starts moto's S3 server, fills one landing area's index (`_index/<seq>.<load_id>
 with N merged loads, as a follower landing every 2 s writes about 43,000 a day, and marks them merged. Then it runs
 idle merge cycles (`merge_landed`: nothing landed since the last cycle) and a busy cycle's listing of the last 50
 loads, and reports the LIST requests and seconds of each at every N. Flat means the same numbers at 1k and 100k.
+moto filters every key in Python on each LIST (S3 seeks to `StartAfter` in its index), so on moto the seconds of one
+bare LIST grow with N; the last column shows that cost apart.
 The fill itself (N small PUTs to moto) takes most of the time: about 3 minutes for 100,000 here.
 """
 
@@ -38,6 +40,7 @@ class Cycle:
     idle_seconds: float  # median of the idle cycles
     busy_list_requests: int  # listing the last 50 loads (what a cycle after 50 new loads lists)
     busy_seconds: float
+    raw_list_seconds: float  # one bare list_objects_v2 with StartAfter past the last key: the endpoint's own cost
 
 
 def configured(s3: LocalS3) -> Any:
@@ -59,7 +62,15 @@ def fill(s3: LocalS3, area: LandingArea, start: int, stop: int, workers: int = 1
         list(pool.map(put, range(start, stop)))
 
 
-def measure(pipeline: dlt.Pipeline, loads: int, cycles: int = 5) -> Cycle:
+def raw_list_seconds(s3: LocalS3, area: LandingArea, loads: int) -> float:
+    client = s3.client()
+    prefix = area.base.split("/", 1)[1] + f"/{INDEX_DIR}/"
+    started = time.monotonic()
+    client.list_objects_v2(Bucket=BUCKET, Prefix=prefix, StartAfter=f"{prefix}{loads:020d}/", MaxKeys=1000)
+    return time.monotonic() - started
+
+
+def measure(s3: LocalS3, pipeline: dlt.Pipeline, loads: int, cycles: int = 5) -> Cycle:
     """Idle cycles after `loads` merged loads, and the listing a busy cycle does for the last 50."""
     LandingArea(pipeline).mark_merged(loads)
     idle: list[tuple[int, float]] = []
@@ -73,7 +84,7 @@ def measure(pipeline: dlt.Pipeline, loads: int, cycles: int = 5) -> Cycle:
     busy_seconds = time.monotonic() - started
     assert len(entries) == 50, len(entries)
     return Cycle(loads, max(r for r, _ in idle), statistics.median(s for _, s in idle), area.list_requests,
-                 busy_seconds)
+                 busy_seconds, raw_list_seconds(s3, area, loads))
 
 
 def run(sizes: list[int]) -> list[Cycle]:
@@ -88,15 +99,16 @@ def run(sizes: list[int]) -> list[Cycle]:
             fill(s3, area, filled, size + 1)
             filled = size + 1
             print(f"filled the index to {size:,} loads in {time.monotonic() - started:.0f} s", flush=True)
-            results.append(measure(pipeline, size))
+            results.append(measure(s3, pipeline, size))
     return results
 
 
 def table(results: list[Cycle]) -> str:
     lines = ["| loads in the landing area | idle cycle: LIST requests | idle cycle: seconds (median of 5) | "
-             "busy cycle, 50 new loads: LIST requests | seconds |", "|---|---|---|---|---|"]
+             "busy cycle, 50 new loads: LIST requests | seconds | one bare LIST on the endpoint: seconds |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r.loads:,} | {r.idle_list_requests} | {r.idle_seconds:.3f} | {r.busy_list_requests} | "
-              f"{r.busy_seconds:.3f} |" for r in results]
+              f"{r.busy_seconds:.3f} | {r.raw_list_seconds:.3f} |" for r in results]
     return "\n".join(lines)
 
 
