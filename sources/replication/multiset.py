@@ -10,7 +10,8 @@ indistinguishable. The destination therefore gives every copy of a row an identi
   conversion), so a DELETE finds a copy with exactly those values.
 
 A delete (or the old half of an update) removes exactly one copy: one inserted earlier in the same batch if
-there is one, else one from the destination (the smallest key, read once per batch for the hashes deleted).
+there is one (and that copy's key from the destination, where a package loaded in part may have written it), else
+one from the destination (the smallest key, read once per batch for the hashes deleted).
 Replaying a delete would remove a second copy, so CDC never replays one: a crash inside a large transaction
 resumes after the changes already loaded (`partial_txn` in the CDC state), not at the transaction's start.
 """
@@ -98,8 +99,12 @@ def plan(ops: list[tuple[str, int, str, str]],
         if op == "I":
             pending.setdefault(row_hash, []).append((index, key))
             continue
-        if pending.get(row_hash):
-            dropped.add(pending[row_hash].pop()[1])  # inserted and deleted within the batch
+        if pending.get(row_hash):  # inserted and deleted within the batch: neither is written, but ...
+            inserted = pending[row_hash].pop()[1]
+            dropped.add(inserted)
+            # ... a package loaded in part before a crash may have written the copy already, and this replay reads
+            # the insert and the delete in one batch: delete its key too (nothing to do when it is not there)
+            result.deletes.append((index, inserted))
         elif live.get(row_hash):
             result.deletes.append((index, live[row_hash].pop()))
         else:
