@@ -25,15 +25,17 @@ image_tag = "0f3a9c1"
 
 pipelines = ["customers_orders"]
 
-# Non-secret dlt configuration (dlt's SECTION__KEY convention, as in .dlt/config.toml).
+# Non-secret dlt configuration (dlt's SECTION__KEY convention, as in .dlt/config.toml). The Snowflake names are
+# those `aurora-sync snowflake-bootstrap` creates from .dlt/config.toml (docs/deployment.md step 8): other names
+# here need the same names in the bootstrap's configuration, or the tasks look for objects that do not exist.
 pipeline_environment = {
   CUSTOMERS_ORDERS__DESTINATION_TYPE             = "snowflake"
   DESTINATION__SNOWFLAKE__CREDENTIALS__HOST      = "xy12345.eu-west-1"
-  DESTINATION__SNOWFLAKE__CREDENTIALS__DATABASE  = "ANALYTICS"
-  DESTINATION__SNOWFLAKE__CREDENTIALS__WAREHOUSE = "LOADING"
-  DESTINATION__SNOWFLAKE__CREDENTIALS__ROLE      = "AURORA_SYNC"
-  DESTINATION__SNOWFLAKE__CREDENTIALS__USERNAME  = "AURORA_SYNC"
-  DESTINATION__SNOWFLAKE__STAGE_NAME             = "ANALYTICS.STAGING.AURORA_SYNC"
+  DESTINATION__SNOWFLAKE__CREDENTIALS__DATABASE  = "AURORA_SYNC"
+  DESTINATION__SNOWFLAKE__CREDENTIALS__WAREHOUSE = "AURORA_SYNC_LOAD_WH"
+  DESTINATION__SNOWFLAKE__CREDENTIALS__ROLE      = "AURORA_SYNC_LOADER"
+  DESTINATION__SNOWFLAKE__CREDENTIALS__USERNAME  = "AURORA_SYNC_LOADER"
+  DESTINATION__SNOWFLAKE__STAGE_NAME             = "AURORA_SYNC.RAW.ARCHIVE_STAGE"
 }
 
 # Changing a schedule is a one-line change here.

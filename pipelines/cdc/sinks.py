@@ -164,7 +164,10 @@ class LandingSink(Sink):
             self._index()
 
     def carry_over_state(self) -> None:
-        """The first landing of a pipeline that loaded directly starts from its CDC state."""
+        """The first landing of a pipeline that loaded directly starts from its CDC state. That state is in the
+        warehouse: a fresh task (every ECS task) has none on disk, and without it would copy every table again."""
+        if not self.state():
+            self.direct.sync_destination()
         carried = landing.carry_over_state(self.direct, self.pipeline)
         if carried:
             self.save_state(lambda state: state.update(carried))
