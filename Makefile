@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: venv tools demo demo-snowflake test test-fast lint bench bench-snapshot clean soak
+.PHONY: venv tools demo demo-snowflake test test-fast test-live lint bench bench-snapshot clean soak
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -33,12 +33,17 @@ lint: venv
 TEST_WORKERS ?= 2
 test: venv tools lint
 	@status=0; \
-	$(BIN)/pytest -q -m "not serial" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) || status=$$?; \
-	$(BIN)/pytest -q -m serial || status=$$?; \
+	$(BIN)/pytest -q -m "not serial and not live" $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) || status=$$?; \
+	$(BIN)/pytest -q -m "serial and not live" || status=$$?; \
 	exit $$status
 
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not live"
+
+# Opt-in: the whole product against a real Snowflake account and S3 bucket, leaving nothing behind; skips with the
+# missing variables named. LIVE_USE_STAND_INS=1 runs it against moto and fakesnow. docs/testing.md#live-tests-make-test-live
+test-live: venv
+	$(BIN)/pytest -q -m live tests/live
 
 # The race-and-crash soak of CDC (tests/race): SEEDS seeds for every mode, ~1 min each. make soak SEEDS=200;
 # RACE_MODES=follow,land-merge RACE_DDL=1 RACE_SEED_START=1000 RACE_RESULTS=r.jsonl RACE_KEEP_DIR=/tmp/f pass through.
