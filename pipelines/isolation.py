@@ -94,14 +94,17 @@ class IsolatedRun:
             raise TablesFailed(self.failures)
 
 
-def causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and what caused it, as Python prints the chain (`raise ... from None` ends it)."""
+def causes(exc: BaseException, *, suppressed: bool = False) -> Iterator[BaseException]:
+    """The exception and what caused it, as Python prints the chain (`raise ... from None` ends it), or with
+    `suppressed` also the context such a raise hides (the runner classifies by anything in the chain: dlt wraps
+    errors in step and resource errors)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        hidden = current.__suppress_context__ and not suppressed
+        current = current.__cause__ or (None if hidden else current.__context__)
 
 
 def describe(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ from dlt.common.configuration.exceptions import (
 
 from pipelines.fence import LockLost
 from pipelines.isolation import TablesFailed
+from pipelines.isolation import causes as chain
 from sources.postgres.errors import SourceError, SourceUnreachable, explain_connection_error
 
 from .exit_codes import ExitCode
@@ -29,13 +30,8 @@ class RunnerError(Exception):
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything that caused it (dlt wraps errors in step and resource errors)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
+    """The whole chain, hidden context included (`pipelines.isolation.causes`)."""
+    return chain(exc, suppressed=True)
 
 
 def classify(exc: BaseException) -> tuple[ExitCode, str]:
