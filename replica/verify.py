@@ -483,6 +483,14 @@ class RangeDrift:
             out["note"] = self.note
         return out
 
+    @property
+    def differing_rows(self) -> int:
+        """Rows of this range known to differ: the key-by-key diff when there was one, else the count gap (at
+        least 1, since the range drifted)."""
+        if self.missing_count is not None:
+            return (self.missing_count or 0) + (self.extra_count or 0) + (self.changed_count or 0)
+        return max(1, abs(self.source_rows - self.destination_rows))
+
     def describe(self) -> str:
         span = f"{self.range}: {self.source_rows} vs {self.destination_rows} rows"
         if self.first_key is not None:
@@ -527,9 +535,20 @@ class TableReport:
                  or self.ranges or self.missing_columns or self.problems)
         return "drift" if drift else "ok"
 
+    @property
+    def drift_rows(self) -> int:
+        """Rows known to differ, for the `DriftRows` metric: a lower bound (ranges past `max_ranges` are not
+        narrowed), never below the row-count gap, and at least 1 for a drifting table (a missing column or a
+        NULL key is drift too), so that `DriftRows > 0` means exactly "drift"."""
+        if self.status != "drift":
+            return 0
+        gap = abs((self.source_rows or 0) - (self.destination_rows or 0))
+        return max(1, gap, sum(r.differing_rows for r in self.ranges))
+
     def as_json(self) -> dict[str, Any]:
         return {
             "table": self.table, "destination_table": self.destination_table, "status": self.status,
+            "drift_rows": self.drift_rows,
             "source_rows": self.source_rows, "destination_rows": self.destination_rows,
             "key_column": self.key_column, "chunking": self.strategy, "chunks": self.chunks,
             "largest_chunk_rows": self.largest_chunk_rows,

@@ -24,6 +24,10 @@ UNITS = {
     "MergeLagSeconds": "Seconds",  # after a merge cycle: age of the oldest landed batch not merged yet
     "BatchesMerged": "Count",
     "MergeDurationSeconds": "Seconds",
+    # `verify` (runner/commands/verify.py): per table, and their sum per pipeline for the drift alarm
+    "DriftRows": "Count",  # rows known to differ (a lower bound; at least 1 for a drifting table)
+    "DriftRanges": "Count",  # drifting key ranges reported
+    "VerifySucceeded": "Count",  # per pipeline: 1 once every table was verified, 0 if one could not be
 }
 NAMESPACE = "AuroraSnowflakeSync"
 

@@ -26,6 +26,40 @@ locals {
   # day a CloudWatch alarm can watch.
   merge_lag_alarm_seconds = coalesce(var.merge_lag_alarm_seconds, min((3 * local.merge_interval_minutes + 5) * 60, 86400))
 
+  # Continuous reconciliation: a daily `verify --checksum` per pipeline unless var.verify_schedules says
+  # otherwise (docs/operations.md#drift-alarm). Where it reads:
+  # - source: the Aurora reader endpoint when var.aurora_reader_endpoint is set. The override is
+  #   SOURCES__POSTGRES__CREDENTIALS__HOST, the field dlt resolves the source credentials' host from (the
+  #   Vault secret brings only the user and password), in this schedule's RunTask input only: runs, CDC and
+  #   merges keep the writer. A verify only reads (READ ONLY sessions, no lock), which a reader serves, and a
+  #   full checksum read every day is the load the reader is there to take. Without it, the writer.
+  # - Snowflake: the pipeline's own user, role and load warehouse (the incremental task definition's
+  #   environment): no second warehouse to create, grant and pay a minimum for. The default hour, 04:00 UTC,
+  #   is outside the usual batch windows; with a CDC follower the verify's reads interleave with the merge
+  #   cycles on the same warehouse (reads never block a MERGE), and a merge waiting behind a long checksum
+  #   query only shows as MergeLagSeconds.
+  verify_default = { expression = "cron(0 4 * * ? *)", timezone = "UTC", enabled = true, args = [], interval_hours = 24, slack_hours = 6 }
+  verify_schedules = {
+    for p in var.pipelines : p => {
+      expression     = try(coalesce(var.verify_schedules[p].expression), local.verify_default.expression)
+      timezone       = try(coalesce(var.verify_schedules[p].timezone), local.verify_default.timezone)
+      enabled        = try(coalesce(var.verify_schedules[p].enabled), local.verify_default.enabled)
+      args           = try(coalescelist(var.verify_schedules[p].args), local.verify_default.args)
+      interval_hours = try(coalesce(var.verify_schedules[p].interval_hours), local.verify_default.interval_hours)
+      slack_hours    = try(coalesce(var.verify_schedules[p].slack_hours), local.verify_default.slack_hours)
+    }
+  }
+  verify_environment = { for k, v in { SOURCES__POSTGRES__CREDENTIALS__HOST = var.aurora_reader_endpoint } : k => v if v != null }
+  verify_runs = {
+    for p, v in local.verify_schedules : p => {
+      expression  = v.expression
+      timezone    = v.timezone
+      enabled     = v.enabled
+      args        = v.args
+      environment = local.verify_environment
+    }
+  }
+
   # A Vault address with a port other than 443 needs its own egress rule.
   vault_port = try(tonumber(regex("^https://[^/:]+:([0-9]+)", var.vault_addr)[0]), 443)
 
@@ -194,6 +228,7 @@ module "scheduling" {
   schedules            = var.schedules
   retry                = var.schedule_retry
   merge                = var.cdc_follow.enabled ? { pipeline = var.cdc_follow.pipeline, interval_minutes = local.merge_interval_minutes } : null
+  verify               = local.verify_runs
   cluster_arn          = module.ecs.cluster_arn
   task_definition_arns = module.ecs.task_definition_arns
   container_name       = local.container_name
@@ -220,6 +255,9 @@ module "monitoring" {
   log_retention_days   = var.log_retention_days
   cluster_arn          = module.ecs.cluster_arn
   dlq_name             = module.scheduling.dead_letter_queue_name
+
+  # The scheduled verify's drift and verify-stale alarms.
+  verify = { for p, v in local.verify_schedules : p => { interval_hours = v.interval_hours, slack_hours = v.slack_hours, enabled = v.enabled } }
 
   # The follower's landing and merge alarms (null without a follower).
   land_merge = var.cdc_follow.enabled ? {

@@ -98,6 +98,11 @@ output "schedule_task_definitions" {
   value       = module.scheduling.schedule_task_definitions
 }
 
+output "verify_schedule_names" {
+  description = "The verify --checksum schedule of each pipeline (<pipeline>-verify), by pipeline."
+  value       = module.scheduling.verify_schedule_names
+}
+
 output "merge_schedule_name" {
   description = "Schedule that runs `merge --pipeline <cdc_follow.pipeline>` (null without cdc_follow or with merge_interval_minutes = 0)."
   value       = module.scheduling.merge_schedule_name

@@ -124,6 +124,17 @@ variable "aurora_security_group_id" {
   }
 }
 
+variable "aurora_reader_endpoint" {
+  description = "The cluster's reader endpoint (<cluster>.cluster-ro-<id>.<region>.rds.amazonaws.com). The scheduled verify --checksum reads the source there: its RunTask override sets SOURCES__POSTGRES__CREDENTIALS__HOST, the host dlt's source credentials resolve, so a daily full read never loads the writer. null = verify reads the host the tasks are configured with (pipeline_environment), the writer."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.aurora_reader_endpoint == null || try(can(regex("^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$", var.aurora_reader_endpoint)), false)
+    error_message = "aurora_reader_endpoint must be null or a DNS name (the cluster's reader endpoint), without scheme or port."
+  }
+}
+
 variable "aurora_port" {
   description = "PostgreSQL port of the Aurora cluster."
   type        = number
@@ -379,6 +390,11 @@ variable "schedules" {
     error_message = "Schedules must not pass --follow: continuous CDC runs as the ECS service (var.cdc_follow)."
   }
 
+  validation {
+    condition     = alltrue([for p in var.pipelines : !contains(keys(var.schedules), "${p}-verify")])
+    error_message = "The schedule name <pipeline>-verify is taken by that pipeline's verify --checksum schedule (var.verify_schedules): rename that entry of var.schedules."
+  }
+
   # ECS RunTask starts at most 10 tasks per call, and the helper schedule is one RunTask.
   validation {
     condition = alltrue([
@@ -402,6 +418,50 @@ variable "schedules" {
       s.snapshot_helper_tasks == 0 || (length("${name}-helpers") <= 64 && !contains(keys(var.schedules), "${name}-helpers"))
     ])
     error_message = "A schedule with snapshot_helper_tasks > 0 gets a second schedule named <name>-helpers: its name must be at most 56 characters, and no other entry of var.schedules may be called <name>-helpers."
+  }
+}
+
+variable "verify_schedules" {
+  description = <<-EOT
+    Continuous reconciliation: every pipeline gets a schedule, <pipeline>-verify, running
+    `verify --pipeline <pipeline> --checksum` (exit 4 and the DriftRows metric on drift). Entries here override,
+    per pipeline, any of: expression (default "cron(0 4 * * ? *)", daily at 04:00), timezone ("UTC"), enabled
+    (true; false pauses it and drops its verify-stale alarm), args (extra verify arguments, e.g.
+    ["--chunk-rows", "500000"]), interval_hours (24: how often the expression fires) and slack_hours (6: how long a
+    verify may take and start late). The verify-stale alarm fires after interval_hours + slack_hours (at most 168)
+    without a verify that checked every table. Example: { customers_orders = { expression = "cron(30 2 * * ? *)" } }.
+  EOT
+  type = map(object({
+    expression     = optional(string)
+    timezone       = optional(string)
+    enabled        = optional(bool)
+    args           = optional(list(string))
+    interval_hours = optional(number)
+    slack_hours    = optional(number)
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for p in keys(var.verify_schedules) : contains(var.pipelines, p)])
+    error_message = "verify_schedules is keyed by pipeline: each key must be one of var.pipelines."
+  }
+
+  validation {
+    condition = alltrue([
+      for v in values(var.verify_schedules) :
+      v.expression == null || can(regex("^(cron\\([^)]+\\)|rate\\(([1-9][0-9]*) (hour|hours|day|days)\\))$", coalesce(v.expression, "-")))
+    ])
+    error_message = "Each verify schedule's expression must be cron(...) or rate(N hours|days) (a verify reads every row: not more often than hourly)."
+  }
+
+  # The verify-stale alarm watches interval + slack hourly periods; CloudWatch evaluates at most 7 days.
+  validation {
+    condition = alltrue([
+      for v in values(var.verify_schedules) :
+      floor(coalesce(v.interval_hours, 24)) == coalesce(v.interval_hours, 24) && floor(coalesce(v.slack_hours, 6)) == coalesce(v.slack_hours, 6) &&
+      coalesce(v.interval_hours, 24) >= 1 && coalesce(v.slack_hours, 6) >= 1 && coalesce(v.interval_hours, 24) + coalesce(v.slack_hours, 6) <= 168
+    ])
+    error_message = "Each verify schedule's interval_hours and slack_hours must be whole numbers of at least 1 whose sum is at most 168 (CloudWatch evaluates an alarm of hourly periods over at most 7 days)."
   }
 }
 

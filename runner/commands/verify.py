@@ -17,8 +17,9 @@ from rich.table import Table
 
 from replica.verify import TableReport, VerifyOptions, VerifyReport, verify
 
-from .. import logs
+from .. import logs, metrics
 from ..exit_codes import ExitCode
+from ..settings import load_settings
 from .run import PIPELINES, load_pipeline_module
 
 STATUS_STYLE = {"ok": "green", "drift": "bold red", "error": "bold yellow"}
@@ -88,6 +89,22 @@ def _drift_text(t: TableReport) -> str:
     return "\n".join(lines)
 
 
+def emit_metrics(pipeline: str, report: VerifyReport, namespace: str) -> None:
+    """The scheduled verify's only output CloudWatch sees (terraform/modules/monitoring): per table (the `Table`
+    dimension is the destination table, as for the run metrics) `DriftRows` and `DriftRanges`; per pipeline their
+    sums, which the drift alarm watches, and `VerifySucceeded`, 1 only when every table could be verified, whose
+    absence the "verify did not run" alarm watches. A table that could not be verified reports no drift: it is
+    not known."""
+    verified = [t for t in report.tables if t.status != "error"]
+    for t in verified:
+        metrics.emit(pipeline, {"DriftRows": t.drift_rows, "DriftRanges": len(t.ranges)},
+                     table=t.destination_table, namespace=namespace)
+    metrics.emit(pipeline, {
+        "DriftRows": sum(t.drift_rows for t in verified), "DriftRanges": sum(len(t.ranges) for t in verified),
+        "VerifySucceeded": int(len(verified) == len(report.tables)),
+    }, namespace=namespace)
+
+
 def main(args: argparse.Namespace) -> ExitCode:
     logs.bind(pipeline=args.pipeline)
     pipeline = load_pipeline_module(args.pipeline).make_pipeline()
@@ -101,6 +118,7 @@ def main(args: argparse.Namespace) -> ExitCode:
                    duration_s=t.duration_s)
 
     report = verify(pipeline, args.tables, options, on_table=logged)
+    emit_metrics(args.pipeline, report, load_settings().metrics_namespace)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:

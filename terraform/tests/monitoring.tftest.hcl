@@ -262,3 +262,103 @@ run "merge_lag_periods" {
     error_message = "35 min over 10-minute cycles: three whole periods, never more than the threshold."
   }
 }
+
+# The scheduled verify: a drift alarm per pipeline (any DriftRows, kept until a verify reports none), and a
+# verify-stale alarm (no VerifySucceeded for interval + slack hours, missing data breaching) while enabled.
+run "verify" {
+  command = apply
+
+  module {
+    source = "./modules/monitoring"
+  }
+
+  variables {
+    pipelines = ["customers_orders", "orders_cdc"]
+    verify = {
+      customers_orders = { interval_hours = 24, slack_hours = 6, enabled = true }
+      orders_cdc       = { interval_hours = 24, slack_hours = 6, enabled = false }
+    }
+  }
+
+  override_resource {
+    target = aws_sns_topic.alerts
+    values = { arn = "arn:aws:sns:eu-west-1:111122223333:aurora-snowflake-sync-prod-alerts" }
+  }
+  override_resource {
+    target = aws_cloudwatch_metric_alarm.verify["customers_orders-drift"]
+    values = { arn = "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:aurora-snowflake-sync-prod-customers_orders-drift" }
+  }
+  override_resource {
+    target = aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"]
+    values = { arn = "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:aurora-snowflake-sync-prod-customers_orders-verify-stale" }
+  }
+
+  assert {
+    condition = (
+      sort(keys(aws_cloudwatch_metric_alarm.verify)) == tolist(["customers_orders-drift", "customers_orders-verify-stale", "orders_cdc-drift"]) &&
+      alltrue([for a in aws_cloudwatch_metric_alarm.verify : a.alarm_actions == toset(["arn:aws:sns:eu-west-1:111122223333:aurora-snowflake-sync-prod-alerts"]) && a.ok_actions == a.alarm_actions && a.actions_enabled]) &&
+      contains(keys(output.alarm_arns), "customers_orders-drift") && contains(keys(output.alarm_arns), "customers_orders-verify-stale")
+    )
+    error_message = "Every verified pipeline gets a drift alarm, an enabled schedule also a verify-stale alarm, all through the alerts topic."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].alarm_name == "aurora-snowflake-sync-prod-customers_orders-drift" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].namespace == "AuroraSnowflakeSync" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].metric_name == "DriftRows" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].dimensions == tomap({ Pipeline = "customers_orders" }) &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].statistic == "Maximum" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].comparison_operator == "GreaterThanThreshold" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].threshold == 0 &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].evaluation_periods == 1 &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-drift"].treat_missing_data == "ignore"
+    )
+    error_message = "Drift: Maximum(DriftRows) > 0 per pipeline, and missing data keeps the state (it clears only when a verify reports no drift)."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].alarm_name == "aurora-snowflake-sync-prod-customers_orders-verify-stale" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].metric_name == "VerifySucceeded" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].dimensions == tomap({ Pipeline = "customers_orders" }) &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].statistic == "Sum" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].comparison_operator == "LessThanThreshold" &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].threshold == 1 &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].treat_missing_data == "breaching"
+    )
+    error_message = "Verify did not run: Sum(VerifySucceeded) < 1, and missing data is breaching (a verify that never started emits nothing)."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].period == 3600 &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].evaluation_periods == 30 &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].datapoints_to_alarm == 30 &&
+      aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].period * aws_cloudwatch_metric_alarm.verify["customers_orders-verify-stale"].evaluation_periods <= 604800
+    )
+    error_message = "Verify did not run: every one of interval + slack (24 + 6) hourly periods without a success, within CloudWatch's 7 days."
+  }
+
+  assert {
+    condition = alltrue([
+      for m in ["DriftRows", "DriftRanges"] :
+      anytrue([
+        for w in jsondecode(aws_cloudwatch_dashboard.this.dashboard_body).widgets :
+        strcontains(try(w.properties.metrics[0][0].expression, ""), "{AuroraSnowflakeSync,Pipeline,Table} MetricName=\"${m}\"") if w.type == "metric"
+      ])
+      ]) && anytrue([
+      for w in jsondecode(aws_cloudwatch_dashboard.this.dashboard_body).widgets :
+      strcontains(try(w.properties.metrics[0][0].expression, ""), "{AuroraSnowflakeSync,Pipeline} MetricName=\"VerifySucceeded\"") if w.type == "metric"
+    ])
+    error_message = "The dashboard must show drifting rows and ranges per table, and verify successes per pipeline."
+  }
+
+  assert {
+    condition = alltrue([
+      for a in ["aurora-snowflake-sync-prod-customers_orders-drift", "aurora-snowflake-sync-prod-customers_orders-verify-stale"] :
+      contains(one([for w in jsondecode(aws_cloudwatch_dashboard.this.dashboard_body).widgets : w if w.type == "alarm"]).properties.alarms, "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:${a}")
+    ])
+    error_message = "The dashboard's alarm widget must show the drift and verify-stale alarms."
+  }
+}

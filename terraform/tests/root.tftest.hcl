@@ -96,8 +96,8 @@ run "defaults_apply" {
   }
 
   assert {
-    condition     = length(output.alarm_arns) == 8 && alltrue([for k in ["customers_orders-stale", "customers_orders-slot-wal", "customers_orders-lag", "customers_orders-run-failures", "customers_orders-dead-letters", "error-logs", "schedules-dlq", "task-failed"] : contains(keys(output.alarm_arns), k)])
-    error_message = "Expected staleness, slot WAL, lag, run failure, dead letter, error log, DLQ and failed task alarms."
+    condition     = length(output.alarm_arns) == 10 && alltrue([for k in ["customers_orders-stale", "customers_orders-slot-wal", "customers_orders-lag", "customers_orders-run-failures", "customers_orders-dead-letters", "customers_orders-drift", "customers_orders-verify-stale", "error-logs", "schedules-dlq", "task-failed"] : contains(keys(output.alarm_arns), k)])
+    error_message = "Expected staleness, slot WAL, lag, run failure, dead letter, drift, verify-stale, error log, DLQ and failed task alarms."
   }
 
   assert {
@@ -116,8 +116,25 @@ run "defaults_apply" {
   }
 
   assert {
-    condition     = output.snapshot_helper_schedules == {} && length(output.schedule_arns) == 2
-    error_message = "snapshot_helper_tasks defaults to 0: no helper schedule unless asked for."
+    condition     = output.snapshot_helper_schedules == {} && length(output.schedule_arns) == 3
+    error_message = "snapshot_helper_tasks defaults to 0: no helper schedule unless asked for (the two runs and the verify)."
+  }
+
+  # Continuous reconciliation by default: every pipeline's verify --checksum, daily, on the incremental task
+  # definition; without aurora_reader_endpoint it reads the host the tasks are configured with.
+  assert {
+    condition = (
+      output.verify_schedule_names == { customers_orders = "customers_orders-verify" } &&
+      module.scheduling.schedule_task_definitions["customers_orders-verify"] == output.task_definition_arns["customers_orders/incremental"] &&
+      local.verify_runs["customers_orders"].expression == "cron(0 4 * * ? *)" &&
+      local.verify_runs["customers_orders"].enabled && local.verify_runs["customers_orders"].environment == {}
+    )
+    error_message = "Every pipeline gets a daily verify --checksum schedule (cron(0 4 * * ? *)) on its incremental task definition."
+  }
+
+  assert {
+    condition     = contains(keys(output.alarm_arns), "customers_orders-verify-stale") && local.verify_schedules["customers_orders"].interval_hours + local.verify_schedules["customers_orders"].slack_hours == 30
+    error_message = "The default verify-stale alarm waits a day plus 6 hours of slack."
   }
 }
 
@@ -151,7 +168,7 @@ run "snapshot_helpers" {
   assert {
     condition = (
       output.snapshot_helper_schedules == { customers_orders-weekly-snapshot-helpers = { schedule = "customers_orders-weekly-snapshot", task_count = 3 } } &&
-      length(output.schedule_arns) == 3
+      length(output.schedule_arns) == 4
     )
     error_message = "snapshot_helper_tasks = 3 must add one <name>-helpers schedule starting 3 tasks."
   }
@@ -220,7 +237,7 @@ run "cdc_follow_land_merge" {
   }
 
   assert {
-    condition     = output.merge_schedule_name == "orders_cdc-merge" && contains(keys(output.schedule_arns), "orders_cdc-merge") && length(output.schedule_arns) == 3
+    condition     = output.merge_schedule_name == "orders_cdc-merge" && contains(keys(output.schedule_arns), "orders_cdc-merge") && length(output.schedule_arns) == 5
     error_message = "cdc_follow with the default merge interval must add the <pipeline>-merge schedule to the run schedules."
   }
 
@@ -231,7 +248,7 @@ run "cdc_follow_land_merge" {
 
 
   assert {
-    condition     = length(output.alarm_arns) == 15 && contains(keys(output.alarm_arns), "orders_cdc-landing-lag") && contains(keys(output.alarm_arns), "orders_cdc-merge-lag") && !contains(keys(output.alarm_arns), "customers_orders-merge-lag")
+    condition     = length(output.alarm_arns) == 19 && contains(keys(output.alarm_arns), "orders_cdc-landing-lag") && contains(keys(output.alarm_arns), "orders_cdc-merge-lag") && !contains(keys(output.alarm_arns), "customers_orders-merge-lag")
     error_message = "The follower's pipeline (only) gets a landing-lag and a merge-lag alarm."
   }
 
@@ -252,8 +269,8 @@ run "cdc_follow_merge_inline" {
   }
 
   assert {
-    condition     = output.merge_schedule_name == null && length(output.schedule_arns) == 0
-    error_message = "merge_interval_minutes = 0 must not create a merge schedule."
+    condition     = output.merge_schedule_name == null && keys(output.schedule_arns) == ["customers_orders-verify"]
+    error_message = "merge_interval_minutes = 0 must not create a merge schedule (the verify schedule stays)."
   }
 
   assert {
@@ -285,8 +302,63 @@ run "no_follower_no_merge" {
   }
 
   assert {
-    condition     = output.merge_schedule_name == null && length(output.alarm_arns) == 8 && local.merge_interval_minutes == 0
+    condition     = output.merge_schedule_name == null && length(output.alarm_arns) == 10 && local.merge_interval_minutes == 0
     error_message = "Without a follower there is nothing to merge: no merge schedule, no landing or merge alarm."
+  }
+}
+
+# verify_schedules overrides one pipeline; the other keeps the default. The reader endpoint reaches the verify
+# schedules' input (and only theirs); a paused verify keeps its drift alarm and loses its verify-stale alarm.
+run "verify_schedules_override" {
+  command = plan
+
+  variables {
+    pipelines              = ["customers_orders", "orders_cdc"]
+    aurora_reader_endpoint = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"
+    verify_schedules = {
+      orders_cdc = { expression = "cron(30 1 ? * MON-FRI *)", timezone = "Europe/Paris", args = ["--chunk-rows", "500000"], interval_hours = 72, slack_hours = 12 }
+    }
+  }
+
+  assert {
+    condition = (
+      sort(keys(output.verify_schedule_names)) == tolist(["customers_orders", "orders_cdc"]) &&
+      local.verify_runs["customers_orders"].expression == "cron(0 4 * * ? *)" && local.verify_runs["customers_orders"].timezone == "UTC" &&
+      local.verify_runs["orders_cdc"].expression == "cron(30 1 ? * MON-FRI *)" && local.verify_runs["orders_cdc"].timezone == "Europe/Paris" &&
+      local.verify_runs["orders_cdc"].args == tolist(["--chunk-rows", "500000"]) && local.verify_runs["orders_cdc"].enabled
+    )
+    error_message = "An entry of verify_schedules overrides its pipeline's schedule; the other pipelines keep the daily default."
+  }
+
+  assert {
+    condition = (
+      module.scheduling.verify_schedule_names["orders_cdc"] == "orders_cdc-verify" &&
+      alltrue([for p in ["customers_orders", "orders_cdc"] : local.verify_runs[p].environment == { SOURCES__POSTGRES__CREDENTIALS__HOST = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }]) &&
+      !contains(keys(local.base_environment), "SOURCES__POSTGRES__CREDENTIALS__HOST")
+    )
+    error_message = "aurora_reader_endpoint must become the verify runs' source host override, not every task's."
+  }
+
+  assert {
+    condition = (
+      contains(keys(output.alarm_arns), "orders_cdc-verify-stale") &&
+      local.verify_schedules["orders_cdc"].interval_hours + local.verify_schedules["orders_cdc"].slack_hours == 84 &&
+      local.verify_schedules["customers_orders"].interval_hours + local.verify_schedules["customers_orders"].slack_hours == 30
+    )
+    error_message = "interval_hours and slack_hours must reach the verify-stale alarm, per pipeline."
+  }
+}
+
+run "verify_schedule_paused" {
+  command = plan
+
+  variables {
+    verify_schedules = { customers_orders = { enabled = false } }
+  }
+
+  assert {
+    condition     = !local.verify_runs["customers_orders"].enabled && contains(keys(output.alarm_arns), "customers_orders-drift") && !contains(keys(output.alarm_arns), "customers_orders-verify-stale")
+    error_message = "A paused verify schedule keeps its drift alarm and has no verify-stale alarm (it would breach for ever)."
   }
 }
 
@@ -766,4 +838,46 @@ run "missing_github_oidc_provider_arn" {
     github_repository = "example-org/aurora-snowflake-sync"
   }
   expect_failures = [var.github_oidc_provider_arn]
+}
+
+run "invalid_aurora_reader_endpoint" {
+  command = plan
+  variables {
+    aurora_reader_endpoint = "postgresql://orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com:5432"
+  }
+  expect_failures = [var.aurora_reader_endpoint]
+}
+
+run "invalid_schedule_name_taken_by_verify" {
+  command = plan
+  variables {
+    schedules = {
+      customers_orders-verify = { pipeline = "customers_orders", expression = "rate(1 day)", mode = "incremental" }
+    }
+  }
+  expect_failures = [var.schedules]
+}
+
+run "invalid_verify_schedules_pipeline" {
+  command = plan
+  variables {
+    verify_schedules = { unknown_pipeline = { expression = "cron(0 4 * * ? *)" } }
+  }
+  expect_failures = [var.verify_schedules]
+}
+
+run "invalid_verify_schedules_expression" {
+  command = plan
+  variables {
+    verify_schedules = { customers_orders = { expression = "rate(5 minutes)" } }
+  }
+  expect_failures = [var.verify_schedules]
+}
+
+run "invalid_verify_schedules_hours" {
+  command = plan
+  variables {
+    verify_schedules = { customers_orders = { expression = "rate(7 days)", interval_hours = 168, slack_hours = 6 } }
+  }
+  expect_failures = [var.verify_schedules]
 }

@@ -324,3 +324,65 @@ run "snapshot_helpers_out_of_range" {
 
   expect_failures = [var.schedules]
 }
+
+# Continuous reconciliation: one <pipeline>-verify schedule per entry of var.verify, running `verify --checksum`
+# on the pipeline's incremental task definition, with the source host override in its input only.
+run "verify_schedules" {
+  command = apply
+
+  module {
+    source = "./modules/scheduling"
+  }
+
+  variables {
+    verify = {
+      customers_orders = {
+        expression  = "cron(0 4 * * ? *)"
+        environment = { SOURCES__POSTGRES__CREDENTIALS__HOST = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }
+      }
+    }
+  }
+
+  override_resource {
+    target = aws_sqs_queue.dead_letter
+    values = { arn = "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" }
+  }
+
+  assert {
+    condition     = length(aws_scheduler_schedule.this) == 4 && output.verify_schedule_names == { customers_orders = "customers_orders-verify" }
+    error_message = "Each entry of var.verify must add one <pipeline>-verify schedule beside the run schedules."
+  }
+
+  assert {
+    condition = (
+      jsondecode(one(aws_scheduler_schedule.this["customers_orders-verify"].target).input).containerOverrides == [{
+        name        = "aurora-sync"
+        command     = ["verify", "--pipeline", "customers_orders", "--checksum"]
+        environment = [{ name = "SOURCES__POSTGRES__CREDENTIALS__HOST", value = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }]
+      }] &&
+      one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).ecs_parameters).task_definition_arn == var.task_definition_arns["customers_orders/incremental"] &&
+      one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).ecs_parameters).task_count == 1
+    )
+    error_message = "The verify schedule must run `verify --pipeline <p> --checksum` on the incremental task definition, with the host override in its input."
+  }
+
+  assert {
+    condition = (
+      aws_scheduler_schedule.this["customers_orders-verify"].schedule_expression == "cron(0 4 * * ? *)" &&
+      aws_scheduler_schedule.this["customers_orders-verify"].schedule_expression_timezone == "UTC" &&
+      aws_scheduler_schedule.this["customers_orders-verify"].state == "ENABLED" &&
+      one(aws_scheduler_schedule.this["customers_orders-verify"].flexible_time_window).mode == "OFF" &&
+      one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).dead_letter_config).arn == "arn:aws:sqs:eu-west-1:111122223333:aurora-snowflake-sync-prod-schedules-dlq" &&
+      one(one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).ecs_parameters).network_configuration).assign_public_ip == false
+    )
+    error_message = "The verify schedule needs its expression, the window off, the DLQ and private networking of every schedule."
+  }
+
+  assert {
+    condition = alltrue([
+      for name in ["customers_orders-incremental", "customers_orders-snapshot", "customers_orders-paused"] :
+      !contains(keys(jsondecode(one(aws_scheduler_schedule.this[name].target).input).containerOverrides[0]), "environment")
+    ])
+    error_message = "The reader host override belongs to the verify schedule only: runs keep the writer."
+  }
+}

@@ -429,8 +429,9 @@ def test_apply_against_moto(terraform: Terraform, moto_endpoint: str, tmp_path: 
     assert "_landing/orders_cdc/*" in listing["Condition"]["StringLike"]["s3:prefix"]
     assert "_landing" not in policy("aurora-snowflake-sync-prod-snowflake", "read-staged-files")
     alarms = client("cloudwatch").describe_alarms(AlarmNamePrefix="aurora-snowflake-sync-prod-")["MetricAlarms"]
-    # five per pipeline, plus error logs, DLQ depth and failed tasks, plus the follower's landing and merge lag
-    assert len(alarms) == 5 * 2 + 3 + 2
+    # five per pipeline and its verify's drift and verify-stale, plus error logs, DLQ depth and failed tasks, plus
+    # the follower's landing and merge lag
+    assert len(alarms) == (5 + 2) * 2 + 3 + 2
     assert all(a["AlarmActions"] == [outputs["alerts_topic_arn"]] for a in alarms)
 
     # --- the runbook step of docs/deployment.md, then a plan with no change and no warning

@@ -100,6 +100,41 @@ locals {
   )
 }
 
+# Continuous reconciliation (var.verify): the scheduled `verify --checksum` of each pipeline.
+locals {
+  verify_alarms = merge(
+    {
+      # Any drift. Missing data keeps the state: once raised, the alarm clears only when a later verify
+      # reports DriftRows = 0 (the drift is repaired), not when the hour of the datapoint has passed.
+      for p, v in var.verify : "${p}-drift" => {
+        pipeline    = p
+        description = "verify --checksum found rows of ${p} that differ between Aurora and Snowflake (Maximum(DriftRows) > 0). Stays in alarm until a verify reports no drift. Runbook: docs/operations.md#drift-alarm."
+        metric      = "DriftRows"
+        statistic   = "Maximum"
+        evaluations = 1
+        comparison  = "GreaterThanThreshold"
+        threshold   = 0
+        missing     = "ignore"
+      }
+    },
+    {
+      # The heartbeat: a verify that did not start, failed, or could not verify every table emits no
+      # VerifySucceeded = 1. Hourly periods, all of interval + slack hours missing or 0 (hours of 1 h or
+      # more may be evaluated over up to 7 days).
+      for p, v in var.verify : "${p}-verify-stale" => {
+        pipeline    = p
+        description = "No verify --checksum of ${p} verified every table in the last ${v.interval_hours + v.slack_hours} hours (Sum(VerifySucceeded) < 1; no data is breaching): drift would go unnoticed."
+        metric      = "VerifySucceeded"
+        statistic   = "Sum"
+        evaluations = v.interval_hours + v.slack_hours
+        comparison  = "LessThanThreshold"
+        threshold   = 1
+        missing     = "breaching"
+      } if v.enabled
+    },
+  )
+}
+
 # ------------------------------------------------------------------------------------------------
 # Alerts topic
 # ------------------------------------------------------------------------------------------------
@@ -179,6 +214,27 @@ resource "aws_cloudwatch_metric_alarm" "land_merge" {
   evaluation_periods  = each.value.evaluations
   datapoints_to_alarm = each.value.evaluations
   comparison_operator = "GreaterThanThreshold"
+  threshold           = each.value.threshold
+  treat_missing_data  = each.value.missing
+  actions_enabled     = true
+  alarm_actions       = local.alarm_to
+  ok_actions          = local.alarm_to
+}
+
+# The scheduled verify: drift found, and verify not run (hourly periods).
+resource "aws_cloudwatch_metric_alarm" "verify" {
+  for_each = local.verify_alarms
+
+  alarm_name          = "${var.name_prefix}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = var.metric_namespace
+  metric_name         = each.value.metric
+  dimensions          = { Pipeline = each.value.pipeline }
+  statistic           = each.value.statistic
+  period              = 3600
+  evaluation_periods  = each.value.evaluations
+  datapoints_to_alarm = each.value.evaluations
+  comparison_operator = each.value.comparison
   threshold           = each.value.threshold
   treat_missing_data  = each.value.missing
   actions_enabled     = true
@@ -325,6 +381,10 @@ locals {
     { title = "CDC merge lag (s): oldest landed batch not merged", metric = "MergeLagSeconds", dims = "Pipeline", stat = "Maximum" },
     { title = "CDC batches merged per pipeline", metric = "BatchesMerged", dims = "Pipeline", stat = "Sum" },
     { title = "CDC merge duration (s) per pipeline", metric = "MergeDurationSeconds", dims = "Pipeline", stat = "Maximum" },
+    # continuous reconciliation: the scheduled `verify --checksum`
+    { title = "Verify: drifting rows per table", metric = "DriftRows", dims = "Pipeline,Table", stat = "Maximum" },
+    { title = "Verify: drifting key ranges per table", metric = "DriftRanges", dims = "Pipeline,Table", stat = "Maximum" },
+    { title = "Verify: runs that verified every table", metric = "VerifySucceeded", dims = "Pipeline", stat = "Sum" },
   ]
 }
 
@@ -380,6 +440,7 @@ resource "aws_cloudwatch_dashboard" "this" {
             alarms = concat(
               [for a in aws_cloudwatch_metric_alarm.pipeline : a.arn],
               [for a in aws_cloudwatch_metric_alarm.land_merge : a.arn],
+              [for a in aws_cloudwatch_metric_alarm.verify : a.arn],
               [
                 aws_cloudwatch_metric_alarm.error_logs.arn,
                 aws_cloudwatch_metric_alarm.dlq_depth.arn,

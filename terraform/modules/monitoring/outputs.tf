@@ -8,6 +8,7 @@ output "alarm_arns" {
   value = merge(
     { for k, a in aws_cloudwatch_metric_alarm.pipeline : k => a.arn },
     { for k, a in aws_cloudwatch_metric_alarm.land_merge : k => a.arn },
+    { for k, a in aws_cloudwatch_metric_alarm.verify : k => a.arn },
     {
       error-logs    = aws_cloudwatch_metric_alarm.error_logs.arn
       schedules-dlq = aws_cloudwatch_metric_alarm.dlq_depth.arn

@@ -63,6 +63,16 @@ variable "land_merge" {
   default = null
 }
 
+variable "verify" {
+  description = "Pipelines whose `verify --checksum` runs on a schedule: how often it fires (interval_hours), how long a run may take on top (slack_hours), and whether the schedule is enabled. Each gets a drift alarm; an enabled one also a verify-stale alarm (no VerifySucceeded for interval + slack hours)."
+  type = map(object({
+    interval_hours = number
+    slack_hours    = number
+    enabled        = bool
+  }))
+  default = {}
+}
+
 variable "error_log_threshold" {
   description = "ERROR log lines in 5 minutes that raise the error-log alarm."
   type        = number

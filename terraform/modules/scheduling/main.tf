@@ -59,6 +59,23 @@ locals {
         max_event_age = min(var.retry.maximum_event_age_in_seconds, max(60, m.interval_minutes * 60))
       }
     },
+    # Continuous reconciliation: `verify --checksum` per pipeline, read-only and lock-free, so it runs beside
+    # the pipeline's runs, its follower and its merges. It runs the pipeline's incremental task definition
+    # (same image, task role, Vault secrets and environment, so the same Snowflake user and load warehouse);
+    # environment carries the source host override (the Aurora reader endpoint) when one is set.
+    {
+      for p, v in var.verify : "${p}-verify" => {
+        description     = "${p}: verify --checksum (drift alarm, verify-stale alarm)"
+        expression      = v.expression
+        timezone        = v.timezone
+        enabled         = v.enabled
+        task_definition = "${p}/incremental"
+        command         = concat(["verify", "--pipeline", p, "--checksum"], v.args)
+        environment     = v.environment
+        task_count      = 1
+        max_event_age   = var.retry.maximum_event_age_in_seconds
+      }
+    },
   )
   merge_enabled = var.merge != null && try(var.merge.interval_minutes > 0, false)
   merges        = local.merge_enabled ? [var.merge] : []

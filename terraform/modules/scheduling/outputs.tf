@@ -18,6 +18,11 @@ output "snapshot_helper_schedules" {
   }
 }
 
+output "verify_schedule_names" {
+  description = "The verify --checksum schedule of each pipeline, by pipeline (empty without var.verify)."
+  value       = { for p in keys(var.verify) : p => aws_scheduler_schedule.this["${p}-verify"].name }
+}
+
 output "schedule_group_name" {
   description = "Name of the schedule group."
   value       = aws_scheduler_schedule_group.this.name

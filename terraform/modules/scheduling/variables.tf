@@ -45,6 +45,18 @@ variable "merge" {
   default = null
 }
 
+variable "verify" {
+  description = "Scheduled `verify --checksum --pipeline <key>` runs, keyed by pipeline: a <pipeline>-verify schedule each on the pipeline's incremental task definition. environment: extra container environment of the run (the source host override); args: extra verify arguments."
+  type = map(object({
+    expression  = string
+    timezone    = optional(string, "UTC")
+    enabled     = optional(bool, true)
+    args        = optional(list(string), [])
+    environment = optional(map(string), {})
+  }))
+  default = {}
+}
+
 variable "retry" {
   description = "Retry policy of every schedule."
   type = object({
