@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +29,9 @@ def pg_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def log_events(lines: Iterable[str], message: str) -> list[dict[str, Any]]:
+    """The JSON log lines (`--json-logs`) whose message is `message`, parsed; other output is skipped."""
+    return [event for event in (json.loads(line) for line in lines if line.startswith("{"))
+            if event.get("message") == message]

@@ -51,7 +51,7 @@ from local.postgres import LocalPostgres, PostgresNotAvailable, execute, find_bi
 from local.seed import seed
 from local.tls import enable_tls
 from runner.exit_codes import ExitCode
-from tests.helpers import pg_rows
+from tests.helpers import log_events, pg_rows
 from tests.vault.conftest import VaultDb, create_vault_admin, run_setup, setup_env
 from tests.vault.test_terraform_names import AWS_AUTH_RECORDER, recorded_aws_auth
 
@@ -227,13 +227,7 @@ class Task:
         return self.wait(timeout=120)
 
     def events(self, message: str) -> list[dict[str, Any]]:
-        found = []
-        for line in list(self.lines):
-            if line.startswith("{"):
-                event = json.loads(line)
-                if event.get("message") == message:
-                    found.append(event)
-        return found
+        return log_events(list(self.lines), message)
 
     @property
     def log(self) -> str:

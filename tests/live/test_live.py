@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 import psycopg2
 import pytest
 
+from tests.helpers import log_events
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.live, pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")]
 
@@ -217,13 +219,7 @@ class Step:
     seconds: float
 
     def events(self, message: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.stderr.splitlines():
-            if line.startswith("{"):
-                event = json.loads(line)
-                if event.get("message") == message:
-                    found.append(event)
-        return found
+        return log_events(self.stderr.splitlines(), message)
 
     @property
     def log(self) -> str:

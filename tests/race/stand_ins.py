@@ -123,21 +123,6 @@ class DuckDBLockHolder:
 # --- fakesnow (snapshot helpers) ---------------------------------------------------------------------------------
 
 
-def generate_key_pair() -> Any:
-    """A throwaway RSA key as tests/snowflake/conftest.py's `key_pair` fixture makes it (no key material kept)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from tests.snowflake.conftest import KeyPair
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return KeyPair(private, public)
-
-
 class FakeSnowflakeWarehouse:
     """fakesnow's HTTP server (in this process), S3 on moto, the objects `snowflake-bootstrap` creates.
 
@@ -147,7 +132,7 @@ class FakeSnowflakeWarehouse:
     def __init__(self) -> None:
         from local.fakesnow_adapter import fake_snowflake_server
         from local.moto_s3 import LocalS3
-        from tests.snowflake.conftest import Bucket
+        from tests.snowflake.conftest import Bucket, make_key_pair
 
         self._stack = contextlib.ExitStack()
         try:
@@ -155,7 +140,7 @@ class FakeSnowflakeWarehouse:
             self._stack.callback(self.s3.stop)
             name = f"race-{uuid.uuid4().hex[:12]}"
             self.bucket = Bucket(name, self.s3.create_bucket(name), self.s3.create_kms_key())
-            self.key_pair = generate_key_pair()
+            self.key_pair = make_key_pair()
             self.fake = self._stack.enter_context(fake_snowflake_server(self.s3.s3fs()))
         except Exception:
             self._stack.close()

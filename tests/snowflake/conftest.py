@@ -53,15 +53,20 @@ def s3() -> Iterator[LocalS3]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def key_pair() -> KeyPair:
-    """A throwaway RSA key, generated per test session: no key material lives in the repository."""
+def make_key_pair() -> KeyPair:
+    """A throwaway RSA key: no key material lives in the repository."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     return KeyPair(private, public)
+
+
+@pytest.fixture(scope="session")
+def key_pair() -> KeyPair:
+    """One throwaway key per test session."""
+    return make_key_pair()
 
 
 @pytest.fixture()
