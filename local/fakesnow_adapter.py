@@ -18,10 +18,12 @@ one names the fakesnow (or dlt) behaviour it works around, so that it can be dro
    → `create_schema_on_connect=False`, for `fakesnow.patch` and for the HTTP server's shared instance.
 6. Snowflake makes a second transaction that updates a row wait until the first commits (the fencing check,
    `pipelines.fence`, updates its fence row first for exactly that); fakesnow's DuckDB instead fails one of them
-   with "Conflict on update", so the tables' parallel merges failed at random.
-   → explicit transactions (autocommit off) take turns, one at a time, as they would on the fence row. In-process
-   only: the HTTP server's clients are processes that tests kill with kill -9, and fakesnow never ends a dead
-   session's transaction (Snowflake times it out), so there a turn would be held for ever.
+   with "Conflict on update" (over HTTP: a 500 the connector retries for minutes), so parallel merges failed or
+   hung at random.
+   → explicit transactions (autocommit off) take turns, one at a time, as they would on the fence row. A session
+   that dies inside its transaction (kill -9; fakesnow never ends it, and its session delete does not close it)
+   would hold the turn for ever: on the HTTP server a holder idle for `DEAD_AFTER_S` is rolled back and its next
+   statement fails, as Snowflake aborts a detached transaction (after hours there; seconds here).
 
 Not bridged: fakesnow's handling of dlt's quoted PUT target (`'@"SCHEMA"."%TABLE"/...'`). Every load here goes
 through the S3 stage, so dlt never PUTs; a test that did would fail loudly rather than pass on a patch.
@@ -46,6 +48,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAKESNOW_VERSION = "0.12.1"
+DEAD_AFTER_S = 45.0
+"""Patch 6 on the HTTP server: a transaction idle this long belongs to a dead client (a live one sends its next
+statement within seconds, even on a loaded 2-core machine)."""
 """The fakesnow release these patches were written against; another one must be re-checked first."""
 
 
@@ -145,6 +150,7 @@ class FakeSnowflake:
     host: str | None = None
     port: int | None = None
     protocol: str | None = None
+    turns: Any = None
 
     def connect_params(self) -> dict[str, Any]:
         """Extra `snowflake.connector.connect` arguments for the HTTP server (empty in-process)."""
@@ -178,26 +184,86 @@ class _TransactionTurns:
 
     WAIT_S = 300
 
-    def __init__(self) -> None:
+    def __init__(self, dead_after_s: float | None) -> None:
         self._lock = threading.Lock()
+        self._guard = threading.Lock()  # holder, busy and idle bookkeeping
         self._holder: Any = None
+        self._busy: dict[int, int] = {}
+        self._idle_since = 0.0
+        self._dead_after_s = dead_after_s
 
     def begin(self, conn: Any) -> None:
         if self._holder is conn:
             return
-        if not self._lock.acquire(timeout=self.WAIT_S):
-            raise RuntimeError(f"fakesnow: waited {self.WAIT_S} s for another connection's transaction to end")
-        self._holder = conn
+        deadline = time.monotonic() + self.WAIT_S
+        while not self._lock.acquire(timeout=1):
+            self._abort_dead_holder()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fakesnow: waited {self.WAIT_S} s for another connection's transaction to end")
+        with self._guard:
+            self._holder, self._idle_since = conn, time.monotonic()
 
     def end(self, conn: Any) -> None:
-        if self._holder is conn:
+        with self._guard:
+            if self._holder is conn:
+                self._holder = None
+                self._lock.release()
+
+    def statement(self, conn: Any) -> contextlib.AbstractContextManager[None]:
+        """Around each statement: refuse it in a transaction that was aborted, and keep the holder's idle clock."""
+        @contextlib.contextmanager
+        def running() -> Iterator[None]:
+            with self._guard:
+                if getattr(conn, "_turn_aborted", False):
+                    conn._turn_aborted = False
+                    import snowflake.connector
+
+                    raise snowflake.connector.errors.ProgrammingError(
+                        msg="Transaction aborted: its session was idle for too long while it held a lock",
+                        errno=625, sqlstate="57014")
+                self._busy[id(conn)] = self._busy.get(id(conn), 0) + 1
+            try:
+                yield
+            finally:
+                with self._guard:
+                    self._busy[id(conn)] -= 1
+                    if self._holder is conn:
+                        self._idle_since = time.monotonic()
+        return running()
+
+    def _abort_dead_holder(self) -> None:
+        if self._dead_after_s is None:
+            return
+        with self._guard:
+            holder = self._holder
+            if holder is None or self._busy.get(id(holder), 0) or \
+                    time.monotonic() - self._idle_since < self._dead_after_s:
+                return
+            with contextlib.suppress(Exception):
+                holder._duck_conn.rollback()
+            holder._autocommit, holder._in_transaction, holder._turn_aborted = True, False, True
             self._holder = None
             self._lock.release()
 
 
+class _ClosingSessions(dict):  # type: ignore[type-arg]
+    """fakesnow's HTTP sessions; a deleted session (the client closed) ends its transaction and its turn."""
+
+    def __init__(self, turns: _TransactionTurns) -> None:
+        super().__init__()
+        self._turns = turns
+
+    def __delitem__(self, token: str) -> None:
+        conn = self[token]
+        super().__delitem__(token)
+        with contextlib.suppress(Exception):
+            conn._duck_conn.rollback()
+        self._turns.end(conn)
+
+
 @contextlib.contextmanager
-def adapter(s3_filesystem: Any | None = None, *, transaction_turns: bool = False) -> Iterator[FakeSnowflake]:
-    """Apply patches 1-4 (and 6 with `transaction_turns`) process-wide while the block runs; `s3_filesystem`: S3."""
+def adapter(s3_filesystem: Any | None = None, *, dead_after_s: float | None = None) -> Iterator[FakeSnowflake]:
+    """Apply patches 1-4 and 6 process-wide while the block runs; `s3_filesystem`: S3 (moto)."""
     check_version()
     import fakesnow.cursor as fs_cursor
     from fakesnow import copy_into as fs_copy
@@ -210,9 +276,9 @@ def adapter(s3_filesystem: Any | None = None, *, transaction_turns: bool = False
     original_init = FakeSnow.__init__
     original_autocommit = FakeSnowflakeConnection.autocommit
     original_close = FakeSnowflakeConnection.close
-    turns = _TransactionTurns()
-
     fake = FakeSnowflake()
+    turns = _TransactionTurns(dead_after_s)
+    fake.turns = turns
 
     def autocommit(self: Any, mode: bool) -> None:
         if not mode:
@@ -231,7 +297,8 @@ def adapter(s3_filesystem: Any | None = None, *, transaction_turns: bool = False
 
     def execute(self: Any, command: str, *args: Any, **kwargs: Any) -> Any:
         fake.executed.append(command)
-        return original_execute(self, rewrite_copy_sql(command), *args, **kwargs)
+        with turns.statement(self._conn):
+            return original_execute(self, rewrite_copy_sql(command), *args, **kwargs)
 
     def copy_into(duck_conn: Any, current_database: str | None, current_schema: str | None, expr: Any,
                   table_stages: Any, params: Any = None) -> str:
@@ -255,9 +322,8 @@ def adapter(s3_filesystem: Any | None = None, *, transaction_turns: bool = False
         stack.enter_context(_patched(fs_cursor.FakeSnowflakeCursor, "execute", execute))
         stack.enter_context(_patched(fs_cursor, "copy_into", copy_into))
         stack.enter_context(_patched(FakeSnow, "__init__", init))
-        if transaction_turns:
-            stack.enter_context(_patched(FakeSnowflakeConnection, "autocommit", autocommit))
-            stack.enter_context(_patched(FakeSnowflakeConnection, "close", close))
+        stack.enter_context(_patched(FakeSnowflakeConnection, "autocommit", autocommit))
+        stack.enter_context(_patched(FakeSnowflakeConnection, "close", close))
         yield fake
 
 
@@ -266,12 +332,13 @@ def fake_snowflake(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
     """In-process fakesnow (`fakesnow.patch`): `snowflake.connector.connect` returns a DuckDB-backed fake."""
     import fakesnow
 
-    with adapter(s3_filesystem, transaction_turns=True) as fake, fakesnow.patch(create_schema_on_connect=False):
+    with adapter(s3_filesystem) as fake, fakesnow.patch(create_schema_on_connect=False):
         yield fake
 
 
 @contextlib.contextmanager
-def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None) -> Iterator[FakeSnowflake]:
+def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None,
+                          dead_after_s: float = DEAD_AFTER_S) -> Iterator[FakeSnowflake]:
     """fakesnow's HTTP server on 127.0.0.1, for the real connector (`fake.connect_params()`: host, port, http).
 
     Each server gets an empty warehouse of its own: fakesnow keeps one module-wide instance for all sessions,
@@ -282,11 +349,12 @@ def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = N
 
     from local.postgres import free_port
 
-    with adapter(s3_filesystem) as fake, contextlib.ExitStack() as stack:
+    with adapter(s3_filesystem, dead_after_s=dead_after_s) as fake, contextlib.ExitStack() as stack:
         import fakesnow.server as fs_server
 
         shared = FakeSnow()
         stack.enter_context(_patched(fs_server, "shared_fs", shared))
+        stack.enter_context(_patched(fs_server, "sessions", _ClosingSessions(fake.turns)))
         if s3_filesystem is not None:
             register_s3(shared.duck_conn, s3_filesystem)
         port = port or free_port()

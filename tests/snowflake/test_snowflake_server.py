@@ -72,3 +72,67 @@ def test_customers_orders_through_the_http_server_with_key_pair_auth(
     assert query(server, f"SELECT id, status, total FROM {DATASET}.ORDERS__ORDERS ORDER BY id") == pg_rows(
         dsn, "SELECT id, status::text, total FROM orders.orders ORDER BY id")
     assert any(s.startswith("COPY INTO") and "@AURORA_SYNC.RAW.ARCHIVE_STAGE" in s for s in server.executed)
+
+
+def test_the_stand_in_makes_transactions_wait_and_aborts_a_dead_sessions_one(s3: LocalS3) -> None:
+    """Patch 6 over HTTP: a second writer of a row waits for the first (Snowflake's row lock; DuckDB would fail it
+    with "Conflict on update", a 500 the connector retries for minutes), and a client that died inside its
+    transaction does not block the others for ever."""
+    import threading
+    import time
+
+    import snowflake.connector
+
+    with fake_snowflake_server(s3.s3fs(), dead_after_s=2) as fake:
+        def connect() -> Any:
+            return snowflake.connector.connect(user="analyst", password="unused-by-the-fake", account="fakeaccount",
+                                               network_timeout=30, **fake.connect_params())
+
+        setup = connect()
+        setup.cursor().execute("CREATE DATABASE turns")
+        setup.cursor().execute("CREATE SCHEMA turns.public")
+        setup.cursor().execute("CREATE TABLE turns.public.fence (id INT, v INT)")
+        setup.cursor().execute("INSERT INTO turns.public.fence VALUES (1, 0)")
+
+        def value() -> int:
+            return int(setup.cursor().execute("SELECT v FROM turns.public.fence WHERE id = 1").fetchone()[0])
+
+        first, second = connect(), connect()
+        first.autocommit(False)
+        first.cursor().execute("UPDATE turns.public.fence SET v = v + 1 WHERE id = 1")
+        done: list[float] = []
+
+        def waiter() -> None:
+            second.autocommit(False)
+            second.cursor().execute("UPDATE turns.public.fence SET v = v + 10 WHERE id = 1")
+            second.commit()
+            second.autocommit(True)
+            done.append(time.monotonic())
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(1.0)  # less than dead_after_s: the first is alive, the second must still be waiting
+        assert not done, "the second transaction did not wait for the first"
+        committed = time.monotonic()
+        first.commit()
+        first.autocommit(True)
+        thread.join(30)
+        assert done and done[0] >= committed
+        assert value() == 11
+
+        dead = connect()  # a client killed with kill -9 inside its transaction: never sends another statement
+        dead.autocommit(False)
+        dead.cursor().execute("UPDATE turns.public.fence SET v = 1000 WHERE id = 1")
+        started = time.monotonic()
+        survivor = connect()
+        survivor.autocommit(False)
+        survivor.cursor().execute("UPDATE turns.public.fence SET v = v + 1 WHERE id = 1")
+        survivor.commit()
+        survivor.autocommit(True)
+        assert 2 <= time.monotonic() - started < 30
+        assert value() == 12, "the dead session's update was not rolled back"
+        with pytest.raises(snowflake.connector.errors.ProgrammingError, match="Transaction aborted"):
+            dead.cursor().execute("UPDATE turns.public.fence SET v = 2000 WHERE id = 1")
+        assert value() == 12
+        for conn in (setup, first, second, dead, survivor):
+            conn.close()
