@@ -64,7 +64,7 @@ def snapshot(cdc: Cdc, specs: list[TableSpec], snapshot_name: str, lsn: int, *,
                              block_size=settings.block_size_bytes, statement_timeout_ms=settings.statement_timeout_ms)
         try:
             columns = snap.open()
-            shape = cdc.shape(spec)
+            shape = snap.shape()
 
             def update(state: dict[str, Any], spec: TableSpec = spec, shape: Any = shape) -> None:
                 state["slot"], state["publication"] = cdc.slot, cdc.publication

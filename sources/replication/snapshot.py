@@ -20,6 +20,7 @@ from sources.postgres.catalog import TableSpec
 from sources.postgres.conversion import RejectedRow
 from sources.postgres.copy_loader import arrow_schema, copy_to_arrow
 from sources.postgres.session import APPLICATION_NAME, session_options
+from sources.postgres.shapes import Shape, read_shapes
 from sources.postgres.transport import secure_dsn
 
 from . import multiset
@@ -77,6 +78,14 @@ class TableSnapshot:
             cur.execute("SET TRANSACTION SNAPSHOT %s", (self.snapshot_name,))
         self.columns = table_columns(conn, self.spec, _resolver(conn))
         return self.columns
+
+    def shape(self) -> Shape:
+        """The table's shape as of the snapshot, to record with the copy: the stream carries every DDL after it.
+        The live catalog could already hold a DDL that committed since the snapshot (the copy then looks newer than
+        it is, and that DDL, when the stream reaches it, like no change at all)."""
+        if self._conn is None:
+            self.open()
+        return read_shapes(self._conn, [self.spec]).get(self.spec.qualified, [])
 
     def read(self) -> Iterator[pa.Table]:
         """Arrow tables of at most `block_size` bytes of CSV each, with the CDC system columns added."""

@@ -93,3 +93,31 @@ def test_alter_type_using_in_incremental_mode(dlt_env: dict[str, str], database:
     duck = dlt_env["DESTINATION__DUCKDB__CREDENTIALS"]
     assert duck_rows(duck, f"SELECT id, v FROM {DATASET}.app__t ORDER BY 1") == [
         tuple(r) for r in pg_rows(database, "SELECT id, v FROM app.t ORDER BY 1")]
+
+
+@pytest.mark.parametrize("capture", [True, False], ids=["event-triggers", "fallback"])
+def test_a_ddl_between_the_slot_and_the_copy(cdc: Harness, capture: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Race soak, land-merge seed 231: the DDL commits after the slot's snapshot and before the copy reads the table.
+    The rows are read as of the slot, and the stream carries what came after: updates that still have the old `c`,
+    then the DDL. The shape recorded with the copy must be the slot's too, or that DDL looks like no change (was:
+    the shape came from the live catalog, and the rows updated before the DDL kept their dropped `c` for ever)."""
+    from pipelines.cdc import copies
+
+    table(cdc, 300)
+    if not capture:
+        without_triggers(cdc)
+    crash_at = copies.crash_at
+
+    def ddl_after_the_slot(point: str) -> None:
+        if point == "slot_created":
+            cdc.sql("UPDATE app.t SET c = 'before' WHERE id <= 20",  # streamed with `c`, which the DDL then drops
+                    "ALTER TABLE app.t DROP COLUMN c", "ALTER TABLE app.t ADD COLUMN c text",
+                    "UPDATE app.t SET c = 'after' WHERE id <= 10")
+        crash_at(point)
+
+    monkeypatch.setattr(copies, "crash_at", ddl_after_the_slot)
+    cdc.setup()
+    monkeypatch.setattr(copies, "crash_at", crash_at)
+    cdc.drain()
+    same(cdc)
+    assert cdc.dest("SELECT count(*) FROM {ds}.app__t WHERE c IS NOT NULL") == [(10,)]
