@@ -24,18 +24,22 @@ def record(pipeline: dlt.Pipeline, run: dict[str, Any]) -> None:
     try:
         pipeline.run([row], table_name=RUNS_TABLE, write_disposition="append",
                      columns={"rows": {"data_type": "json"}, "error": {"data_type": "text", "nullable": True},
-                              "failed_tables": {"data_type": "json", "nullable": True}})
+                              "failed_tables": {"data_type": "json", "nullable": True},
+                              "verified": {"data_type": "json", "nullable": True}})
     except Exception as exc:
         logs.event(f"run history not recorded: {type(exc).__name__}", logging.WARNING)
 
 
-def recent(pipeline: dlt.Pipeline, limit: int = 20) -> list[dict[str, Any]]:
+def recent(pipeline: dlt.Pipeline, limit: int = 20, mode: str | None = None) -> list[dict[str, Any]]:
+    """The newest run records first; `mode`: only those (a daily verify among 288 merges a day)."""
     with pipeline.sql_client() as client:
         table = client.make_qualified_table_name(RUNS_TABLE)
         if not client.has_dataset():
             return []
+        where = "WHERE mode = %s " if mode else ""
         try:
-            with client.execute_query(f"SELECT * FROM {table} ORDER BY recorded_at DESC LIMIT {int(limit)}") as cur:
+            with client.execute_query(f"SELECT * FROM {table} {where}ORDER BY recorded_at DESC LIMIT {int(limit)}",
+                                      *([mode] if mode else [])) as cur:
                 names = [d[0] for d in cur.description]
                 rows = cur.fetchall()
         except Exception:

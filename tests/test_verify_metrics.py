@@ -74,3 +74,17 @@ def test_verify_emits_drift_metrics(dlt_env: dict[str, str], tmp_path: Path) -> 
     # the pipeline's sums (the drift alarm) and the heartbeat (the "verify did not run" alarm)
     assert total["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Pipeline"]]
     assert (total["DriftRows"], total["DriftRanges"], total["VerifySucceeded"]) == (4, 2, 1)
+
+    # `status`, from any machine: when verify last ran and what each table showed (the run history in the warehouse)
+    status = subprocess.run([AURORA_SYNC, "status", "--json"], env=subprocess_env(dlt_env), cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert status.returncode == ExitCode.SUCCESS, status.stdout + status.stderr
+    last = json.loads(status.stdout)["last_verify"]
+    assert last["outcome"] == "drift" and last["checksum"] is True and last["at"], last
+    assert last["tables"]["orders.orders"]["status"] == "drift"
+    assert last["tables"]["orders.orders"]["drift_rows"] == 4
+    assert last["tables"]["customers.customers"] == {**last["tables"]["customers.customers"], "status": "ok",
+                                                     "drift_rows": 0}
+    shown = subprocess.run([AURORA_SYNC, "status"], env=subprocess_env(dlt_env), cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert "Last verify:" in shown.stdout and "drift" in shown.stdout, shown.stdout + shown.stderr

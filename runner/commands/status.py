@@ -24,7 +24,8 @@ from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("status", help="show last runs, pending packages, cursors and lag")
+    parser = subparsers.add_parser(
+        "status", help="show last runs, the last verify per table, pending packages, cursors and lag")
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=main)
@@ -112,6 +113,7 @@ def collect(pipeline_name: str) -> dict[str, Any]:
             started = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
         lag = round((datetime.now(UTC) - started).total_seconds(), 1)
     state = pipeline_state(pipeline)
+    verifies = history.recent(pipeline, limit=1, mode="verify")
     return {
         "pipeline": pipeline_name,
         "destination": pipeline.destination.destination_name if pipeline.destination else None,
@@ -122,7 +124,17 @@ def collect(pipeline_name: str) -> dict[str, Any]:
         "packages": packages(pipeline),
         "positions": cursors(state),
         "replication_slot": slot(pipeline_name, state),
+        "last_verify": last_verify(verifies[0]) if verifies else None,
     }
+
+
+def last_verify(run: dict[str, Any]) -> dict[str, Any]:
+    """When `verify` last ran, its outcome, and each table's result (`runner.commands.verify.verified_tables`)."""
+    tables = run.get("verified") or {}
+    if isinstance(tables, str):
+        tables = json.loads(tables)
+    return {"at": run.get("started_at") or run.get("recorded_at"), "outcome": run.get("outcome"),
+            "checksum": run.get("checksum"), "tables": tables}
 
 
 def main(args: argparse.Namespace) -> ExitCode:
@@ -158,6 +170,19 @@ def main(args: argparse.Namespace) -> ExitCode:
     for table, failure in sorted(status["failed_tables"].items()):
         console.print(f"[bold red]set aside[/bold red] {table} since {failure.get('since')}: "
                       f"{failure.get('step')} failed: {failure.get('error')}")
+    verified = status["last_verify"]
+    if verified is None:
+        console.print("Last verify: never (aurora-sync verify --checksum; Terraform schedules it daily)")
+    else:
+        checks = Table(title=f"Last verify: {verified['at']}, {verified['outcome']}"
+                             f"{'' if verified['checksum'] else ' (counts only)'}")
+        for column in ("table", "result", "drift rows", "drift ranges", "source rows", "destination rows"):
+            checks.add_column(column)
+        for table, result in sorted(verified["tables"].items()):
+            checks.add_row(table, str(result.get("status")), str(result.get("drift_rows")),
+                           str(result.get("drift_ranges")), str(result.get("source_rows")),
+                           str(result.get("destination_rows")))
+        console.print(checks)
     pkgs = status["packages"]
     console.print(f"Pending load packages: {len(pkgs['pending'])} {pkgs['pending'] or ''}")
     console.print(f"Packages with failed jobs: {len(pkgs['failed_jobs'])} {pkgs['failed_jobs'] or ''}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from replica.verify import TableReport, VerifyOptions, VerifyReport, verify
 
-from .. import logs, metrics
+from .. import history, logs, metrics
 from ..exit_codes import ExitCode
 from ..settings import load_settings
 from .run import PIPELINES, load_pipeline_module
@@ -117,6 +118,7 @@ def main(args: argparse.Namespace) -> ExitCode:
                    destination_rows=t.destination_rows, checksum=t.checksum, drift_ranges=len(t.ranges),
                    duration_s=t.duration_s)
 
+    started, clock = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     report = verify(pipeline, args.tables, options, on_table=logged)
     emit_metrics(args.pipeline, report, load_settings().metrics_namespace)
     if args.json:
@@ -126,6 +128,17 @@ def main(args: argparse.Namespace) -> ExitCode:
         render(report, console)
     code = {"ok": ExitCode.SUCCESS, "drift": ExitCode.DRIFT_FOUND, "error": ExitCode.FAILURE}[report.outcome]
     summary = report.as_json()["summary"]
-    logs.event("verify finished", phase="verify", outcome={0: "in_sync", 4: "drift"}.get(int(code), "failed"),
-               exit_code=int(code), **summary)
+    outcome = {0: "in_sync", 4: "drift"}.get(int(code), "failed")
+    logs.event("verify finished", phase="verify", outcome=outcome, exit_code=int(code), **summary)
+    history.record(pipeline, {"pipeline": args.pipeline, "mode": "verify", "outcome": outcome, "exit_code": int(code),
+                              "started_at": started, "duration_s": round(time.monotonic() - clock, 3),
+                              "checksum": args.checksum, "verified": verified_tables(report)})
     return code
+
+
+def verified_tables(report: VerifyReport) -> dict[str, dict[str, Any]]:
+    """What `status` shows of the last verify, per table: in the run history, since the task's disk is gone."""
+    return {t.table: {"status": t.status, "drift_rows": t.drift_rows, "drift_ranges": len(t.ranges),
+                      "source_rows": t.source_rows, "destination_rows": t.destination_rows, "checksum": t.checksum,
+                      **({"error": t.error[:300]} if t.error else {})}
+            for t in report.tables}
