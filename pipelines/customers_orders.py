@@ -1,5 +1,8 @@
 """One sync of the `customers` and `orders` schemas: `python -m pipelines.customers_orders`.
 
+`[pipelines.customers_orders]` in `.dlt/config.toml` is its entry; another entry runs this same code under its own
+name (`pipelines.registry.ConfiguredPipeline`).
+
 The destination (duckdb, snowflake, filesystem), the dataset and the source settings all come from
 dlt's configuration (`.dlt/config.toml`, `.dlt/secrets.toml`, env vars), so the same code loads a
 local DuckDB file in development and Snowflake in production.
@@ -7,6 +10,7 @@ local DuckDB file in development and Snowflake in production.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -15,7 +19,7 @@ from typing import Any, Literal
 import dlt
 from dlt.extract import DltSource
 
-from pipelines import chunked, snapshot_helper
+from pipelines import chunked, registry, snapshot_helper
 from pipelines.chunk_claims import ChunkClaims
 from pipelines.isolation import IsolatedRun, RunPlan, run_isolated
 from pipelines.progress import collector_for
@@ -32,8 +36,10 @@ log = logging.getLogger("aurora_sync.run")
 Mode = Literal["incremental", "snapshot"]
 
 
-def make_pipeline(pipelines_dir: str | None = None) -> dlt.Pipeline:
-    pipeline = dlt.pipeline(pipeline_name=PIPELINE_NAME, pipelines_dir=pipelines_dir,
+def make_pipeline(pipelines_dir: str | None = None, name: str = PIPELINE_NAME) -> dlt.Pipeline:
+    """`name`: another pipeline of `[pipelines.<name>]` (`pipelines.registry`), with its own settings and state."""
+    registry.register()
+    pipeline = dlt.pipeline(pipeline_name=name, pipelines_dir=pipelines_dir,
                             progress=collector_for(interactive=sys.stderr.isatty()))
     transactional(pipeline.destination)  # a merge's DELETE and INSERT commit together (pipelines.transactions)
     return pipeline
@@ -118,11 +124,12 @@ def _chunked_loader(pipeline: dlt.Pipeline, snapshot: chunked.ChunkedSnapshot, w
 
 
 def help_snapshots(idle_seconds: float = 300.0, dead_letter_url: str | None = None,
-                   stop: threading.Event | None = None) -> HelperResult:
+                   stop: threading.Event | None = None, name: str = PIPELINE_NAME) -> HelperResult:
     """A helper task (`aurora-sync snapshot-helper`): load chunks of this pipeline's snapshots in progress."""
-    claims = ChunkClaims(writer_dsn(), PIPELINE_NAME, "snapshot helper")
+    claims = ChunkClaims(writer_dsn(), name, "snapshot helper")
     try:
-        return snapshot_helper.help_snapshots(make_pipeline, chunk_source(dead_letter_url), claims,
+        return snapshot_helper.help_snapshots(functools.partial(make_pipeline, name=name),
+                                              chunk_source(dead_letter_url), claims,
                                               snapshot_settings().workers,  # type: ignore[call-arg]
                                               idle_seconds, stop)
     finally:

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
+from pipelines import registry
+
 from . import logs, vault
 from .commands import dlq as dlq_command
 from .commands import doctor as doctor_command
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], ExitCode] = args.func
     try:
         # secrets from Vault when configured (docs/secrets.md); leases are revoked when the command ends
-        with vault.activate():
+        # and every setting resolved for the chosen pipeline first (its `[pipelines.<name>]` entry)
+        with vault.activate(), registry.scoped(getattr(args, "pipeline", None) or registry.BUILT_IN):
             return int(handler(args))
     except KeyboardInterrupt:
         logs.event("interrupted", logging.ERROR)

@@ -93,6 +93,9 @@ MEANINGS: dict[str, str] = {
     "customers_orders.staging_type": "Staging for Snowflake: `pipelines.destinations.archive_filesystem` writes "
                                      "the S3 archive that `restore` reads.",
     "customers_orders.dataset_name": "Destination dataset (Snowflake schema) and the archive's first path element.",
+    "pipelines.customers_orders.mode": "What `run --pipeline customers_orders` does without `--mode`: `incremental`, "
+                                       "`snapshot` or `cdc` (each `[pipelines.<name>]` is a pipeline; "
+                                       "`pipelines/registry.py`).",
     "snowflake_bootstrap.database": "Snowflake database (when `destination.snowflake.credentials.database` is "
                                     "not set).",
     "snowflake_bootstrap.warehouse": "Loader warehouse (fallback for the credentials' warehouse).",

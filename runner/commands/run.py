@@ -9,8 +9,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from pipelines import registry
 from pipelines.isolation import IsolatedRun, TableFailure, TablesFailed
 from pipelines.progress import crash_at
 from sources.postgres import dead_letters
@@ -24,15 +26,27 @@ from ..lock import pipeline_lock
 from ..retry import with_retries
 from ..settings import RunnerSettings, load_settings
 
-PIPELINES = {"customers_orders": "pipelines.customers_orders"}
+
+class ConfiguredNames:
+    """The `--pipeline` choices, read when used: every `[pipelines.<name>]` entry (`pipelines.registry`)."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in registry.pipeline_names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(registry.pipeline_names())
+
+
+PIPELINES = ConfiguredNames()
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="run one sync of a pipeline")
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
-    parser.add_argument("--mode", default="incremental", choices=["incremental", "snapshot", "cdc"],
+    parser.add_argument("--mode", default=None, choices=list(registry.MODES),
                         help="incremental: merge rows changed since the cursor; snapshot: re-read and replace; "
-                             "cdc: apply the WAL changes (inserts, updates, deletes) up to now")
+                             "cdc: apply the WAL changes (inserts, updates, deletes) up to now (default: the "
+                             "pipeline's `mode`, else incremental)")
     parser.add_argument("--follow", action="store_true",
                         help="with --mode cdc: keep streaming until SIGTERM, flushing every few seconds")
     parser.add_argument("--tables", nargs="+", metavar="SCHEMA.TABLE",
@@ -43,10 +57,14 @@ def register(subparsers: Any) -> None:
 
 
 def load_pipeline_module(name: str) -> Any:
-    try:
-        return importlib.import_module(PIPELINES[name])
-    except KeyError:
-        raise RunnerError(f"Unknown pipeline {name!r}; known: {', '.join(PIPELINES)}", ExitCode.CONFIG_ERROR) from None
+    """The pipeline's module (`make_pipeline`, `run`, `help_snapshots`): its own for `customers_orders`, the same code
+    under another name for any other `[pipelines.<name>]` entry."""
+    if name == registry.BUILT_IN:
+        return importlib.import_module(f"pipelines.{registry.BUILT_IN}")
+    if name in PIPELINES:
+        return registry.ConfiguredPipeline(name)
+    raise RunnerError(f"Unknown pipeline {name!r}; known: {', '.join(PIPELINES)} (add a [pipelines.{name}] section to "
+                      ".dlt/config.toml)", ExitCode.CONFIG_ERROR)
 
 
 def source_dsn() -> str:
@@ -58,6 +76,11 @@ def source_dsn() -> str:
 
 
 def main(args: argparse.Namespace) -> ExitCode:
+    if args.mode is None:
+        try:
+            args.mode = registry.default_mode(args.pipeline)
+        except SourceConfigError as exc:
+            raise RunnerError(str(exc), ExitCode.CONFIG_ERROR) from None
     logs.bind(pipeline=args.pipeline, mode=args.mode)
     settings = load_settings()
     module = load_pipeline_module(args.pipeline)
