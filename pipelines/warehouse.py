@@ -79,23 +79,26 @@ def current_rows(pipeline: dlt.Pipeline, schema_name: str, resource_name: str, k
 
 
 def existing_copies(pipeline: dlt.Pipeline, schema_name: str, resource_name: str, hashes: set[str],
-                    delete_mode: str) -> dict[str, list[str]]:
-    """A keyless table's live copies in the warehouse (their `_row_key`s) for the given row hashes."""
-    copies: dict[str, list[str]] = {}
+                    delete_mode: str) -> dict[str, list[tuple[str, int, int]]]:
+    """A keyless table's live copies in the warehouse for the given row hashes: (`_row_key`, `_lsn`, `_lsn_ordinal`),
+    positions (0, 0) where a table from before them has none."""
+    copies: dict[str, list[tuple[str, int, int]]] = {}
     wanted = sorted(hashes)
     with _sql_client(pipeline, schema_name) as client:
         target = client.make_qualified_table_name(table_name(pipeline, schema_name, resource_name))
+        present = _present_columns(client, target)
+        if present is None:
+            return {}
         key, digest = client.escape_column_name(ROW_KEY_COLUMN), client.escape_column_name(ROW_HASH_COLUMN)
+        lsn = client.escape_column_name(LSN_COLUMN) if LSN_COLUMN in present else "0"
+        ordinal = client.escape_column_name(ORDINAL_COLUMN) if ORDINAL_COLUMN in present else "0"
         live = f" AND {client.escape_column_name(DELETED_AT_COLUMN)} IS NULL" if delete_mode == "soft" else ""
         for start in range(0, len(wanted), IN_LIST):
             chunk = wanted[start:start + IN_LIST]
-            try:
-                rows = client.execute_sql(f"SELECT {digest}, {key} FROM {target} WHERE {digest} IN "
-                                          f"({', '.join(['%s'] * len(chunk))}){live}", *chunk) or []
-            except DatabaseUndefinedRelation:
-                return {}
-            for row_hash, row_key in rows:
-                copies.setdefault(str(row_hash), []).append(str(row_key))
+            rows = client.execute_sql(f"SELECT {digest}, {key}, {lsn}, {ordinal} FROM {target} WHERE {digest} IN "
+                                      f"({', '.join(['%s'] * len(chunk))}){live}", *chunk) or []
+            for row_hash, row_key, at, place in rows:
+                copies.setdefault(str(row_hash), []).append((str(row_key), int(at or 0), int(place or 0)))
     return copies
 
 

@@ -186,11 +186,12 @@ class KeylessFold:
 
 
 def fold_keyless(ops_rows: Sequence[pa.Table],
-                 existing: Callable[[set[str]], dict[str, list[str]]]) -> KeylessFold:
+                 existing: Callable[[set[str]], dict[str, list[multiset.Copy]]]) -> KeylessFold:
     """Ordered changes (each landed once or more: duplicates by change key are one change) as a multiset plan.
 
     A delete takes a copy inserted earlier in the same fold if there is one, else one of the warehouse's copies with
-    those values (`existing(hashes)`); which copy is taken does not matter, as copies with one hash are equal."""
+    those values older than itself (`existing(hashes)`, `multiset.plan`); which of those does not matter, as copies
+    with one hash are equal."""
     combined = concat(ops_rows)
     if combined.num_rows == 0 or CHANGE_COLUMN not in combined.column_names:
         return KeylessFold(drop_working_columns(combined))
@@ -207,8 +208,9 @@ def fold_keyless(ops_rows: Sequence[pa.Table],
         change_keys = [change_keys[i] for i in order]
     hashes = combined[multiset.ROW_HASH_COLUMN].to_pylist()
     kinds = combined[CHANGE_COLUMN].to_pylist()
-    planned = multiset.plan(list(zip(kinds, range(combined.num_rows), hashes, change_keys, strict=True)), existing)
     pos = positions(combined)
+    planned = multiset.plan(list(zip(kinds, range(combined.num_rows), hashes, change_keys, strict=True)), existing,
+                            pos)
     commit_times = combined[COMMIT_TIME_COLUMN].to_pylist()
     picks = [i for i, _ in planned.inserts]
     values = combined.drop_columns([c for c in (multiset.ROW_KEY_COLUMN, multiset.ROW_HASH_COLUMN, LSN_COLUMN,

@@ -19,7 +19,7 @@ resumes after the changes already loaded (`partial_txn` in the CDC state), not a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,12 +86,21 @@ class MultisetPlan:
     unmatched: int = 0  # deletes with no copy left to delete (the destination was already without it)
 
 
-def plan(ops: list[tuple[str, int, str, str]],
-         existing: Callable[[set[str]], dict[str, list[str]]]) -> MultisetPlan:
+Copy = tuple[str, int, int]  # a destination copy: (`_row_key`, `_lsn`, `_lsn_ordinal`)
+
+
+def plan(ops: list[tuple[str, int, str, str]], existing: Callable[[set[str]], dict[str, list[Copy]]],
+         positions: Sequence[tuple[int, int]] | None = None) -> MultisetPlan:
     """`ops`: in change order, (`I` or `D`, row index, row hash, key for an insert). `existing(hashes)` returns
-    the destination's live copy keys per hash."""
+    the destination's live copies per hash; `positions[row index]`: each change's stream position.
+
+    A delete takes a copy inserted before it in the batch, else the destination's oldest copy with those values
+    that is older than the delete: a copy written at or after the delete's position cannot be the one the source
+    deleted. It can be there already when a package was loaded in part before a crash and the replay cuts its
+    batches elsewhere; deleting it would leave the older copy for ever (race soak, setup-chunked-1 seed 503)."""
     deleted_hashes = {h for op, _, h, _ in ops if op == "D"}
-    live = {h: sorted(keys, reverse=True) for h, keys in existing(deleted_hashes).items()} if deleted_hashes else {}
+    live = {h: sorted(copies, key=lambda c: (c[1], c[2]))
+            for h, copies in existing(deleted_hashes).items()} if deleted_hashes else {}
     pending: dict[str, list[tuple[int, str]]] = {}
     result = MultisetPlan()
     dropped: set[str] = set()
@@ -99,14 +108,15 @@ def plan(ops: list[tuple[str, int, str, str]],
         if op == "I":
             pending.setdefault(row_hash, []).append((index, key))
             continue
+        copies = live.get(row_hash)
         if pending.get(row_hash):  # inserted and deleted within the batch: neither is written, but ...
             inserted = pending[row_hash].pop()[1]
             dropped.add(inserted)
             # ... a package loaded in part before a crash may have written the copy already, and this replay reads
             # the insert and the delete in one batch: delete its key too (nothing to do when it is not there)
             result.deletes.append((index, inserted))
-        elif live.get(row_hash):
-            result.deletes.append((index, live[row_hash].pop()))
+        elif copies and (positions is None or (copies[0][1], copies[0][2]) < tuple(positions[index])):
+            result.deletes.append((index, copies.pop(0)[0]))
         else:
             result.unmatched += 1
     result.inserts = [(i, k) for rows in pending.values() for i, k in rows if k not in dropped]

@@ -161,3 +161,26 @@ def test_a_keyless_copy_inserted_in_a_partly_applied_package_then_deleted_is_not
         assert replay.returncode == 0, replay.stderr[-3000:]
         assert_exact(cdc)
     assert exercised, "no kill point left the keyless insert loaded before the package completed"
+
+
+def test_a_keyless_delete_replayed_alone_never_takes_a_copy_inserted_after_it(cdc: Harness, tmp_path: Path) -> None:
+    """Race soak, setup-chunked-1 seed 503: a package holding a keyless delete and a later insert of the same values
+    was loaded in part (the insert's copy written, the delete's decision not committed) and killed. The replay cut
+    its batches between the two, so the delete, alone, saw the newer copy too, took it (the smallest key: a change's
+    sorts before a snapshot's), and the insert wrote it back: the copy the source deleted stayed (one extra row)."""
+    seed(cdc)  # 6 snapshot copies of each (x, 'dup'), x in 0..9
+    cdc.setup()
+    exercised = 0
+    for jobs in range(1, 10):
+        x = jobs
+        cdc.sql(f"DELETE FROM app.bag WHERE ctid = (SELECT ctid FROM app.bag WHERE x = {x} LIMIT 1)",
+                f"INSERT INTO app.bag VALUES ({x}, 'dup')", "UPDATE app.docs SET n = n + 1 WHERE id = 400")
+        crashed = worker(cdc, tmp_path / f"disk-{jobs}-a", **{FAILPOINT_ENV: "load_mid", FAILPOINT_JOBS_ENV: str(jobs)})
+        if crashed.returncode == 0:
+            break
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+        exercised += cdc.dest(f"SELECT count(*) FROM {{ds}}.app__bag WHERE x = {x}")[0][0] > 6
+        replay = worker(cdc, tmp_path / f"disk-{jobs}-b", SOURCES__POSTGRES__REPLICATION__MAX_BATCH_ROWS="1")
+        assert replay.returncode == 0, replay.stderr[-3000:]
+        assert_exact(cdc)
+    assert exercised, "no kill point left the newer copy loaded beside the older ones"
