@@ -97,6 +97,7 @@ class VerifyOptions:
     max_ranges: int = 10  # drifting ranges narrowed and reported per table
     max_keys: int = 20  # keys listed per kind (missing, extra, changed) and range
     statement_timeout_ms: int = 300_000
+    settle_seconds: float = 0.0  # > 0: wait this long, then check drifting ranges again (rows in flight)
 
 
 # --- canonical values and row hashes -------------------------------------------------------------------
@@ -526,13 +527,21 @@ class TableReport:
     problems: list[str] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    in_flight: list[RangeDrift] = field(default_factory=list)  # differed, then caught up or kept changing
+    settled: bool = False  # every drifting range was checked again and none of them is drift
+    # the destination's (count, checksum) of each drifting range right after the first pass (`settle`)
+    first_pass: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     @property
     def status(self) -> Literal["ok", "drift", "error"]:
         if self.error:
             return "error"
+        if self.missing_columns or self.problems:
+            return "drift"
+        if self.settled:
+            return "ok"
         drift = (self.source_rows != self.destination_rows or self.checksum == "mismatch" or self.drifting_chunks
-                 or self.ranges or self.missing_columns or self.problems)
+                 or self.ranges)
         return "drift" if drift else "ok"
 
     @property
@@ -555,6 +564,7 @@ class TableReport:
             "drifting_chunks": self.drifting_chunks, "checksum": self.checksum,
             "source_checksum": self.source_checksum, "destination_checksum": self.destination_checksum,
             "drift_ranges": [r.as_json() for r in self.ranges], "missing_columns": self.missing_columns,
+            "in_flight_ranges": [r.as_json() for r in self.in_flight],
             "problems": self.problems, "error": self.error, "duration_s": self.duration_s,
         }
 
@@ -631,6 +641,31 @@ class TableVerifier:
                 break
             for drift in self.narrow(ranges[i], src_counts[i], dst_counts[i], budget, sums[i]):
                 self.add(report.ranges, drift)
+
+    def remember(self) -> None:
+        """Before settling: the destination's side of each drifting range, to tell later whether the sync moved it."""
+        self.report.first_pass = [self.dst.checksum(d.range) for d in self.report.ranges]
+
+    def settle(self) -> None:
+        """Check each drifting range again, `settle_seconds` after the first pass: a range now equal on both sides
+        caught up, and one whose destination side changed meanwhile is being written by the sync; both are in
+        flight, not drift. A range whose destination stood still while it differs from the source is drift. So rows
+        changed at the source but not yet merged are never reported as drift, as long as the sync applies them
+        within `settle_seconds`; a drifting row in a range the sync keeps writing to waits for the next verify."""
+        report = self.report
+        narrowed_all = report.drifting_chunks <= self.options.max_ranges and not any(d.note for d in report.ranges)
+        still: list[RangeDrift] = []
+        for drift, before in zip(report.ranges, report.first_pass, strict=True):
+            source, destination = self.src.checksum(drift.range), self.dst.checksum(drift.range)
+            if source == destination or destination != before:
+                report.in_flight.append(drift)
+            else:
+                still.append(drift)
+        report.ranges = still
+        report.settled = narrowed_all and not still and not report.missing_columns and not report.problems
+        if report.settled:  # the first pass's totals were taken while rows were in flight
+            report.drifting_chunks = 0
+            report.checksum = "ok" if report.checksum != "skipped" else "skipped"
 
     def add(self, found: list[RangeDrift], drift: RangeDrift) -> None:
         """Append, merging with the previous range when they touch: a lost block reads as one range, not
@@ -842,10 +877,13 @@ def verify_table(
     client: SqlClientBase[Any],
     naming: NamingConvention,
     options: VerifyOptions,
+    settling: TableReport | None = None,
 ) -> TableReport:
+    """Compare one table; `settling`: its first pass's report, whose drifting ranges are checked again."""
     started = time.monotonic()
     dest_name = naming.normalize_tables_path(spec.resource_name)  # `__` is kept: it is dlt's path separator
-    report = TableReport(spec.qualified, dest_name, key_column=spec.primary_key[0] if spec.has_key else "")
+    report = settling or TableReport(spec.qualified, dest_name,
+                                     key_column=spec.primary_key[0] if spec.has_key else "")
     reader = PostgresReader(engine)
     try:
         table = sa.Table(spec.name, sa.MetaData(), schema=spec.schema, autoload_with=engine)
@@ -895,7 +933,13 @@ def verify_table(
             if c.pg_text and c.text_destination and exists(c.text_destination):
                 destination.text_siblings.append((i, len(destination.select), c.pg_text))
                 destination.select.append(client.escape_column_name(c.text_destination))
-        TableVerifier(source, destination, report.strategy, options, report).run()
+        verifier = TableVerifier(source, destination, report.strategy, options, report)
+        if settling is not None:
+            verifier.settle()
+        else:
+            verifier.run()
+            if options.settle_seconds and report.ranges:
+                verifier.remember()
     except DatabaseUndefinedRelation as exc:
         report.error = f"destination: {str(exc).splitlines()[0]}"
     except Exception as exc:  # one table failing must not hide the others' answers
@@ -906,7 +950,7 @@ def verify_table(
                             "--statement-timeout-ms)"
     finally:
         reader.close()
-        report.duration_s = round(time.monotonic() - started, 3)
+        report.duration_s = round(report.duration_s + time.monotonic() - started, 3)
     return report
 
 
@@ -915,6 +959,7 @@ def verify(
     tables: list[str] | None = None,
     options: VerifyOptions | None = None,
     on_table: Callable[[TableReport], None] | None = None,
+    on_settle: Callable[[float, int], None] | None = None,
 ) -> VerifyReport:
     """Reconcile every replicated table (or those matching `tables`) of `pipeline`'s source."""
     options = options or VerifyOptions()
@@ -931,8 +976,18 @@ def verify(
         with pipeline.sql_client() as client:
             for spec in specs:
                 reports.append(verify_table(spec, engine, client, naming, options))
-                if on_table:
+                if on_table and not (options.settle_seconds and reports[-1].first_pass):
                     on_table(reports[-1])
+        settling = [(spec, r) for spec, r in zip(specs, reports, strict=True) if r.first_pass and not r.error]
+        if settling:  # one wait for every table, holding no session: the sync applies what was in flight meanwhile
+            if on_settle:
+                on_settle(options.settle_seconds, sum(len(r.ranges) for _, r in settling))
+            time.sleep(options.settle_seconds)
+            with pipeline.sql_client() as client:
+                for spec, report in settling:
+                    verify_table(spec, engine, client, naming, options, settling=report)
+                    if on_table:
+                        on_table(report)
         return VerifyReport(pipeline.pipeline_name, pipeline.dataset_name, options.checksum, reports)
     finally:
         engine.dispose()

@@ -38,7 +38,9 @@ locals {
   #   is outside the usual batch windows; with a CDC follower the verify's reads interleave with the merge
   #   cycles on the same warehouse (reads never block a MERGE), and a merge waiting behind a long checksum
   #   query only shows as MergeLagSeconds.
-  verify_default = { expression = "cron(0 4 * * ? *)", timezone = "UTC", enabled = true, args = [], interval_hours = 24, slack_hours = 6 }
+  # settle_seconds: drifting ranges are checked again after this wait, and those the sync caught up on (or is
+  # still writing) are in flight, not drift: it must exceed the pipeline's lag (merge interval plus a batch).
+  verify_default = { expression = "cron(0 4 * * ? *)", timezone = "UTC", enabled = true, args = [], interval_hours = 24, slack_hours = 6, settle_seconds = 900 }
   verify_schedules = {
     for p in var.pipelines : p => {
       expression     = try(coalesce(var.verify_schedules[p].expression), local.verify_default.expression)
@@ -47,6 +49,7 @@ locals {
       args           = try(coalescelist(var.verify_schedules[p].args), local.verify_default.args)
       interval_hours = try(coalesce(var.verify_schedules[p].interval_hours), local.verify_default.interval_hours)
       slack_hours    = try(coalesce(var.verify_schedules[p].slack_hours), local.verify_default.slack_hours)
+      settle_seconds = try(coalesce(var.verify_schedules[p].settle_seconds), local.verify_default.settle_seconds)
     }
   }
   verify_environment = { for k, v in { SOURCES__POSTGRES__CREDENTIALS__HOST = var.aurora_reader_endpoint } : k => v if v != null }
@@ -56,6 +59,7 @@ locals {
       timezone    = v.timezone
       enabled     = v.enabled
       args        = v.args
+      settle      = v.settle_seconds
       environment = local.verify_environment
     }
   }

@@ -426,7 +426,9 @@ variable "verify_schedules" {
     Continuous reconciliation: every pipeline gets a schedule, <pipeline>-verify, running
     `verify --pipeline <pipeline> --checksum` (exit 4 and the DriftRows metric on drift). Entries here override,
     per pipeline, any of: expression (default "cron(0 4 * * ? *)", daily at 04:00), timezone ("UTC"), enabled
-    (true; false pauses it and drops its verify-stale alarm), args (extra verify arguments, e.g.
+    (true; false pauses it and drops its verify-stale alarm), settle_seconds (900: drifting ranges are checked again
+    after this wait, and rows the sync applied meanwhile are in flight, not drift; above the pipeline's lag), args
+    (extra verify arguments, e.g.
     ["--chunk-rows", "500000"]), interval_hours (24: how often the expression fires) and slack_hours (6: how long a
     verify may take and start late). The verify-stale alarm fires after interval_hours + slack_hours (at most 168)
     without a verify that checked every table. Example: { customers_orders = { expression = "cron(30 2 * * ? *)" } }.
@@ -438,8 +440,14 @@ variable "verify_schedules" {
     args           = optional(list(string))
     interval_hours = optional(number)
     slack_hours    = optional(number)
+    settle_seconds = optional(number)
   }))
   default = {}
+
+  validation {
+    condition     = alltrue([for v in values(var.verify_schedules) : v.settle_seconds == null || try(v.settle_seconds >= 0 && v.settle_seconds <= 7200, false)])
+    error_message = "verify_schedules settle_seconds must be between 0 (no second look) and 7200."
+  }
 
   validation {
     condition     = alltrue([for p in keys(var.verify_schedules) : contains(var.pipelines, p)])

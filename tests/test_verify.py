@@ -257,3 +257,50 @@ def test_snowflake_destination(sf_env: dict[str, str], fake_sf: Any, tmp_path: P
         conn.close()
     code, report = verify(capsys, "--checksum", "--chunk-rows", "50", "--tables", "customers.customers")
     assert code == ExitCode.DRIFT_FOUND and drift_keys(report["tables"][0], "changed") == [7]
+
+
+def test_rows_in_flight_are_never_reported_as_drift(dlt_env: dict[str, str], tmp_path: Path) -> None:
+    """Under live writes a verify sees rows the source changed and the sync has not applied yet. With
+    `--settle-seconds`, a drifting range is checked again after the wait: caught up (or still being written) is in
+    flight, not drift; a row the sync never touches stays drift."""
+    dsn = dlt_env["SOURCES__POSTGRES__CREDENTIALS"]
+    seed(dsn, customers=100, orders=400)
+    load(tmp_path)
+    tamper(dlt_env["DESTINATION__DUCKDB__CREDENTIALS"],
+           f"UPDATE {DATASET}.orders__orders SET status = 'tampered' WHERE id = 350")  # drift the sync never fixes
+
+    def in_flight(new_id: int) -> None:  # the application writes; the sync has not run since
+        execute(dsn, "UPDATE orders.orders SET total = total + 1, updated_at = now() WHERE id BETWEEN 10 AND 20",
+                "INSERT INTO orders.orders (id, customer_id, status, total, placed_at) "
+                f"VALUES ({new_id}, 1, 'new', 1.00, now())")
+
+    def run_verify(settle: str, sync_while_settling: bool) -> tuple[int, dict[str, Any], str]:
+        process = subprocess.Popen(
+            [AURORA_SYNC, "--json-logs", "verify", "--checksum", "--json", "--chunk-rows", "100",
+             "--settle-seconds", settle], env=subprocess_env(dlt_env), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if '"verify settling"' in line:
+                if sync_while_settling:
+                    load(tmp_path)
+                break
+        out, rest = process.communicate(timeout=300)
+        return process.returncode, json.loads(out), "".join(lines) + rest
+
+    in_flight(5001)
+    code, report, log = run_verify("1", sync_while_settling=False)  # nothing applies them: drift, honestly
+    orders = by_table(report)["orders.orders"]
+    assert code == ExitCode.DRIFT_FOUND and orders["drift_rows"] >= 12, log[-2000:]
+
+    load(tmp_path)
+    in_flight(5002)  # again, and this time the sync runs during the wait
+    code, report, log = run_verify("8", sync_while_settling=True)
+    assert code == ExitCode.DRIFT_FOUND, log[-2000:]
+    orders = by_table(report)["orders.orders"]
+    assert orders["in_flight_ranges"], orders
+    changed = [k for r in orders["drift_ranges"] for k in r["changed_keys"] + r["missing_keys"] + r["extra_keys"]]
+    assert changed == [350] and orders["drift_rows"] == 1, orders
+    assert all(t["status"] == "ok" for name, t in by_table(report).items() if name != "orders.orders")

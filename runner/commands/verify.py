@@ -36,6 +36,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     defaults = VerifyOptions()
     parser = subparsers.add_parser(
@@ -56,6 +66,10 @@ def register(subparsers: Any) -> None:
                         help=f"drifting ranges narrowed and reported per table (default {defaults.max_ranges})")
     parser.add_argument("--statement-timeout-ms", type=positive_int, default=defaults.statement_timeout_ms,
                         help=f"statement_timeout of each source query (default {defaults.statement_timeout_ms})")
+    parser.add_argument("--settle-seconds", type=seconds, default=defaults.settle_seconds, metavar="S",
+                        help="under live writes: wait S seconds, then check the drifting ranges again; those the sync "
+                             "caught up on or is still writing are reported in flight, not as drift (set S above the "
+                             "pipeline's lag: the merge interval plus a batch; default 0: no second look)")
     parser.set_defaults(func=main)
 
 
@@ -85,6 +99,8 @@ def _drift_text(t: TableReport) -> str:
     if t.missing_columns:
         lines.append(f"columns missing in destination: {', '.join(t.missing_columns)}")
     lines += [f"{t.key_column} {r.describe()}" for r in t.ranges]
+    if t.in_flight:
+        lines.append(f"{len(t.in_flight)} range(s) in flight: caught up or still being written when checked again")
     if t.drifting_chunks > len(t.ranges):
         lines.append(f"{t.drifting_chunks} drifting chunk(s) in total")
     return "\n".join(lines)
@@ -110,16 +126,20 @@ def main(args: argparse.Namespace) -> ExitCode:
     logs.bind(pipeline=args.pipeline)
     pipeline = load_pipeline_module(args.pipeline).make_pipeline()
     options = VerifyOptions(checksum=args.checksum, chunk_rows=args.chunk_rows, narrow_rows=args.narrow_rows,
-                            max_ranges=args.max_ranges, statement_timeout_ms=args.statement_timeout_ms)
+                            max_ranges=args.max_ranges, statement_timeout_ms=args.statement_timeout_ms,
+                            settle_seconds=args.settle_seconds)
     logs.event("verify started", phase="verify", checksum=args.checksum)
 
     def logged(t: TableReport) -> None:
         logs.event("table verified", phase="verify", table=t.table, status=t.status, source_rows=t.source_rows,
                    destination_rows=t.destination_rows, checksum=t.checksum, drift_ranges=len(t.ranges),
-                   duration_s=t.duration_s)
+                   in_flight_ranges=len(t.in_flight), duration_s=t.duration_s)
 
     started, clock = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
-    report = verify(pipeline, args.tables, options, on_table=logged)
+    def settling(seconds: float, ranges: int) -> None:
+        logs.event("verify settling", phase="verify", seconds=seconds, drifting_ranges=ranges)
+
+    report = verify(pipeline, args.tables, options, on_table=logged, on_settle=settling)
     emit_metrics(args.pipeline, report, load_settings().metrics_namespace)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
@@ -139,6 +159,7 @@ def main(args: argparse.Namespace) -> ExitCode:
 def verified_tables(report: VerifyReport) -> dict[str, dict[str, Any]]:
     """What `status` shows of the last verify, per table: in the run history, since the task's disk is gone."""
     return {t.table: {"status": t.status, "drift_rows": t.drift_rows, "drift_ranges": len(t.ranges),
+                      "in_flight_ranges": len(t.in_flight),
                       "source_rows": t.source_rows, "destination_rows": t.destination_rows, "checksum": t.checksum,
                       **({"error": t.error[:300]} if t.error else {})}
             for t in report.tables}

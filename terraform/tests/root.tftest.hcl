@@ -127,9 +127,10 @@ run "defaults_apply" {
       output.verify_schedule_names == { customers_orders = "customers_orders-verify" } &&
       module.scheduling.schedule_task_definitions["customers_orders-verify"] == output.task_definition_arns["customers_orders/incremental"] &&
       local.verify_runs["customers_orders"].expression == "cron(0 4 * * ? *)" &&
-      local.verify_runs["customers_orders"].enabled && local.verify_runs["customers_orders"].environment == {}
+      local.verify_runs["customers_orders"].enabled && local.verify_runs["customers_orders"].environment == {} &&
+      local.verify_runs["customers_orders"].settle == 900
     )
-    error_message = "Every pipeline gets a daily verify --checksum schedule (cron(0 4 * * ? *)) on its incremental task definition."
+    error_message = "Every pipeline gets a daily verify --checksum schedule (cron(0 4 * * ? *)) on its incremental task definition, settling drifting ranges for 900 s."
   }
 
   assert {
@@ -316,7 +317,7 @@ run "verify_schedules_override" {
     pipelines              = ["customers_orders", "orders_cdc"]
     aurora_reader_endpoint = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"
     verify_schedules = {
-      orders_cdc = { expression = "cron(30 1 ? * MON-FRI *)", timezone = "Europe/Paris", args = ["--chunk-rows", "500000"], interval_hours = 72, slack_hours = 12 }
+      orders_cdc = { expression = "cron(30 1 ? * MON-FRI *)", timezone = "Europe/Paris", args = ["--chunk-rows", "500000"], interval_hours = 72, slack_hours = 12, settle_seconds = 0 }
     }
   }
 
@@ -325,7 +326,8 @@ run "verify_schedules_override" {
       sort(keys(output.verify_schedule_names)) == tolist(["customers_orders", "orders_cdc"]) &&
       local.verify_runs["customers_orders"].expression == "cron(0 4 * * ? *)" && local.verify_runs["customers_orders"].timezone == "UTC" &&
       local.verify_runs["orders_cdc"].expression == "cron(30 1 ? * MON-FRI *)" && local.verify_runs["orders_cdc"].timezone == "Europe/Paris" &&
-      local.verify_runs["orders_cdc"].args == tolist(["--chunk-rows", "500000"]) && local.verify_runs["orders_cdc"].enabled
+      local.verify_runs["orders_cdc"].args == tolist(["--chunk-rows", "500000"]) && local.verify_runs["orders_cdc"].enabled &&
+      local.verify_runs["orders_cdc"].settle == 0 && local.verify_runs["customers_orders"].settle == 900
     )
     error_message = "An entry of verify_schedules overrides its pipeline's schedule; the other pipelines keep the daily default."
   }
@@ -870,6 +872,14 @@ run "invalid_verify_schedules_expression" {
   command = plan
   variables {
     verify_schedules = { customers_orders = { expression = "rate(5 minutes)" } }
+  }
+  expect_failures = [var.verify_schedules]
+}
+
+run "invalid_verify_schedules_settle" {
+  command = plan
+  variables {
+    verify_schedules = { customers_orders = { settle_seconds = -5 } }
   }
   expect_failures = [var.verify_schedules]
 }

@@ -338,6 +338,7 @@ run "verify_schedules" {
     verify = {
       customers_orders = {
         expression  = "cron(0 4 * * ? *)"
+        settle      = 900
         environment = { SOURCES__POSTGRES__CREDENTIALS__HOST = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }
       }
     }
@@ -357,13 +358,13 @@ run "verify_schedules" {
     condition = (
       jsondecode(one(aws_scheduler_schedule.this["customers_orders-verify"].target).input).containerOverrides == [{
         name        = "aurora-sync"
-        command     = ["verify", "--pipeline", "customers_orders", "--checksum"]
+        command     = ["verify", "--pipeline", "customers_orders", "--checksum", "--settle-seconds", "900"]
         environment = [{ name = "SOURCES__POSTGRES__CREDENTIALS__HOST", value = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }]
       }] &&
       one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).ecs_parameters).task_definition_arn == var.task_definition_arns["customers_orders/incremental"] &&
       one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).ecs_parameters).task_count == 1
     )
-    error_message = "The verify schedule must run `verify --pipeline <p> --checksum` on the incremental task definition, with the host override in its input."
+    error_message = "The verify schedule must run `verify --pipeline <p> --checksum --settle-seconds <s>` on the incremental task definition, with the host override in its input."
   }
 
   assert {

@@ -46,12 +46,13 @@ variable "merge" {
 }
 
 variable "verify" {
-  description = "Scheduled `verify --checksum --pipeline <key>` runs, keyed by pipeline: a <pipeline>-verify schedule each on the pipeline's incremental task definition. environment: extra container environment of the run (the source host override); args: extra verify arguments."
+  description = "Scheduled `verify --checksum --pipeline <key>` runs, keyed by pipeline: a <pipeline>-verify schedule each on the pipeline's incremental task definition. environment: extra container environment of the run (the source host override); args: extra verify arguments; settle: --settle-seconds (0: none)."
   type = map(object({
     expression  = string
     timezone    = optional(string, "UTC")
     enabled     = optional(bool, true)
     args        = optional(list(string), [])
+    settle      = optional(number, 0)
     environment = optional(map(string), {})
   }))
   default = {}
