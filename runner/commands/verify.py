@@ -66,6 +66,11 @@ def register(subparsers: Any) -> None:
                         help=f"drifting ranges narrowed and reported per table (default {defaults.max_ranges})")
     parser.add_argument("--statement-timeout-ms", type=positive_int, default=defaults.statement_timeout_ms,
                         help=f"statement_timeout of each source query (default {defaults.statement_timeout_ms})")
+    parser.add_argument("--rotation", type=positive_int, default=defaults.rotation, metavar="N",
+                        help="with --checksum: compare the checksums of 1/N of each table's chunks (row counts: "
+                             "all), a different slice each day, so N daily runs make a full pass (default 1: all)")
+    parser.add_argument("--rotation-phase", type=int, default=None, metavar="K",
+                        help="with --rotation: check slice K (0..N-1) instead of the day's")
     parser.add_argument("--settle-seconds", type=seconds, default=defaults.settle_seconds, metavar="S",
                         help="under live writes: wait S seconds, then check the drifting ranges again; those the sync "
                              "caught up on or is still writing are reported in flight, not as drift (set S above the "
@@ -127,7 +132,7 @@ def main(args: argparse.Namespace) -> ExitCode:
     pipeline = load_pipeline_module(args.pipeline).make_pipeline()
     options = VerifyOptions(checksum=args.checksum, chunk_rows=args.chunk_rows, narrow_rows=args.narrow_rows,
                             max_ranges=args.max_ranges, statement_timeout_ms=args.statement_timeout_ms,
-                            settle_seconds=args.settle_seconds)
+                            settle_seconds=args.settle_seconds, rotation=args.rotation, phase=args.rotation_phase)
     logs.event("verify started", phase="verify", checksum=args.checksum)
 
     def logged(t: TableReport) -> None:
