@@ -25,7 +25,8 @@ def record(pipeline: dlt.Pipeline, run: dict[str, Any]) -> None:
         pipeline.run([row], table_name=RUNS_TABLE, write_disposition="append",
                      columns={"rows": {"data_type": "json"}, "error": {"data_type": "text", "nullable": True},
                               "failed_tables": {"data_type": "json", "nullable": True},
-                              "verified": {"data_type": "json", "nullable": True}})
+                              "verified": {"data_type": "json", "nullable": True},
+                              "repairs": {"data_type": "json", "nullable": True}})
     except Exception as exc:
         logs.event(f"run history not recorded: {type(exc).__name__}", logging.WARNING)
 

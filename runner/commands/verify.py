@@ -8,6 +8,7 @@ to stdout, so `--json` output can be piped as is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -16,12 +17,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from replica.repair import TableRepair, repair
 from replica.verify import TableReport, VerifyOptions, VerifyReport, verify
 
 from .. import history, logs, metrics
 from ..exit_codes import ExitCode
+from ..lock import pipeline_lock
 from ..settings import load_settings
-from .run import PIPELINES, load_pipeline_module
+from .run import PIPELINES, load_pipeline_module, source_dsn
 
 STATUS_STYLE = {"ok": "green", "drift": "bold red", "error": "bold yellow"}
 
@@ -66,6 +69,11 @@ def register(subparsers: Any) -> None:
                         help=f"drifting ranges narrowed and reported per table (default {defaults.max_ranges})")
     parser.add_argument("--statement-timeout-ms", type=positive_int, default=defaults.statement_timeout_ms,
                         help=f"statement_timeout of each source query (default {defaults.statement_timeout_ms})")
+    parser.add_argument("--repair", action="store_true",
+                        help="re-read the drifting key ranges from the source and merge them (delete rows the source "
+                             "no longer has), under the run lock; a table without one integer key is copied again "
+                             "whole; then verify those tables again (the exit code is theirs; CDC pipelines: see "
+                             "the report)")
     parser.add_argument("--rotation", type=positive_int, default=defaults.rotation, metavar="N",
                         help="with --checksum: compare the checksums of 1/N of each table's chunks (row counts: "
                              "all), a different slice each day, so N daily runs make a full pass (default 1: all)")
@@ -127,9 +135,27 @@ def emit_metrics(pipeline: str, report: VerifyReport, namespace: str) -> None:
     }, namespace=namespace)
 
 
+def repaired(args: argparse.Namespace, module: Any, pipeline: Any, report: VerifyReport, options: VerifyOptions,
+             logged: Any) -> tuple[VerifyReport, list[TableRepair]]:
+    """`--repair`: repair the drifting tables under the run lock, then verify them again; the report after."""
+    with pipeline_lock(source_dsn(), args.pipeline):
+        repairs = repair(pipeline, module, report, max_ranges=args.max_ranges,
+                         dead_letter_url=load_settings().dead_letter_url)
+    for r in repairs:
+        logs.event("table repaired", phase="verify", **r.as_json())
+    fixed = [r.table for r in repairs if r.action != "skipped"]
+    if not fixed:
+        return report, repairs
+    again = verify(pipeline, fixed, dataclasses.replace(options, settle_seconds=0), on_table=logged)
+    after = {t.table: t for t in again.tables}
+    return VerifyReport(report.pipeline, report.dataset, report.checksum,
+                        [after.get(t.table, t) for t in report.tables]), repairs
+
+
 def main(args: argparse.Namespace) -> ExitCode:
     logs.bind(pipeline=args.pipeline)
-    pipeline = load_pipeline_module(args.pipeline).make_pipeline()
+    module = load_pipeline_module(args.pipeline)
+    pipeline = module.make_pipeline()
     options = VerifyOptions(checksum=args.checksum, chunk_rows=args.chunk_rows, narrow_rows=args.narrow_rows,
                             max_ranges=args.max_ranges, statement_timeout_ms=args.statement_timeout_ms,
                             settle_seconds=args.settle_seconds, rotation=args.rotation, phase=args.rotation_phase)
@@ -141,23 +167,32 @@ def main(args: argparse.Namespace) -> ExitCode:
                    in_flight_ranges=len(t.in_flight), duration_s=t.duration_s)
 
     started, clock = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
+
     def settling(seconds: float, ranges: int) -> None:
         logs.event("verify settling", phase="verify", seconds=seconds, drifting_ranges=ranges)
 
     report = verify(pipeline, args.tables, options, on_table=logged, on_settle=settling)
-    emit_metrics(args.pipeline, report, load_settings().metrics_namespace)
+    emit_metrics(args.pipeline, report, load_settings().metrics_namespace)  # what was found, repaired or not
+    repairs: list[TableRepair] = []
+    if args.repair and report.outcome == "drift":
+        report, repairs = repaired(args, module, pipeline, report, options, logged)
     if args.json:
-        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+        print(json.dumps({**report.as_json(), **({"repairs": [r.as_json() for r in repairs]} if args.repair else {})},
+                         indent=2, ensure_ascii=False, default=str))
     else:
         console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
         render(report, console)
+        for r in repairs:
+            console.print(f"repaired {r.table}: {r.action}" + (f" ({r.reason})" if r.reason else "") +
+                          f", {r.rows_read} row(s) read, {r.rows_deleted} deleted")
     code = {"ok": ExitCode.SUCCESS, "drift": ExitCode.DRIFT_FOUND, "error": ExitCode.FAILURE}[report.outcome]
     summary = report.as_json()["summary"]
     outcome = {0: "in_sync", 4: "drift"}.get(int(code), "failed")
     logs.event("verify finished", phase="verify", outcome=outcome, exit_code=int(code), **summary)
     history.record(pipeline, {"pipeline": args.pipeline, "mode": "verify", "outcome": outcome, "exit_code": int(code),
                               "started_at": started, "duration_s": round(time.monotonic() - clock, 3),
-                              "checksum": args.checksum, "verified": verified_tables(report)})
+                              "checksum": args.checksum, "verified": verified_tables(report),
+                              **({"repairs": [r.as_json() for r in repairs]} if repairs else {})})
     return code
 
 

@@ -1,0 +1,139 @@
+"""`verify --repair`: make the drifting tables exact again, reading as little of the source as it can.
+
+- **Integer-keyed tables** (one key column, the `integer` chunking of `replica.verify`): each drifting range is read
+  again from the source through the chunked snapshot's reader (`postgres_replica(chunks=...)`, one short read-only
+  transaction per range) and merged by key; then the destination's keys in that range that the source no longer has
+  (an extra row, a delete the cursor cannot see) are deleted. Only those ranges are read.
+- **Every other table** (no key, a composite or non-integer key, drift not narrowed to ranges, a missing column):
+  the whole table is copied again (`run --mode snapshot --tables`, what `resync` does), and the report says why.
+- **CDC pipelines** are not repaired here: their rows carry stream positions that only the follower's watermarked
+  copies may write. The report names the command that re-copies a table under the stream's watermarks.
+
+The caller holds the pipeline's run lock, so no scheduled run interleaves; rows the application changes during the
+repair are the next run's, as always. The caller verifies the repaired tables again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dlt
+
+from replica.verify import TableReport, VerifyReport
+from sources.postgres import postgres_replica
+from sources.postgres.chunking import Chunk
+from sources.postgres.session import make_engine
+from sources.postgres.settings import load_source_settings
+from sources.replication import SOURCE_NAME as CDC_SOURCE
+from sources.replication import STATE_KEY as CDC_STATE
+
+MERGE = {"disposition": "merge", "strategy": "delete-insert"}
+
+
+@dataclass
+class TableRepair:
+    table: str
+    action: Literal["ranges", "table", "skipped"]
+    reason: str = ""
+    ranges: list[list[Any]] = field(default_factory=list)  # [lo, hi] of each range read again
+    rows_read: int = 0
+    rows_deleted: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"table": self.table, "action": self.action, "reason": self.reason, "ranges": self.ranges,
+                "rows_read": self.rows_read, "rows_deleted": self.rows_deleted}
+
+
+def follows_the_wal(pipeline: dlt.Pipeline) -> bool:
+    """The pipeline is loaded by CDC (a slot in its state, as the warehouse holds it)."""
+    pipeline.sync_destination()
+    return bool(pipeline.state.get("sources", {}).get(CDC_SOURCE, {}).get(CDC_STATE, {}).get("slot"))
+
+
+def _why_whole(t: TableReport, key: list[str], max_ranges: int) -> str | None:
+    if not key:
+        return "no primary key: a keyless table is copied again whole"
+    if len(key) > 1 or t.strategy != "integer":
+        return "its key is not one integer column: ranges are repaired on integer keys only"
+    if t.missing_columns or t.problems:
+        return "; ".join([*t.problems, *(["columns missing in the destination"] if t.missing_columns else [])])
+    if not t.ranges or len(t.ranges) >= max_ranges:
+        return f"its drift was not narrowed to key ranges (more than --max-ranges {max_ranges})"
+    return None
+
+
+def repair(pipeline: dlt.Pipeline, module: Any, report: VerifyReport, *, max_ranges: int,
+           dead_letter_url: str | None = None) -> list[TableRepair]:
+    """Repair every drifting table of `report` (see the module docstring); `module`: the pipeline's module."""
+    drifting = [t for t in report.tables if t.status == "drift"]
+    if not drifting:
+        return []
+    if follows_the_wal(pipeline):
+        return [TableRepair(t.table, "skipped", f"a CDC pipeline: stop the follower, then `aurora-sync run "
+                                                f"--pipeline {pipeline.pipeline_name} --mode cdc --tables {t.table}` "
+                                                "copies it again under the stream's watermarks") for t in drifting]
+    settings = load_source_settings(pipeline.pipeline_name)
+    engine = make_engine(settings.credentials, 300_000)
+    try:
+        specs = {s.qualified: s for s in settings.discover(engine)}
+        done: list[TableRepair] = []
+        for t in drifting:
+            spec = specs[t.table]
+            why = _why_whole(t, list(spec.primary_key), max_ranges)
+            if why is not None:
+                result = module.run(mode="snapshot", tables=[t.table], dead_letter_url=dead_letter_url,
+                                    pipeline=pipeline)
+                result.raise_on_failures()
+                done.append(TableRepair(t.table, "table", why, rows_read=sum(result.rows.values())))
+                continue
+            done.append(_repair_ranges(pipeline, engine, spec, t, dead_letter_url))
+        return done
+    finally:
+        engine.dispose()
+
+
+def _repair_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport,
+                   dead_letter_url: str | None) -> TableRepair:
+    key = spec.primary_key[0]
+    bounds = [(r.range.lo, r.range.hi) for r in t.ranges]
+    chunks = [Chunk(spec.qualified, index, "key", key, lo, hi) for index, (lo, hi) in enumerate(bounds)]
+    source = postgres_replica(only_tables=[spec.qualified], chunks={spec.resource_name: chunks},
+                              chunk_disposition=MERGE, dead_letter_url=dead_letter_url)  # type: ignore[arg-type]
+    info = pipeline.run(source)
+    info.raise_on_failed_jobs()
+    read = sum(n for name, n in (pipeline.last_trace.last_normalize_info.row_counts.items()
+                                 if pipeline.last_trace and pipeline.last_trace.last_normalize_info else [])
+               if name == spec.resource_name)
+    deleted = 0
+    quoted = '"' + key.replace('"', '""') + '"'
+    table = f'"{spec.schema}"."{spec.name}"'.replace("%", "%%")
+    with pipeline.sql_client() as client:
+        target = client.make_qualified_table_name(t.destination_table)
+        column = client.escape_column_name(pipeline.default_schema.naming.normalize_identifier(key))
+        for lo, hi in bounds:
+            where_src, params = _between(quoted, lo, hi)
+            with engine.connect() as conn:
+                present = {row[0] for row in conn.exec_driver_sql(
+                    f"SELECT {quoted} FROM {table} WHERE {where_src}", tuple(params))}
+            where_dst, params = _between(column, lo, hi)
+            held = [row[0] for row in client.execute_sql(f"SELECT {column} FROM {target} WHERE {where_dst}",
+                                                         *params) or []]
+            gone = [k for k in held if k not in present]
+            for start in range(0, len(gone), 1000):
+                part = gone[start:start + 1000]
+                client.execute_sql(f"DELETE FROM {target} WHERE {column} IN ({', '.join(['%s'] * len(part))})",
+                                   *part)
+            deleted += len(gone)
+    return TableRepair(t.table, "ranges", "", [[lo, hi] for lo, hi in bounds], read, deleted)
+
+
+def _between(column: str, lo: Any, hi: Any) -> tuple[str, list[Any]]:
+    parts, params = [], []
+    if lo is not None:
+        parts.append(f"{column} >= %s")
+        params.append(lo)
+    if hi is not None:
+        parts.append(f"{column} < %s")
+        params.append(hi)
+    return " AND ".join(parts) or "1 = 1", params
