@@ -40,7 +40,7 @@ locals {
   #   query only shows as MergeLagSeconds.
   # settle_seconds: drifting ranges are checked again after this wait, and those the sync caught up on (or is
   # still writing) are in flight, not drift: it must exceed the pipeline's lag (merge interval plus a batch).
-  verify_default = { expression = "cron(0 4 * * ? *)", timezone = "UTC", enabled = true, args = [], interval_hours = 24, slack_hours = 6, settle_seconds = 900 }
+  verify_default = { expression = "cron(0 4 * * ? *)", timezone = "UTC", enabled = true, args = [], interval_hours = 24, slack_hours = 6, settle_seconds = 900, auto_repair = false }
   verify_schedules = {
     for p in var.pipelines : p => {
       expression     = try(coalesce(var.verify_schedules[p].expression), local.verify_default.expression)
@@ -50,6 +50,7 @@ locals {
       interval_hours = try(coalesce(var.verify_schedules[p].interval_hours), local.verify_default.interval_hours)
       slack_hours    = try(coalesce(var.verify_schedules[p].slack_hours), local.verify_default.slack_hours)
       settle_seconds = try(coalesce(var.verify_schedules[p].settle_seconds), local.verify_default.settle_seconds)
+      auto_repair    = try(coalesce(var.verify_schedules[p].auto_repair), local.verify_default.auto_repair)
     }
   }
   verify_environment = { for k, v in { SOURCES__POSTGRES__CREDENTIALS__HOST = var.aurora_reader_endpoint } : k => v if v != null }
@@ -60,6 +61,7 @@ locals {
       enabled     = v.enabled
       args        = v.args
       settle      = v.settle_seconds
+      repair      = v.auto_repair
       environment = local.verify_environment
     }
   }

@@ -427,7 +427,8 @@ variable "verify_schedules" {
     `verify --pipeline <pipeline> --checksum` (exit 4 and the DriftRows metric on drift). Entries here override,
     per pipeline, any of: expression (default "cron(0 4 * * ? *)", daily at 04:00), timezone ("UTC"), enabled
     (true; false pauses it and drops its verify-stale alarm), settle_seconds (900: drifting ranges are checked again
-    after this wait, and rows the sync applied meanwhile are in flight, not drift; above the pipeline's lag), args
+    after this wait, and rows the sync applied meanwhile are in flight, not drift; above the pipeline's lag),
+    auto_repair (false; true adds --repair: the drifting ranges are read again and merged, docs/operations.md), args
     (extra verify arguments, e.g.
     ["--chunk-rows", "500000"]), interval_hours (24: how often the expression fires) and slack_hours (6: how long a
     verify may take and start late). The verify-stale alarm fires after interval_hours + slack_hours (at most 168)
@@ -441,6 +442,7 @@ variable "verify_schedules" {
     interval_hours = optional(number)
     slack_hours    = optional(number)
     settle_seconds = optional(number)
+    auto_repair    = optional(bool)
   }))
   default = {}
 

@@ -317,7 +317,7 @@ run "verify_schedules_override" {
     pipelines              = ["customers_orders", "orders_cdc"]
     aurora_reader_endpoint = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com"
     verify_schedules = {
-      orders_cdc = { expression = "cron(30 1 ? * MON-FRI *)", timezone = "Europe/Paris", args = ["--chunk-rows", "500000"], interval_hours = 72, slack_hours = 12, settle_seconds = 0 }
+      orders_cdc = { expression = "cron(30 1 ? * MON-FRI *)", timezone = "Europe/Paris", args = ["--chunk-rows", "500000"], interval_hours = 72, slack_hours = 12, settle_seconds = 0, auto_repair = true }
     }
   }
 
@@ -327,7 +327,8 @@ run "verify_schedules_override" {
       local.verify_runs["customers_orders"].expression == "cron(0 4 * * ? *)" && local.verify_runs["customers_orders"].timezone == "UTC" &&
       local.verify_runs["orders_cdc"].expression == "cron(30 1 ? * MON-FRI *)" && local.verify_runs["orders_cdc"].timezone == "Europe/Paris" &&
       local.verify_runs["orders_cdc"].args == tolist(["--chunk-rows", "500000"]) && local.verify_runs["orders_cdc"].enabled &&
-      local.verify_runs["orders_cdc"].settle == 0 && local.verify_runs["customers_orders"].settle == 900
+      local.verify_runs["orders_cdc"].settle == 0 && local.verify_runs["customers_orders"].settle == 900 &&
+      local.verify_runs["orders_cdc"].repair && !local.verify_runs["customers_orders"].repair
     )
     error_message = "An entry of verify_schedules overrides its pipeline's schedule; the other pipelines keep the daily default."
   }

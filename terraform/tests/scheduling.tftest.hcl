@@ -339,6 +339,7 @@ run "verify_schedules" {
       customers_orders = {
         expression  = "cron(0 4 * * ? *)"
         settle      = 900
+        repair      = true
         environment = { SOURCES__POSTGRES__CREDENTIALS__HOST = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }
       }
     }
@@ -358,7 +359,7 @@ run "verify_schedules" {
     condition = (
       jsondecode(one(aws_scheduler_schedule.this["customers_orders-verify"].target).input).containerOverrides == [{
         name        = "aurora-sync"
-        command     = ["verify", "--pipeline", "customers_orders", "--checksum", "--settle-seconds", "900"]
+        command     = ["verify", "--pipeline", "customers_orders", "--checksum", "--settle-seconds", "900", "--repair"]
         environment = [{ name = "SOURCES__POSTGRES__CREDENTIALS__HOST", value = "orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com" }]
       }] &&
       one(one(aws_scheduler_schedule.this["customers_orders-verify"].target).ecs_parameters).task_definition_arn == var.task_definition_arns["customers_orders/incremental"] &&

@@ -70,7 +70,7 @@ locals {
         timezone        = v.timezone
         enabled         = v.enabled
         task_definition = "${p}/incremental"
-        command         = concat(["verify", "--pipeline", p, "--checksum"], v.settle > 0 ? ["--settle-seconds", tostring(v.settle)] : [], v.args)
+        command         = concat(["verify", "--pipeline", p, "--checksum"], v.settle > 0 ? ["--settle-seconds", tostring(v.settle)] : [], v.repair ? ["--repair"] : [], v.args)
         environment     = v.environment
         task_count      = 1
         max_event_age   = var.retry.maximum_event_age_in_seconds

@@ -46,13 +46,14 @@ variable "merge" {
 }
 
 variable "verify" {
-  description = "Scheduled `verify --checksum --pipeline <key>` runs, keyed by pipeline: a <pipeline>-verify schedule each on the pipeline's incremental task definition. environment: extra container environment of the run (the source host override); args: extra verify arguments; settle: --settle-seconds (0: none)."
+  description = "Scheduled `verify --checksum --pipeline <key>` runs, keyed by pipeline: a <pipeline>-verify schedule each on the pipeline's incremental task definition. environment: extra container environment of the run (the source host override); args: extra verify arguments; settle: --settle-seconds (0: none); repair: --repair."
   type = map(object({
     expression  = string
     timezone    = optional(string, "UTC")
     enabled     = optional(bool, true)
     args        = optional(list(string), [])
     settle      = optional(number, 0)
+    repair      = optional(bool, false)
     environment = optional(map(string), {})
   }))
   default = {}
