@@ -72,6 +72,7 @@ from dlt.destinations.sql_client import SqlClientBase
 from sqlalchemy.sql import sqltypes
 
 from sources.postgres.catalog import TableSpec, matches
+from sources.postgres.chunking import Throttle, wait_until_calm
 from sources.postgres.errors import SourceConfigError
 from sources.postgres.pg_types import domain_column_types
 from sources.postgres.session import make_engine
@@ -98,6 +99,7 @@ class VerifyOptions:
     max_keys: int = 20  # keys listed per kind (missing, extra, changed) and range
     statement_timeout_ms: int = 300_000
     settle_seconds: float = 0.0  # > 0: wait this long, then check drifting ranges again (rows in flight)
+    pacing: Any = None  # `sources.postgres.chunking.SnapshotSettings`: the chunked snapshot's throttle and guard
     rotation: int = 1  # > 1: checksum only the chunks whose index is `phase` modulo this (counts: every chunk)
     phase: int | None = None  # which slice; None: the day number, so N daily runs make one full pass
 
@@ -322,8 +324,22 @@ class PostgresReader:
 
     _names = itertools.count()
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, pacing: Any = None) -> None:
         self._conn = engine.raw_connection()
+        self._pacing = pacing
+        self._throttle = Throttle(pacing.max_rows_per_second, 0) if pacing is not None else None
+
+    def pace(self, table: str, rows: int) -> None:
+        """Before reading a chunk's rows: the chunked snapshot's pacing (`[sources.postgres.snapshot]`), so a
+        verify loads the source no more than a snapshot would: rows per second, and a pause while the source is
+        busy (CPU probe, active sessions, CloudWatch), at most `max_pause_seconds`."""
+        if self._pacing is None or self._throttle is None:
+            return
+        self._throttle.account(rows, 0)
+        try:
+            wait_until_calm(self._conn.driver_connection, self._pacing, table)
+        finally:
+            self._end()
 
     def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -633,10 +649,13 @@ class TableVerifier:
             rotation = max(1, options.rotation)
             phase = (int(time.time() // 86400) if options.phase is None else options.phase) % rotation
             report.checksummed_chunks = 0
+            pace = getattr(self.src.reader, "pace", None)
             for i, r in enumerate(ranges):
                 if i % rotation != phase:
                     continue
                 report.checksummed_chunks += 1
+                if pace is not None:
+                    pace(report.table, src_counts[i])
                 (_, s), (_, d) = self.src.checksum(r), self.dst.checksum(r)
                 sums[i] = (s, d)
                 src_sum, dst_sum = (src_sum + s) % CHECKSUM_MOD, (dst_sum + d) % CHECKSUM_MOD
@@ -895,7 +914,7 @@ def verify_table(
     dest_name = naming.normalize_tables_path(spec.resource_name)  # `__` is kept: it is dlt's path separator
     report = settling or TableReport(spec.qualified, dest_name,
                                      key_column=spec.primary_key[0] if spec.has_key else "")
-    reader = PostgresReader(engine)
+    reader = PostgresReader(engine, options.pacing)
     try:
         table = sa.Table(spec.name, sa.MetaData(), schema=spec.schema, autoload_with=engine)
         raw = engine.raw_connection()

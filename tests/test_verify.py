@@ -377,3 +377,39 @@ def test_repair_makes_the_destination_exact_while_the_application_writes(
     load(tmp_path)  # the next scheduled sync takes what the application wrote meanwhile
     code, report = verify(capsys, "--checksum", "--chunk-rows", "100")
     assert code == ExitCode.SUCCESS, [t for t in report["tables"] if t["status"] != "ok"]
+
+
+def test_verify_paces_its_source_reads_like_a_snapshot(seeded: str, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The chunked snapshot's guard holds the checksums back too: with other sessions busy on the source, each chunk
+    waits (here at most 1 s) and says why, and the answer is the same."""
+    import contextlib
+    import threading
+
+    import psycopg2
+    import psycopg2.errors
+
+    monkeypatch.setenv("SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_ACTIVE_SESSIONS_ABOVE", "1")
+    monkeypatch.setenv("SOURCES__POSTGRES__SNAPSHOT__MAX_PAUSE_SECONDS", "1")
+    busy = [psycopg2.connect(seeded) for _ in range(3)]
+
+    def sleep(conn: Any) -> None:
+        with contextlib.suppress(psycopg2.errors.QueryCanceled):  # the test cancels it when done
+            conn.cursor().execute("SELECT pg_sleep(8)")
+
+    sleepers = [threading.Thread(target=sleep, args=(c,)) for c in busy]
+    for thread in sleepers:
+        thread.start()
+    try:
+        code = cli.main(["--json-logs", "verify", "--json", "--checksum", "--chunk-rows", "400",
+                         "--tables", "orders.orders"])
+    finally:
+        for conn in busy:
+            conn.cancel()
+        for thread in sleepers:
+            thread.join()
+        for conn in busy:
+            conn.close()
+    captured = capsys.readouterr()
+    assert code == ExitCode.SUCCESS, captured.out[-2000:]
+    assert "source still busy" in captured.err and "active sessions" in captured.err, captured.err[-2000:]

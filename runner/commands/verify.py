@@ -19,6 +19,7 @@ from rich.table import Table
 
 from replica.repair import TableRepair, repair
 from replica.verify import TableReport, VerifyOptions, VerifyReport, verify
+from sources.postgres.chunking import snapshot_settings
 
 from .. import history, logs, metrics
 from ..exit_codes import ExitCode
@@ -158,7 +159,8 @@ def main(args: argparse.Namespace) -> ExitCode:
     pipeline = module.make_pipeline()
     options = VerifyOptions(checksum=args.checksum, chunk_rows=args.chunk_rows, narrow_rows=args.narrow_rows,
                             max_ranges=args.max_ranges, statement_timeout_ms=args.statement_timeout_ms,
-                            settle_seconds=args.settle_seconds, rotation=args.rotation, phase=args.rotation_phase)
+                            settle_seconds=args.settle_seconds, rotation=args.rotation, phase=args.rotation_phase,
+                            pacing=snapshot_settings())  # type: ignore[call-arg]
     logs.event("verify started", phase="verify", checksum=args.checksum)
 
     def logged(t: TableReport) -> None:
