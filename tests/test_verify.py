@@ -361,11 +361,16 @@ def test_repair_makes_the_destination_exact_while_the_application_writes(
     writer = threading.Thread(target=application)
     writer.start()
     try:
-        code, report = verify(capsys, "--checksum", "--chunk-rows", "100", "--narrow-rows", "10", "--max-ranges",
-                              "50", "--repair")
+        code = cli.main(["--json-logs", "verify", "--json", "--checksum", "--chunk-rows", "100", "--narrow-rows", "10",
+                         "--max-ranges", "50", "--repair"])
     finally:
         stop.set()
         writer.join()
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    emitted = [json.loads(line) for line in captured.err.splitlines() if '"CloudWatchMetrics"' in line]
+    [found] = [e for e in emitted if "Table" not in e and "DriftRows" in e]  # what the scheduled run reports
+    assert found["DriftRows"] >= 7 and found["DriftRanges"] >= 4, found
     repairs = {r["table"]: r for r in report["repairs"]}
     assert set(repairs) >= {"orders.orders", "customers.customers", "orders.audit"}, repairs
     orders = repairs["orders.orders"]
