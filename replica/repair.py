@@ -21,14 +21,12 @@ from typing import Any, Literal
 import dlt
 
 from replica.verify import TableReport, VerifyReport
-from sources.postgres import postgres_replica
+from sources.postgres import MERGE, postgres_replica
 from sources.postgres.chunking import Chunk
 from sources.postgres.session import make_engine
 from sources.postgres.settings import load_source_settings
 from sources.replication import SOURCE_NAME as CDC_SOURCE
 from sources.replication import STATE_KEY as CDC_STATE
-
-MERGE = {"disposition": "merge", "strategy": "delete-insert"}
 
 
 @dataclass
@@ -107,12 +105,12 @@ def _repair_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableRepor
                if name == spec.resource_name)
     deleted = 0
     quoted = '"' + key.replace('"', '""') + '"'
-    table = f'"{spec.schema}"."{spec.name}"'.replace("%", "%%")
+    table = f'"{spec.schema}"."{spec.name}"'.replace("%", "%%")  # psycopg2 interpolates the text
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(t.destination_table)
         column = client.escape_column_name(pipeline.default_schema.naming.normalize_identifier(key))
-        for lo, hi in bounds:
-            where_src, params = _between(quoted, lo, hi)
+        for chunk, (lo, hi) in zip(chunks, bounds, strict=True):
+            where_src, params = chunk.predicate()  # the range exactly as the re-read selected it
             with engine.connect() as conn:
                 present = {row[0] for row in conn.exec_driver_sql(
                     f"SELECT {quoted} FROM {table} WHERE {where_src}", tuple(params))}

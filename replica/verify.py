@@ -333,7 +333,7 @@ class PostgresReader:
         """Before reading a chunk's rows: the chunked snapshot's pacing (`[sources.postgres.snapshot]`), so a
         verify loads the source no more than a snapshot would: rows per second, and a pause while the source is
         busy (CPU probe, active sessions, CloudWatch), at most `max_pause_seconds`."""
-        if self._pacing is None or self._throttle is None:
+        if self._throttle is None:
             return
         self._throttle.account(rows, 0)
         try:
