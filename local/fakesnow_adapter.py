@@ -25,6 +25,13 @@ one names the fakesnow (or dlt) behaviour it works around, so that it can be dro
    would hold the turn for ever: on the HTTP server a holder idle for `DEAD_AFTER_S` is rolled back and its next
    statement fails, as Snowflake aborts a detached transaction (after hours there; seconds here).
 
+7. Snowflake answers a statement that runs long (one waiting for a lock, say) with "query in progress" (code
+   333333) and a result URL the connector polls; fakesnow's HTTP server holds the request until the statement
+   ends, so past the connector's 60 s read timeout the connector gave up and re-sent it. The re-sent statement
+   ran a second time beside the first (a second `ALTER SESSION SET autocommit=False` fails fakesnow's assert).
+   → `fake_snowflake_server` answers a statement still running after `IN_PROGRESS_AFTER_S` "in progress" and
+   serves its result at `/queries/<id>/result`, as Snowflake does.
+
 Not bridged: fakesnow's handling of dlt's quoted PUT target (`'@"SCHEMA"."%TABLE"/...'`). Every load here goes
 through the S3 stage, so dlt never PUTs; a test that did would fail loudly rather than pass on a patch.
 
@@ -48,10 +55,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAKESNOW_VERSION = "0.12.1"
-DEAD_AFTER_S = 45.0
+"""The fakesnow release these patches were written against; another one must be re-checked first."""
+DEAD_AFTER_S = 20.0
 """Patch 6 on the HTTP server: a transaction idle this long belongs to a dead client (a live one sends its next
 statement within seconds, even on a loaded 2-core machine)."""
-"""The fakesnow release these patches were written against; another one must be re-checked first."""
+IN_PROGRESS_AFTER_S = 20.0
+"""Patch 7: a statement still running after this long is answered "in progress", as Snowflake answers, well
+inside the connector's 60 s read timeout."""
 
 
 class FakesnowVersionMismatch(RuntimeError):
@@ -151,6 +161,7 @@ class FakeSnowflake:
     port: int | None = None
     protocol: str | None = None
     turns: Any = None
+    answered_in_progress: int = 0
 
     def connect_params(self) -> dict[str, Any]:
         """Extra `snowflake.connector.connect` arguments for the HTTP server (empty in-process)."""
@@ -338,7 +349,8 @@ def fake_snowflake(s3_filesystem: Any | None = None) -> Iterator[FakeSnowflake]:
 
 @contextlib.contextmanager
 def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = None,
-                          dead_after_s: float = DEAD_AFTER_S) -> Iterator[FakeSnowflake]:
+                          dead_after_s: float = DEAD_AFTER_S,
+                          in_progress_after_s: float = IN_PROGRESS_AFTER_S) -> Iterator[FakeSnowflake]:
     """fakesnow's HTTP server on 127.0.0.1, for the real connector (`fake.connect_params()`: host, port, http).
 
     Each server gets an empty warehouse of its own: fakesnow keeps one module-wide instance for all sessions,
@@ -358,7 +370,8 @@ def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = N
         if s3_filesystem is not None:
             register_s3(shared.duck_conn, s3_filesystem)
         port = port or free_port()
-        config = uvicorn.Config(fs_server.app, host="127.0.0.1", port=port, log_level="warning")
+        app = _answering_in_progress(fs_server, fake, in_progress_after_s)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="fakesnow-server", daemon=True)
         previous_level = fs_server.logger.level
@@ -380,3 +393,43 @@ def fake_snowflake_server(s3_filesystem: Any | None = None, port: int | None = N
                 if s3_filesystem is not None:
                     with contextlib.suppress(Exception):
                         shared.duck_conn.unregister_filesystem("s3")
+
+
+def _answering_in_progress(fs_server: Any, fake: FakeSnowflake, after_s: float) -> Any:
+    """Patch 7: fakesnow's app, with a long statement answered "in progress" and its result polled for."""
+    import asyncio
+    import uuid
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    running: dict[str, asyncio.Task[Response]] = {}
+
+    async def answer(query_id: str, task: asyncio.Task[Response]) -> Response:
+        done, _ = await asyncio.wait({task}, timeout=after_s)
+        if not done:
+            running[query_id] = task
+            fake.answered_in_progress += 1
+            return JSONResponse({"code": "333333", "message": "query in progress", "success": True,
+                                 "data": {"queryId": query_id, "getResultUrl": f"/queries/{query_id}/result"}})
+        running.pop(query_id, None)
+        return task.result()
+
+    async def query_request(request: Request) -> Response:
+        await request.body()  # read now: the statement may outlive this request
+        return await answer(str(uuid.uuid4()), asyncio.ensure_future(fs_server.query_request(request)))
+
+    async def query_result(request: Request) -> Response:
+        query_id = request.path_params["query_id"]
+        task = running.get(query_id)
+        if task is None:
+            return JSONResponse({"code": "000709", "message": f"Statement {query_id} not found",
+                                 "success": False, "data": {"queryId": query_id}})
+        return await answer(query_id, task)
+
+    routes = [Route("/queries/v1/query-request", query_request, methods=["POST"]),
+              Route("/queries/{query_id}/result", query_result, methods=["GET"])]
+    routes += [route for route in fs_server.routes if route.path != "/queries/v1/query-request"]
+    return Starlette(routes=routes)

@@ -136,3 +136,49 @@ def test_the_stand_in_makes_transactions_wait_and_aborts_a_dead_sessions_one(s3:
         assert value() == 12
         for conn in (setup, first, second, dead, survivor):
             conn.close()
+
+
+def test_the_stand_in_answers_a_long_statement_in_progress_as_snowflake_does(s3: LocalS3) -> None:
+    """Patch 7: a statement that waits longer than the connector's read timeout is answered "in progress" and
+    polled for; before, the connector timed out and re-sent it, and the second `autocommit=False` failed."""
+    import threading
+    import time
+
+    import snowflake.connector
+
+    with fake_snowflake_server(s3.s3fs(), in_progress_after_s=0.5) as fake:
+        def connect(**extra: Any) -> Any:
+            return snowflake.connector.connect(user="analyst", password="unused-by-the-fake", account="fakeaccount",
+                                               network_timeout=60, **fake.connect_params(), **extra)
+
+        setup = connect()
+        setup.cursor().execute("CREATE DATABASE waits")
+        setup.cursor().execute("CREATE SCHEMA waits.public")
+        setup.cursor().execute("CREATE TABLE waits.public.fence (id INT, v INT)")
+        setup.cursor().execute("INSERT INTO waits.public.fence VALUES (1, 0)")
+        first = connect()
+        impatient = connect(socket_timeout=2)  # the read timeout the wait below outlasts
+        first.autocommit(False)
+        first.cursor().execute("UPDATE waits.public.fence SET v = v + 1 WHERE id = 1")
+        errors: list[BaseException] = []
+
+        def waiter() -> None:
+            try:
+                impatient.autocommit(False)
+                impatient.cursor().execute("UPDATE waits.public.fence SET v = v * 10 WHERE id = 1")
+                impatient.commit()
+                impatient.autocommit(True)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(4)  # twice the waiter's read timeout
+        first.commit()
+        first.autocommit(True)
+        thread.join(60)
+        assert not thread.is_alive() and not errors, errors
+        assert fake.answered_in_progress >= 1
+        assert setup.cursor().execute("SELECT v FROM waits.public.fence").fetchall() == [(10,)]
+        for conn in (setup, first, impatient):
+            conn.close()
