@@ -31,7 +31,8 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import dlt
@@ -319,6 +320,27 @@ class Applier:
         if drop:
             rows = rows.filter(pa.array([i not in drop for i in range(n)], pa.bool_()))
         return drop_working_columns(rows), len(drop), unresolved_keys
+
+
+def key_texts(keys: pa.Table) -> list[list[str | None]]:
+    """Keys written as tombstones (`Applied.unresolved`), as PostgreSQL prints them: what a `keys` chunk binds to
+    read them again, whether the direct follower schedules it or the merge asks the follower (`LandingArea`)."""
+    return [[_key_text(v) for v in key] for key in zip(*(keys[c].to_pylist() for c in keys.column_names),
+                                                        strict=True)]
+
+
+def _key_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, bytes | bytearray):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal | int | float):
+        return str(value)
+    return str(value)
 
 
 def _tombstones(rows: pa.Table, indices: list[int], delete_mode: str) -> pa.Table:

@@ -10,6 +10,8 @@ Layout, under `<bucket>/_landing/<dataset>/` (dlt's filesystem destination write
   `seq` is not.
 - `_aurora_ops/<load_id>.*.parquet`: what each load does to each of its tables (`pipelines.ops.Op`).
 - `<schema>/<table>/<load_id>.*.parquet`: the rows; `_dlt_loads/`, `_dlt_pipeline_state/`: dlt's bookkeeping.
+- `_rereads/<table>.<id>.json`: keys the merge wrote as tombstones (a version whose unchanged TOAST value it found
+  nowhere) for the follower to read again from the source (`Reread`); the follower deletes one once its keys landed.
 - `_aurora_merged.json`: the last load a complete merge cycle applied (a hint for idle cycles; the merge's
   positions in the warehouse stay the truth).
 
@@ -20,6 +22,7 @@ expired) before it was merged. The merge stops with `LandingGap` instead of skip
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +42,7 @@ from sources.postgres.errors import SourceError
 from sources.replication import SOURCE_NAME
 
 INDEX_DIR = "_index"
+REREADS_DIR = "_rereads"
 MARKER_FILE = "_aurora_merged.json"
 PAGE = 1000  # keys per S3 LIST request
 
@@ -99,6 +103,15 @@ class LandedOp:
     @property
     def size(self) -> int:
         return sum(size for _, size in self.files)
+
+
+@dataclass(frozen=True)
+class Reread:
+    """Keys of `table` (values as PostgreSQL prints them) the merge asks the follower to read again."""
+
+    name: str
+    table: str
+    keys: list[list[str | None]]
 
 
 class LandingArea:
@@ -202,6 +215,31 @@ class LandingArea:
         for path, _ in op.files:
             with self.fs.open(path, "rb") as f:
                 yield pq.read_table(f)
+
+    # -- re-reads: the merge asks, the follower reads ----------------------------------------------------
+    def request_reread(self, table: str, keys: list[list[str | None]]) -> None:
+        """Written before the merge commits the tombstones: a crash in between leaves a request for keys it merges
+        again next cycle, and reading a key again is always harmless (the read is newer than anything merged)."""
+        name = f"{table}.{uuid.uuid4().hex}.json"
+        self.fs.makedirs(f"{self.base}/{REREADS_DIR}", exist_ok=True)
+        with self.fs.open(f"{self.base}/{REREADS_DIR}/{name}", "wb") as f:
+            f.write(json.dumps({"table": table, "keys": keys, "requested_at": datetime.now(UTC).isoformat()}).encode())
+
+    def rereads(self) -> list[Reread]:
+        found = []
+        for path, _ in self._list(REREADS_DIR):
+            try:
+                with self.fs.open(path, "rb") as f:
+                    data = json.load(f)
+            except FileNotFoundError:  # done by another follower meanwhile
+                continue
+            found.append(Reread(path.rsplit("/", 1)[-1], str(data["table"]), [list(k) for k in data["keys"]]))
+        return found
+
+    def reread_done(self, reread: Reread) -> None:
+        path = f"{self.base}/{REREADS_DIR}/{reread.name}"
+        if self.fs.exists(path):
+            self.fs.rm(path)
 
     # -- the idle marker -------------------------------------------------------------------------------
     def _marker(self) -> dict[str, Any]:

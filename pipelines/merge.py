@@ -277,7 +277,12 @@ def _run(writer: apply.Applier, area: LandingArea, parts: list[Part], summary: M
         if through is not None:
             state[THROUGH_KEY] = max(int(state.get(THROUGH_KEY) or 0), through)
 
-    result = writer.apply([_apply_part(area, p) for p in parts], update, refresh=refresh)
+    def reread(table: str, keys: Any) -> None:
+        """Tombstoned versions (a value known nowhere): the follower, which reaches the source, reads them again;
+        asked before the tombstones commit, so no crash loses the request (`pipelines.cdc.rereads`)."""
+        area.request_reread(table, apply.key_texts(keys))
+
+    result = writer.apply([_apply_part(area, p) for p in parts], update, refresh=refresh, on_unresolved=reread)
     summary.packages += 1
     for table in result.truncated:
         _event("truncate merged", table=table)
@@ -287,12 +292,8 @@ def _run(writer: apply.Applier, area: LandingArea, parts: list[Part], summary: M
         summary.rows[table] = summary.rows.get(table, 0) + count
     for table, keys in result.unresolved.items():
         summary.unresolved_toast_rows += keys.num_rows
-        # Known gap (race soak, land-merge seed 347): nothing hands these keys back to the follower yet, unlike
-        # direct CDC (`pipelines.cdc.driver`, REPAIRS_KEY). Say so loudly rather than promise a re-read.
-        _event("versions with a value known nowhere were written as tombstones, and landing mode does not read them "
-               "again by itself yet: re-copy the table (`aurora-sync run --mode cdc --tables <table>`, follower "
-               "stopped) or check it with `aurora-sync verify --tables <table> --checksum`", logging.ERROR,
-               table=table, rows=keys.num_rows, keys=[str(k) for k in keys.to_pylist()[:20]])
+        _event("versions with a value known nowhere were written as tombstones; the follower reads their keys again",
+               logging.WARNING, table=table, rows=keys.num_rows, keys=[str(k) for k in keys.to_pylist()[:20]])
     _event("merged", tables=sorted(p.table for p in parts), seqs=[p.last.seq for p in parts])
 
 

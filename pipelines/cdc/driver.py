@@ -17,14 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
 
 import dlt
 import psycopg2
 import pyarrow as pa
 
+from pipelines.apply import key_texts
 from pipelines.isolation import TableLoadFailed, describe, is_about_no_table
 from pipelines.ops import Op
 from pipelines.progress import FAILPOINT_ENV, crash_at
@@ -60,6 +60,7 @@ from sources.replication.walstream import WalStream
 
 from . import copies, health, tables
 from .context import Cdc
+from .rereads import REREAD_CHECK_SECONDS, Rereads
 from .summary import LANDING_LAGS_KEPT, CdcSummary, event
 
 # fault-test hook (the project's failpoint convention): AURORA_SYNC_FAILPOINT=after_load_before_ack kills the process
@@ -213,18 +214,21 @@ def _stream(cdc: Cdc, wal: WalStream, tracked: dict[str, TrackedTable], *, follo
     for qualified, entry in state.get("tables", {}).items():
         if entry.get(copies.REPAIRS_KEY) and qualified in specs:
             running.resume_repairs(specs[qualified], entry[copies.REPAIRS_KEY])
+    rereads = Rereads(cdc, stream, running)
+    rereads.take()
     try:
-        _events(cdc, wal, stream, running, follow=follow, stop=stop, target=target, token=token, record=record,
-                position=position)
+        _events(cdc, wal, stream, running, rereads, follow=follow, stop=stop, target=target, token=token,
+                record=record, position=position)
+        rereads.finish()
     finally:
         running.close()
 
 
-def _events(cdc: Cdc, wal: WalStream, stream: ChangeStream, running: copies.Copies, *, follow: bool,
-            stop: threading.Event | None, target: int, token: str | None, record: Any,
+def _events(cdc: Cdc, wal: WalStream, stream: ChangeStream, running: copies.Copies, rereads: Rereads, *,
+            follow: bool, stop: threading.Event | None, target: int, token: str | None, record: Any,
             position: dict[str, int]) -> None:
     settings = cdc.settings
-    last_table_check = time.monotonic()
+    last_table_check = last_reread_check = time.monotonic()
     for item in stream.events(follow=follow, stop=stop, target_lsn=target, marker=token):
         running.poll()
         if isinstance(item, BatchReady):
@@ -232,6 +236,7 @@ def _events(cdc: Cdc, wal: WalStream, stream: ChangeStream, running: copies.Copi
         elif isinstance(item, ChunkWatermark):
             with wal.kept_alive():
                 running.reached(item)
+            rereads.finish()
         elif isinstance(item, RelationEvent):
             tables.relation_announced(cdc, wal, stream, item, running)
         elif isinstance(item, DdlSeen):
@@ -252,6 +257,10 @@ def _events(cdc: Cdc, wal: WalStream, stream: ChangeStream, running: copies.Copi
         if follow and time.monotonic() - last_table_check >= settings.new_table_check_seconds:
             last_table_check = time.monotonic()
             tables.follow_new_tables(cdc, wal, stream, running)
+        if follow and time.monotonic() - last_reread_check >= REREAD_CHECK_SECONDS:
+            last_reread_check = time.monotonic()
+            with wal.kept_alive():
+                rereads.take()
 
 
 def _truncate(cdc: Cdc, truncate: TruncateEvent) -> None:
@@ -262,21 +271,6 @@ def _truncate(cdc: Cdc, truncate: TruncateEvent) -> None:
         cdc.summary.table(table.resource_name).truncates += 1
         event("truncate " + ("landed" if cdc.lands else "applied"), table=table.resource_name,
               lsn=format_lsn(truncate.lsn), mode=cdc.settings.delete_mode)
-
-
-def key_text(value: Any) -> str | None:
-    """A typed key value as PostgreSQL reads it back (`keys` chunks bind keys as text)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, bytes | bytearray):
-        return "\\x" + bytes(value).hex()
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal | int | float):
-        return str(value)
-    return str(value)
 
 
 def _moves_to_repair(changes: TableChanges) -> list[list[Any]]:
@@ -326,9 +320,7 @@ def _load_batch(cdc: Cdc, wal: WalStream, stream: ChangeStream, running: copies.
             qualified = next((q for q, op in ops.items() if op.table == table), None)
             if qualified is None or running.active(qualified) or qualified not in stream.tracked:
                 return
-            texts = [[key_text(v) for v in key] for key in zip(*(keys[c].to_pylist() for c in keys.column_names),
-                                                                   strict=True)]
-            scheduled = running.repair(stream.tracked[qualified].spec, texts)
+            scheduled = running.repair(stream.tracked[qualified].spec, key_texts(keys))
             if scheduled is not None:
                 repairs.setdefault(qualified, []).append(list(scheduled))
 

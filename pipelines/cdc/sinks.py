@@ -20,7 +20,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 from pipelines import apply, landing
 from pipelines.fence import fenced_pipeline, take_over
 from pipelines.isolation import TableLoadFailed, culprit, describe, is_about_no_table
-from pipelines.landing_area import IndexEntry, LandingArea
+from pipelines.landing_area import IndexEntry, LandingArea, Reread
 from pipelines.ops import Op
 from sources.replication import SOURCE_NAME, STATE_KEY, ReplicationSettings, replication_settings, state_resource
 from sources.replication.lsn import format_lsn
@@ -92,6 +92,13 @@ class Sink:
     def finish_pending(self) -> None:
         raise NotImplementedError
 
+    def rereads(self) -> list[Reread]:
+        """Keys another process wrote as tombstones and asks to be read again (the direct sink reads its own)."""
+        return []
+
+    def reread_done(self, reread: Reread) -> None:
+        raise NotImplementedError
+
     def state(self) -> dict[str, Any]:
         return cdc_state(self.pipeline)
 
@@ -155,6 +162,12 @@ class LandingSink(Sink):
         last = self.state().get(landing.LAST_KEY)
         if last:
             self.area.write_index(IndexEntry.from_json(last))
+
+    def rereads(self) -> list[Reread]:
+        return self.area.rereads()
+
+    def reread_done(self, reread: Reread) -> None:
+        self.area.reread_done(reread)
 
     def finish_pending(self) -> None:
         _finish_packages(self.pipeline)

@@ -155,3 +155,36 @@ def test_setup_again_after_teardown_is_merged(landed: Harness) -> None:
     summary = merge(cdc)
     assert summary.batches >= 1
     same(cdc, "items", "id, v")
+
+
+def test_a_version_known_nowhere_is_read_again_by_a_follower_on_an_empty_disk(landed: Harness,
+                                                                               tmp_path: Path) -> None:
+    """The merge writes a version whose unchanged TOAST value it finds nowhere as a tombstone and asks the follower,
+    through the landing area, to read the key again (`pipelines.cdc.rereads`); the follower's repair chunk lands
+    after it and wins. In the race soak (land-merge seed 347) the value was missing because the key moved from a row
+    not merged yet; here the warehouse simply lost the row."""
+    from pipelines.landing_area import LandingArea
+
+    cdc = landed
+    cdc.sql("CREATE TABLE app.docs (id int PRIMARY KEY, body text, status text)",
+            "ALTER TABLE app.docs ALTER COLUMN body SET STORAGE EXTERNAL",  # out of line, uncompressed: TOASTed
+            "INSERT INTO app.docs SELECT g, repeat(md5(g::text), 200), 'new' FROM generate_series(1, 6) g")
+    cdc.setup()
+    merge(cdc)
+    with duckdb.connect(cdc.duck) as conn:
+        conn.execute(f"DELETE FROM {DATASET}.app__docs WHERE id IN (2, 5)")
+    cdc.sql("UPDATE app.docs SET status = 'changed' WHERE id IN (2, 3, 5)")  # body unchanged: not in the WAL
+    cdc.drain()
+    first = merge(cdc)
+    assert first.unresolved_toast_rows == 2
+    requests = LandingArea(cdc.pipeline()).rereads()
+    assert [(r.table, sorted(r.keys)) for r in requests] == [("app__docs", [["2"], ["5"]])]
+    assert cdc.dest_table("app__docs", "id", where="id IN (2, 3, 5)") == [(3,)]  # tombstones: hard deletes here
+
+    cdc.pipelines_dir = tmp_path / "a-replacement-task"  # no DLT_DATA_DIR: the request lives in the landing area
+    drained = cdc.drain()
+    assert drained.repaired_rows == 2
+    assert LandingArea(cdc.pipeline()).rereads() == []
+    second = merge(cdc)
+    assert second.unresolved_toast_rows == 0
+    same(cdc, "docs", "id, body, status")
