@@ -23,7 +23,8 @@ one names the fakesnow (or dlt) behaviour it works around, so that it can be dro
    → explicit transactions (autocommit off) take turns, one at a time, as they would on the fence row. A session
    that dies inside its transaction (kill -9; fakesnow never ends it, and its session delete does not close it)
    would hold the turn for ever: on the HTTP server a holder idle for `DEAD_AFTER_S` is rolled back and its next
-   statement fails, as Snowflake aborts a detached transaction (after hours there; seconds here).
+   statement fails, as Snowflake aborts a detached transaction once it has blocked another for 5 idle minutes
+   (docs/operations.md; 20 s here).
 
 7. Snowflake answers a statement that runs long (one waiting for a lock, say) with "query in progress" (code
    333333) and a result URL the connector polls; fakesnow's HTTP server holds the request until the statement
