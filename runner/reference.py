@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOC = REPO / "docs" / "configuration.md"
@@ -153,7 +153,10 @@ def docstring_args(doc: str | None) -> dict[str, str]:
 
 
 def _type_text(annotation: Any) -> str:
+    if getattr(annotation, "__origin__", None) is Literal:
+        return " | ".join(repr(v) for v in annotation.__args__)
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = re.sub(r"[\w.]*\.(DSN|ConnectionStringCredentials)\b", "DSN", text)
     return text.replace("typing.", "").replace("ConnectionStringCredentials", "DSN")
 
 
@@ -200,10 +203,12 @@ def attribute_docstrings(cls: type) -> dict[str, str]:
     return found
 
 
-def configspec_keys(cls: type, section: str) -> Iterator[ConfigKey]:
+def configspec_keys(cls: type, section: str, skip: frozenset[str] | set[str] = frozenset()) -> Iterator[ConfigKey]:
     docs = attribute_docstrings(cls)
     instance = cls()
     for name, hint in cls.get_resolvable_fields().items():  # type: ignore[attr-defined]
+        if name in skip:
+            continue
         key = f"{section}.{name}"
         yield ConfigKey(key, _type_text(hint), _default_text(getattr(instance, name)),
                         docs.get(name) or MEANINGS.get(key, ""), _env(key), _origin(cls))
@@ -301,7 +306,7 @@ def config_keys() -> list[ConfigKey]:
     from sources.postgres.limits import snapshot_workers
     from sources.postgres.settings import _source_settings
     from sources.postgres.transport import transport_settings
-    from sources.replication import replication_settings
+    from sources.replication import ReplicationSettings
 
     keys: dict[str, ConfigKey] = {}
     groups = [
@@ -310,8 +315,8 @@ def config_keys() -> list[ConfigKey]:
         function_keys(transport_settings, "sources.postgres"),
         function_keys(snapshot_workers, "sources.postgres.snapshot"),
         function_keys(snapshot_settings, "sources.postgres.snapshot"),
-        function_keys(replication_settings, "sources.postgres.replication",
-                      {"credentials", "schemas", "include", "exclude", "tables"}),
+        configspec_keys(ReplicationSettings, "sources.postgres.replication",
+                        {"credentials", "schemas", "include", "exclude", "tables"}),
         configspec_keys(RunnerSettings, "runner"),
         configspec_keys(MergeConfiguration, "merge"),
         vault_keys(),

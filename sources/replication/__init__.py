@@ -13,14 +13,14 @@ the snapshot source and only CDC settings live in `[sources.postgres.replication
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dlt
 import sqlalchemy as sa
-from dlt.common.configuration import with_config
-from dlt.common.configuration.specs import ConnectionStringCredentials
+from dlt.common.configuration import resolve_configuration
+from dlt.common.configuration.specs import BaseConfiguration, ConnectionStringCredentials, configspec
 from dlt.extract import DltResource
 
 from sources.postgres.errors import SourceConfigError
@@ -46,36 +46,60 @@ __all__ = ["SOURCE_NAME", "STATE_KEY", "ReplicationError", "ReplicationSettings"
            "state_resource", "table_hints"]
 
 
-@dataclass
-class ReplicationSettings:
-    """Resolved CDC configuration (see `replication_settings` for each key)."""
+@configspec
+class ReplicationSettings(BaseConfiguration):
+    """CDC configuration: `[sources.postgres.replication]`, each key falling back to `[sources.postgres]` (dlt walks
+    up the sections), so the DSN, `schemas`, `include`, `exclude` and per-table `tables` are the snapshot source's."""
 
-    credentials: ConnectionStringCredentials
-    schemas: list[str]
+    credentials: ConnectionStringCredentials = None
+    """Writer DSN (logical decoding runs on the writer only; Aurora readers cannot)."""
+    schemas: list[str] = None
     reader_credentials: ConnectionStringCredentials | None = None
-    include: list[str] = field(default_factory=lambda: ["*"])
-    exclude: list[str] = field(default_factory=list)
-    tables: dict[str, Any] = field(default_factory=dict)
+    """Optional reader DSN (Aurora reader endpoint): chunked copies read their chunks there, each once the reader
+    replayed past the chunk's low watermark."""
+    include: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    exclude: list[str] = dataclasses.field(default_factory=list)
+    tables: dict[str, Any] = dataclasses.field(default_factory=dict)
     slot_name: str | None = None
     publication_name: str | None = None
     delete_mode: DeleteMode = "hard"
+    """`hard` removes deleted rows (dlt `hard_delete` on `_deleted`); `soft` keeps them with `_deleted_at` set."""
     truncate_mode: Literal["apply", "fail"] = "apply"
+    """`apply` empties the destination table; `fail` stops before confirming it."""
     on_slot_lost: Literal["fail", "resnapshot"] = "fail"
+    """`fail` stops with an error when the slot is missing, invalidated or ahead of our state; `resnapshot`
+    recreates it and copies every table again."""
     max_batch_rows: int = 100_000
+    """A batch is loaded when `max_batch_rows`, `max_batch_bytes` or `max_batch_seconds` is reached."""
     max_batch_bytes: int = 32 << 20
-    max_batch_seconds: float | None = None  # None: LANDING_FLUSH_SECONDS or DIRECT_FLUSH_SECONDS
+    max_batch_seconds: float | None = None
+    """Also the follow-mode flush interval (default 2 s when landing, else 5 s)."""
     heartbeat_seconds: float = 60.0
+    """Follow mode writes a `pg_logical_emit_message` this often when idle, so the slot advances on a quiet database
+    of a busy cluster (0 disables)."""
     status_interval_seconds: float = 10.0
     idle_ack_bytes: int = 16 << 20
+    """When idle, confirm the slot position (a state-only load) once it lags this much."""
     retained_wal_warn_bytes: int = 1 << 30
+    """Slot lag (`pg_current_wal_lsn() - confirmed_flush_lsn`) that warns; `retained_wal_fail_bytes` fails the run
+    when still exceeded after it."""
     retained_wal_fail_bytes: int = 20 << 30
     auto_add_tables: bool = True
+    """Add newly configured/created tables to the publication and snapshot them alone."""
     new_table_check_seconds: float = 300.0
+    reread_check_seconds: float = 30.0
+    """Follow mode looks this often for keys to read again that the merge or `verify --repair` asked for (one LIST
+    of the landing area; `pipelines.cdc.rereads`)."""
     statement_timeout_ms: int = 6 * 3600 * 1000
     block_size_bytes: int = 4 << 20
     dead_letter_url: str = "dead_letter"
     merge_interval_seconds: float = 0.0
+    """0 loads every batch into the warehouse before confirming it (one failure domain); above 0, batches land in
+    the archive bucket and are confirmed there, and `aurora-sync merge` applies them to the warehouse at this
+    cadence (`pipelines.landing`, `pipelines.merge`)."""
     slot_create_timeout_seconds: float = 300.0
+    """Creating a slot waits for the transactions writing when it starts (naming them in the log every few
+    seconds); after this long it cancels its wait on the server and fails, leaving nothing behind."""
 
     @property
     def lands(self) -> bool:
@@ -126,83 +150,16 @@ class ReplicationSettings:
         positive("retained_wal_warn_bytes", 0)
         positive("retained_wal_fail_bytes", 0)
         positive("new_table_check_seconds", 1)
+        positive("reread_check_seconds", 1)
         positive("block_size_bytes", 1 << 16)
         positive("merge_interval_seconds", 0)
         positive("slot_create_timeout_seconds", 1)
         return self
 
 
-@with_config(sections=SECTIONS)
-def replication_settings(
-    credentials: ConnectionStringCredentials = dlt.secrets.value,
-    schemas: list[str] = dlt.config.value,
-    reader_credentials: ConnectionStringCredentials | None = None,
-    include: list[str] | None = None,
-    exclude: list[str] | None = None,
-    tables: dict[str, Any] | None = None,
-    slot_name: str | None = None,
-    publication_name: str | None = None,
-    delete_mode: str = "hard",
-    truncate_mode: str = "apply",
-    on_slot_lost: str = "fail",
-    max_batch_rows: int = 100_000,
-    max_batch_bytes: int = 32 << 20,
-    max_batch_seconds: float | None = None,
-    heartbeat_seconds: float = 60.0,
-    status_interval_seconds: float = 10.0,
-    idle_ack_bytes: int = 16 << 20,
-    retained_wal_warn_bytes: int = 1 << 30,
-    retained_wal_fail_bytes: int = 20 << 30,
-    auto_add_tables: bool = True,
-    new_table_check_seconds: float = 300.0,
-    statement_timeout_ms: int = 6 * 3600 * 1000,
-    block_size_bytes: int = 4 << 20,
-    dead_letter_url: str = "dead_letter",
-    merge_interval_seconds: float = 0.0,
-    slot_create_timeout_seconds: float = 300.0,
-) -> ReplicationSettings:
-    """Resolve CDC settings from dlt config (`sources.postgres.replication.*` then `sources.postgres.*`).
-
-    Args:
-        credentials: writer DSN (logical decoding runs on the writer only; Aurora readers cannot).
-        reader_credentials: optional reader DSN (Aurora reader endpoint): chunked copies read their chunks there,
-            each once the reader replayed past the chunk's low watermark.
-        slot_name / publication_name: default `aurora_sync_<pipeline>`.
-        delete_mode: `hard` removes deleted rows (dlt `hard_delete` on `_deleted`); `soft` keeps them with
-            `_deleted_at` set.
-        truncate_mode: `apply` empties the destination table; `fail` stops before confirming it.
-        on_slot_lost: `fail` stops with an error when the slot is missing, invalidated or ahead of our
-            state; `resnapshot` recreates it and copies every table again.
-        max_batch_rows / max_batch_bytes / max_batch_seconds: a batch is loaded when any is reached;
-            `max_batch_seconds` is also the follow-mode flush interval (default 2 s when landing, else 5 s).
-        heartbeat_seconds: follow mode writes a `pg_logical_emit_message` this often when idle, so the slot
-            advances on a quiet database of a busy cluster (0 disables).
-        idle_ack_bytes: when idle, confirm the slot position (a state-only load) once it lags this much.
-        retained_wal_warn_bytes / retained_wal_fail_bytes: slot lag (`pg_current_wal_lsn() -
-            confirmed_flush_lsn`) that warns, or fails the run when still exceeded after it.
-        auto_add_tables: add newly configured/created tables to the publication and snapshot them alone.
-        merge_interval_seconds: 0 loads every batch into the warehouse before confirming it (one failure domain);
-            above 0, batches land in the archive bucket and are confirmed there, and `aurora-sync merge` applies
-            them to the warehouse at this cadence (`pipelines.landing`, `pipelines.merge`).
-        slot_create_timeout_seconds: creating a slot waits for the transactions writing when it starts (naming them
-            in the log every few seconds); after this long it cancels its wait on the server and fails, leaving
-            nothing behind.
-    """
-    return ReplicationSettings(
-        credentials=credentials, schemas=schemas, reader_credentials=reader_credentials,
-        include=list(include or ["*"]), exclude=list(exclude or []),
-        tables=dict(tables or {}), slot_name=slot_name, publication_name=publication_name,
-        delete_mode=delete_mode,  # type: ignore[arg-type]
-        truncate_mode=truncate_mode,  # type: ignore[arg-type]
-        on_slot_lost=on_slot_lost,  # type: ignore[arg-type]
-        max_batch_rows=max_batch_rows, max_batch_bytes=max_batch_bytes, max_batch_seconds=max_batch_seconds,
-        heartbeat_seconds=heartbeat_seconds, status_interval_seconds=status_interval_seconds,
-        idle_ack_bytes=idle_ack_bytes, retained_wal_warn_bytes=retained_wal_warn_bytes,
-        retained_wal_fail_bytes=retained_wal_fail_bytes, auto_add_tables=auto_add_tables,
-        new_table_check_seconds=new_table_check_seconds, statement_timeout_ms=statement_timeout_ms,
-        block_size_bytes=block_size_bytes, dead_letter_url=dead_letter_url,
-        merge_interval_seconds=merge_interval_seconds, slot_create_timeout_seconds=slot_create_timeout_seconds,
-    ).validate()
+def replication_settings() -> ReplicationSettings:
+    """The CDC settings, resolved from dlt config and validated."""
+    return resolve_configuration(ReplicationSettings(), sections=SECTIONS).validate()
 
 
 def table_hints(columns: list[ColumnSpec], delete_mode: DeleteMode, merge: bool = True,
