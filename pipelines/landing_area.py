@@ -22,6 +22,7 @@ expired) before it was merged. The merge stops with `LandingGap` instead of skip
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from dlt.common.storages.configuration import FilesystemConfiguration
 from dlt.common.storages.fsspec_filesystem import fsspec_from_config
 
 from pipelines.destinations import MANIFEST_DIR, archive_table_path
-from pipelines.landing import OPS_TABLE, landing_dataset
-from sources.postgres.errors import SourceError
+from pipelines.landing import OPS_TABLE, landing_bucket_url, landing_dataset
+from sources.postgres.errors import SourceConfigError, SourceError
 from sources.replication import SOURCE_NAME
 
 INDEX_DIR = "_index"
@@ -112,6 +113,16 @@ class Reread:
     name: str
     table: str
     keys: list[list[str | None]]
+
+
+def rereads_area(pipeline: dlt.Pipeline) -> LandingArea | None:
+    """Where re-read requests go (`Reread`): the landing area, in direct mode too, whenever an archive bucket is
+    configured (always in production: Snowflake loads through it); None without one (local DuckDB)."""
+    try:
+        landing_bucket_url()
+    except SourceConfigError:
+        return None
+    return LandingArea(pipeline)
 
 
 class LandingArea:
@@ -217,13 +228,14 @@ class LandingArea:
                 yield pq.read_table(f)
 
     # -- re-reads: the merge asks, the follower reads ----------------------------------------------------
-    def request_reread(self, table: str, keys: list[list[str | None]]) -> None:
+    def request_reread(self, table: str, keys: list[list[str | None]]) -> str:
         """Written before the merge commits the tombstones: a crash in between leaves a request for keys it merges
         again next cycle, and reading a key again is always harmless (the read is newer than anything merged)."""
         name = f"{table}.{uuid.uuid4().hex}.json"
         self.fs.makedirs(f"{self.base}/{REREADS_DIR}", exist_ok=True)
         with self.fs.open(f"{self.base}/{REREADS_DIR}/{name}", "wb") as f:
             f.write(json.dumps({"table": table, "keys": keys, "requested_at": datetime.now(UTC).isoformat()}).encode())
+        return name
 
     def rereads(self) -> list[Reread]:
         found = []
@@ -240,6 +252,16 @@ class LandingArea:
         path = f"{self.base}/{REREADS_DIR}/{reread.name}"
         if self.fs.exists(path):
             self.fs.rm(path)
+
+    def wait_for_rereads(self, names: set[str], timeout_s: float, every_s: float = 2.0) -> set[str]:
+        """Wait until the follower has landed what these requests asked for (it deletes each then); the names
+        still waiting when `timeout_s` ran out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            waiting = names & {r.name for r in self.rereads()}
+            if not waiting or time.monotonic() >= deadline:
+                return waiting
+            time.sleep(every_s)
 
     # -- the idle marker -------------------------------------------------------------------------------
     def _marker(self) -> dict[str, Any]:

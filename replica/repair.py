@@ -6,11 +6,15 @@
   (an extra row, a delete the cursor cannot see) are deleted. Only those ranges are read.
 - **Every other table** (no key, a composite or non-integer key, drift not narrowed to ranges, a missing column):
   the whole table is copied again (`run --mode snapshot --tables`, what `resync` does), and the report says why.
-- **CDC pipelines** are not repaired here: their rows carry stream positions that only the follower's watermarked
-  copies may write. The report names the command that re-copies a table under the stream's watermarks.
+- **CDC pipelines** are not written here: their rows carry stream positions that only the follower's watermarked
+  reads may write. The drifting ranges' keys (the source's and the destination's) are asked of the follower through
+  the landing area (`pipelines.cdc.rereads`); it reads them under its watermarks, and a key the source no longer
+  has ends deleted. Integer-keyed tables only; for the others the report names the command that copies the table
+  again under the stream's watermarks. Needs the archive bucket (always there in production).
 
-The caller holds the pipeline's run lock, so no scheduled run interleaves; rows the application changes during the
-repair are the next run's, as always. The caller verifies the repaired tables again.
+For the other pipelines the caller holds the run lock, so no scheduled run interleaves; rows the application
+changes during the repair are the next run's, as always. The caller verifies the repaired tables again (for a CDC
+pipeline once the follower has read them).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any, Literal
 
 import dlt
 
+from pipelines.landing import landing_pipeline
+from pipelines.landing_area import LandingArea, rereads_area
 from replica.verify import TableReport, VerifyReport
 from sources.postgres import MERGE, postgres_replica
 from sources.postgres.chunking import Chunk
@@ -27,26 +33,34 @@ from sources.postgres.session import make_engine
 from sources.postgres.settings import load_source_settings
 from sources.replication import SOURCE_NAME as CDC_SOURCE
 from sources.replication import STATE_KEY as CDC_STATE
+from sources.replication import replication_settings
 
 
 @dataclass
 class TableRepair:
     table: str
-    action: Literal["ranges", "table", "skipped"]
+    action: Literal["ranges", "table", "requested", "skipped"]
     reason: str = ""
     ranges: list[list[Any]] = field(default_factory=list)  # [lo, hi] of each range read again
     rows_read: int = 0
     rows_deleted: int = 0
+    keys_requested: int = 0  # CDC: keys asked of the follower
+    request: str = ""  # CDC: the request's name in the landing area, deleted once the follower has read it
 
     def as_json(self) -> dict[str, Any]:
         return {"table": self.table, "action": self.action, "reason": self.reason, "ranges": self.ranges,
-                "rows_read": self.rows_read, "rows_deleted": self.rows_deleted}
+                "rows_read": self.rows_read, "rows_deleted": self.rows_deleted,
+                **({"keys_requested": self.keys_requested} if self.action == "requested" else {})}
 
 
 def follows_the_wal(pipeline: dlt.Pipeline) -> bool:
-    """The pipeline is loaded by CDC (a slot in its state, as the warehouse holds it)."""
-    pipeline.sync_destination()
-    return bool(pipeline.state.get("sources", {}).get(CDC_SOURCE, {}).get(CDC_STATE, {}).get("slot"))
+    """The pipeline is loaded by CDC: a slot in its CDC state, as the warehouse holds it (direct) or the landing area
+    (when batches land: `merge_interval_seconds` > 0)."""
+    def has_slot(p: dlt.Pipeline) -> bool:
+        p.sync_destination()
+        return bool(p.state.get("sources", {}).get(CDC_SOURCE, {}).get(CDC_STATE, {}).get("slot"))
+
+    return has_slot(pipeline) or (replication_settings().lands and has_slot(landing_pipeline(pipeline)))
 
 
 def _why_whole(t: TableReport, key: list[str], max_ranges: int) -> str | None:
@@ -67,10 +81,11 @@ def repair(pipeline: dlt.Pipeline, module: Any, report: VerifyReport, *, max_ran
     drifting = [t for t in report.tables if t.status == "drift"]
     if not drifting:
         return []
-    if follows_the_wal(pipeline):
-        return [TableRepair(t.table, "skipped", f"a CDC pipeline: stop the follower, then `aurora-sync run "
-                                                f"--pipeline {pipeline.pipeline_name} --mode cdc --tables {t.table}` "
-                                                "copies it again under the stream's watermarks") for t in drifting]
+    cdc = follows_the_wal(pipeline)
+    area = rereads_area(pipeline) if cdc else None
+    if cdc and area is None:
+        return [_recopy(pipeline, t.table, "no archive bucket is configured to ask the follower through")
+                for t in drifting]
     settings = load_source_settings(pipeline.pipeline_name)
     engine = make_engine(settings.credentials, 300_000)
     try:
@@ -79,6 +94,9 @@ def repair(pipeline: dlt.Pipeline, module: Any, report: VerifyReport, *, max_ran
         for t in drifting:
             spec = specs[t.table]
             why = _why_whole(t, list(spec.primary_key), max_ranges)
+            if area is not None:
+                done.append(_recopy(pipeline, t.table, why) if why else _request(pipeline, area, engine, spec, t))
+                continue
             if why is not None:
                 result = module.run(mode="snapshot", tables=[t.table], dead_letter_url=dead_letter_url,
                                     pipeline=pipeline)
@@ -89,6 +107,42 @@ def repair(pipeline: dlt.Pipeline, module: Any, report: VerifyReport, *, max_ran
         return done
     finally:
         engine.dispose()
+
+
+def _recopy(pipeline: dlt.Pipeline, table: str, why: str) -> TableRepair:
+    return TableRepair(table, "skipped", f"a CDC pipeline ({why}): stop the follower, then `aurora-sync run "
+                                         f"--pipeline {pipeline.pipeline_name} --mode cdc --tables {table}` copies it "
+                                         "again under the stream's watermarks")
+
+
+def _range_keys(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport) -> tuple[list[Chunk], list[Any]]:
+    """The drifting ranges as chunks, and every key either side holds in them (sorted)."""
+    key = spec.primary_key[0]
+    bounds = [(r.range.lo, r.range.hi) for r in t.ranges]
+    chunks = [Chunk(spec.qualified, index, "key", key, lo, hi) for index, (lo, hi) in enumerate(bounds)]
+    quoted = '"' + key.replace('"', '""') + '"'
+    table = f'"{spec.schema}"."{spec.name}"'.replace("%", "%%")  # psycopg2 interpolates the text
+    keys: set[Any] = set()
+    with pipeline.sql_client() as client:
+        target = client.make_qualified_table_name(t.destination_table)
+        column = client.escape_column_name(pipeline.default_schema.naming.normalize_identifier(key))
+        for chunk, (lo, hi) in zip(chunks, bounds, strict=True):
+            where_src, params = chunk.predicate()  # the range exactly as a re-read selects it
+            with engine.connect() as conn:
+                keys |= {row[0] for row in conn.exec_driver_sql(
+                    f"SELECT {quoted} FROM {table} WHERE {where_src}", tuple(params))}
+            where_dst, dst_params = _between(column, lo, hi)
+            keys |= {row[0] for row in client.execute_sql(f"SELECT {column} FROM {target} WHERE {where_dst}",
+                                                          *dst_params) or []}
+    return chunks, sorted(keys)
+
+
+def _request(pipeline: dlt.Pipeline, area: LandingArea, engine: Any, spec: Any, t: TableReport) -> TableRepair:
+    """A CDC table's drifting ranges: their keys are asked of the follower (see the module docstring)."""
+    chunks, keys = _range_keys(pipeline, engine, spec, t)
+    name = area.request_reread(spec.resource_name, [[str(k)] for k in keys])
+    return TableRepair(t.table, "requested", f"the follower reads {len(keys)} key(s) again under its watermarks",
+                       [[c.lo, c.hi] for c in chunks], keys_requested=len(keys), request=name)
 
 
 def _repair_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport,

@@ -60,7 +60,7 @@ from sources.replication.walstream import WalStream
 
 from . import copies, health, tables
 from .context import Cdc
-from .rereads import REREAD_CHECK_SECONDS, Rereads
+from .rereads import Rereads
 from .summary import LANDING_LAGS_KEPT, CdcSummary, event
 
 # fault-test hook (the project's failpoint convention): AURORA_SYNC_FAILPOINT=after_load_before_ack kills the process
@@ -257,7 +257,7 @@ def _events(cdc: Cdc, wal: WalStream, stream: ChangeStream, running: copies.Copi
         if follow and time.monotonic() - last_table_check >= settings.new_table_check_seconds:
             last_table_check = time.monotonic()
             tables.follow_new_tables(cdc, wal, stream, running)
-        if follow and time.monotonic() - last_reread_check >= REREAD_CHECK_SECONDS:
+        if follow and time.monotonic() - last_reread_check >= settings.reread_check_seconds:
             last_reread_check = time.monotonic()
             with wal.kept_alive():
                 rereads.take()

@@ -1,11 +1,13 @@
-"""Landing mode: keys the merge wrote as tombstones are read again here, by the follower, where the source is.
+"""Keys read again on request, by the follower, where the source is (`LandingArea.request_reread`).
 
-The merge applies landed changes far from the source. A version whose unchanged TOAST value it finds nowhere (the
-key moved from a row that is not in the warehouse yet) is written as a tombstone, and the merge leaves a request in
-the landing area (`LandingArea.request_reread`). The follower reads those keys as a repair chunk (`Copies.repair`):
-the chunk lands at its high watermark, so the next merge lets it win over the tombstone. A request is deleted only
-once its chunk landed; a follower killed before that leaves it to the next one, and a key read twice is harmless.
-The direct sink needs none of this: it reads its own tombstoned keys again (`driver`, REPAIRS_KEY).
+Two processes ask. The merge (landing mode) applies landed changes far from the source: a version whose unchanged
+TOAST value it finds nowhere (the key moved from a row that is not in the warehouse yet) is written as a tombstone,
+and the merge asks for the key. `verify --repair` asks for the keys of a drifting range (direct or landing mode).
+The follower, at its start and every `reread_check_seconds` while it follows, reads the keys as a repair chunk
+(`Copies.repair`): the chunk lands at its high watermark, after the tombstone or the drift, and wins; a key the
+source no longer has ends deleted. A request is deleted only once its chunk landed: a follower killed before that
+leaves it to the next one, and a key read twice is harmless. (The direct follower reads the keys it tombstones
+itself without a request: `driver`, REPAIRS_KEY.)
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from sources.replication.stream import ChangeStream
 from .context import Cdc
 from .copies import Copies
 from .summary import event
-
-REREAD_CHECK_SECONDS = 30.0  # a following follower looks for requests this often (one LIST of the landing area)
 
 
 class Rereads:
@@ -59,4 +59,4 @@ class Rereads:
                 del self.asked[name]
 
 
-__all__ = ["REREAD_CHECK_SECONDS", "Rereads"]
+__all__ = ["Rereads"]

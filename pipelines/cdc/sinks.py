@@ -20,7 +20,7 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 from pipelines import apply, landing
 from pipelines.fence import fenced_pipeline, take_over
 from pipelines.isolation import TableLoadFailed, culprit, describe, is_about_no_table
-from pipelines.landing_area import IndexEntry, LandingArea, Reread
+from pipelines.landing_area import IndexEntry, LandingArea, Reread, rereads_area
 from pipelines.ops import Op
 from sources.replication import SOURCE_NAME, STATE_KEY, ReplicationSettings, replication_settings, state_resource
 from sources.replication.lsn import format_lsn
@@ -93,7 +93,7 @@ class Sink:
         raise NotImplementedError
 
     def rereads(self) -> list[Reread]:
-        """Keys another process wrote as tombstones and asks to be read again (the direct sink reads its own)."""
+        """Keys another process asks to be read again: the merge (tombstoned versions) or `verify --repair`."""
         return []
 
     def reread_done(self, reread: Reread) -> None:
@@ -112,6 +112,14 @@ class DirectSink(Sink):
         self.applier = apply.Applier(self.pipeline, SOURCE_NAME, cdc_apply,  # type: ignore[arg-type]
                                      lambda: cdc_state(self.pipeline))
         self._holding = False
+        self._requests = rereads_area(pipeline)  # `verify --repair` asks here for keys to read again
+
+    def rereads(self) -> list[Reread]:
+        return self._requests.rereads() if self._requests is not None else []
+
+    def reread_done(self, reread: Reread) -> None:
+        if self._requests is not None:
+            self._requests.reread_done(reread)
 
     def _take_over(self) -> None:
         """Before this task's first write: from now on, any earlier holder's commits fail (`fence`)."""

@@ -8,6 +8,7 @@ to stdout, so `--json` output can be piped as is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -17,7 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from replica.repair import TableRepair, repair
+from pipelines.landing_area import rereads_area
+from replica.repair import TableRepair, follows_the_wal, repair
 from replica.verify import TableReport, VerifyOptions, VerifyReport, verify
 from sources.postgres.chunking import snapshot_settings
 
@@ -73,8 +75,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--repair", action="store_true",
                         help="re-read the drifting key ranges from the source and merge them (delete rows the source "
                              "no longer has), under the run lock; a table without one integer key is copied again "
-                             "whole; then verify those tables again (the exit code is theirs; CDC pipelines: see "
-                             "the report)")
+                             "whole; CDC pipelines: the follower is asked to read the ranges' keys again; then "
+                             "verify those tables again (the exit code is theirs)")
+    parser.add_argument("--repair-wait-seconds", type=seconds, default=300.0, metavar="S",
+                        help="with --repair on a CDC pipeline: wait up to S seconds for the follower to read the keys "
+                             "again before verifying them (default 300; it looks every 30 s)")
     parser.add_argument("--rotation", type=positive_int, default=defaults.rotation, metavar="N",
                         help="with --checksum: compare the checksums of 1/N of each table's chunks (row counts: "
                              "all), a different slice each day, so N daily runs make a full pass (default 1: all)")
@@ -138,16 +143,31 @@ def emit_metrics(pipeline: str, report: VerifyReport, namespace: str) -> None:
 
 def repaired(args: argparse.Namespace, module: Any, pipeline: Any, report: VerifyReport, options: VerifyOptions,
              logged: Any) -> tuple[VerifyReport, list[TableRepair]]:
-    """`--repair`: repair the drifting tables under the run lock, then verify them again; the report after."""
-    with pipeline_lock(source_dsn(), args.pipeline):
+    """`--repair`: repair the drifting tables, then verify them again; the report after. Under the run lock, except
+    for a CDC pipeline, whose follower holds it and reads the keys itself: its requests are waited for instead."""
+    cdc = follows_the_wal(pipeline)
+    with contextlib.nullcontext() if cdc else pipeline_lock(source_dsn(), args.pipeline):
         repairs = repair(pipeline, module, report, max_ranges=args.max_ranges,
                          dead_letter_url=load_settings().dead_letter_url)
+    requested = {r.request: r for r in repairs if r.action == "requested"}
+    area = rereads_area(pipeline) if requested else None
+    if area is not None:
+        logs.event("waiting for the follower to read the keys again", phase="verify",
+                   tables=[r.table for r in requested.values()], timeout_s=args.repair_wait_seconds)
+        for name in area.wait_for_rereads(set(requested), args.repair_wait_seconds):
+            r = requested[name]
+            r.action = "skipped"
+            r.reason += (f"; the follower has not read them within {args.repair_wait_seconds:g} s (is it running?): "
+                         "the request stays, the follower reads it when it runs, and the next verify shows it")
     for r in repairs:
         logs.event("table repaired", phase="verify", **r.as_json())
     fixed = [r.table for r in repairs if r.action != "skipped"]
     if not fixed:
         return report, repairs
-    again = verify(pipeline, fixed, dataclasses.replace(options, settle_seconds=0), on_table=logged)
+    # a CDC repair is in the warehouse once the follower loaded it (direct) or a merge applied it (landing):
+    # --settle-seconds covers that merge
+    again = verify(pipeline, fixed, dataclasses.replace(options, settle_seconds=options.settle_seconds if cdc else 0),
+                   on_table=logged)
     after = {t.table: t for t in again.tables}
     return VerifyReport(report.pipeline, report.dataset, report.checksum,
                         [after.get(t.table, t) for t in report.tables]), repairs
