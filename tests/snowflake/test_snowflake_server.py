@@ -168,7 +168,7 @@ def test_the_stand_in_answers_a_long_statement_in_progress_as_snowflake_does(s3:
                 impatient.cursor().execute("UPDATE waits.public.fence SET v = v * 10 WHERE id = 1")
                 impatient.commit()
                 impatient.autocommit(True)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            except BaseException as exc:  # reported by the assertion below
                 errors.append(exc)
 
         thread = threading.Thread(target=waiter)
