@@ -15,6 +15,7 @@ from rich.table import Table
 
 from pipelines.cdc.health import unfinished_setup
 from pipelines.isolation import FAILED_TABLES_KEY
+from pipelines.landing_area import rereads_area
 from sources.replication.lsn import format_lsn
 from sources.replication.slot import connect, object_name, slot_health
 
@@ -125,7 +126,15 @@ def collect(pipeline_name: str) -> dict[str, Any]:
         "positions": cursors(state),
         "replication_slot": slot(pipeline_name, state),
         "last_verify": last_verify(verifies[0]) if verifies else None,
+        "rereads_waiting": rereads_waiting(pipeline),
     }
+
+
+def rereads_waiting(pipeline: dlt.Pipeline) -> list[dict[str, Any]]:
+    """Keys the merge or `verify --repair` asked the follower to read again, not read yet (`pipelines.cdc.rereads`):
+    one that stays means no follower is running to read it."""
+    area = rereads_area(pipeline)
+    return [{"table": r.table, "keys": len(r.keys), "request": r.name} for r in area.rereads()] if area else []
 
 
 def last_verify(run: dict[str, Any]) -> dict[str, Any]:
@@ -183,6 +192,9 @@ def main(args: argparse.Namespace) -> ExitCode:
                            str(result.get("drift_ranges")), str(result.get("source_rows")),
                            str(result.get("destination_rows")))
         console.print(checks)
+    for waiting in status["rereads_waiting"]:
+        console.print(f"[bold yellow]keys to read again[/bold yellow] {waiting['table']}: {waiting['keys']} key(s), "
+                      "waiting for the follower (`run --mode cdc` reads them)")
     pkgs = status["packages"]
     console.print(f"Pending load packages: {len(pkgs['pending'])} {pkgs['pending'] or ''}")
     console.print(f"Packages with failed jobs: {len(pkgs['failed_jobs'])} {pkgs['failed_jobs'] or ''}")

@@ -69,6 +69,8 @@ def test_direct_cdc_repair_is_read_by_the_next_follower_run(env: dict[str, str],
     [repair] = report["repairs"]
     assert repair["table"] == "shop.orders" and repair["action"] == "skipped", repair
     assert "the follower reads it when it runs" in repair["reason"]
+    status = json.loads(cli(env, "status", "--json").stdout)
+    assert [(w["table"], w["keys"] >= 3) for w in status["rereads_waiting"]] == [("shop__orders", True)]
     execute(env["SOURCES__POSTGRES__CREDENTIALS"], "UPDATE shop.orders SET n = n + 1 WHERE id = 260")
     fresh = {**env, "DLT_DATA_DIR": str(tmp_path / "replacement-task")}
     drained = cli(fresh, "run", "--mode", "cdc")
@@ -76,6 +78,7 @@ def test_direct_cdc_repair_is_read_by_the_next_follower_run(env: dict[str, str],
     assert "keys to read again" in drained.stderr
     code, report = verify(env)
     assert code == ExitCode.SUCCESS, report["tables"]
+    assert json.loads(cli(env, "status", "--json").stdout)["rereads_waiting"] == []
 
 
 def test_landing_cdc_repair_while_the_follower_and_the_application_run(env: dict[str, str],
