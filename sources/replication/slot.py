@@ -257,9 +257,14 @@ def ensure_publication(conn: Any, name: str, tables: list[TableSpec], drop_extra
             sql.SQL(" WITH (publish_via_partition_root = true)") if via_root else sql.SQL(""))
         try:
             query(conn, statement)
+            return [t.qualified for t in tables], []
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
+            # created meanwhile by another session: typically the backend of a task killed a moment ago, which
+            # finished its CREATE after our check (race soak, land-merge seed 633); carry on as with an existing one
+            if not publication_exists(conn, name):
+                raise
         except psycopg2.Error as exc:
             raise _publication_failure(exc, statement.as_string(conn)) from None
-        return [t.qualified for t in tables], []
     partitioned = via_root and tables and query(conn, """
         SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY(%s)""", ([t.qualified for t in tables],))[0][0]
@@ -279,6 +284,9 @@ def ensure_publication(conn: Any, name: str, tables: list[TableSpec], drop_extra
             sql.Identifier(name), sql.SQL(", ").join(qualified_identifier(wanted[q]) for q in added))
         try:
             query(conn, statement)
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateObject):
+            if any(q not in publication_tables(conn, name) for q in added):  # some added meanwhile, as above
+                return ensure_publication(conn, name, tables, drop_extra)
         except psycopg2.Error as exc:
             raise _publication_failure(exc, statement.as_string(conn)) from None
     if removed:

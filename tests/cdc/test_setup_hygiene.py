@@ -123,3 +123,42 @@ def test_a_setup_killed_after_creating_the_slot_is_named_by_status_and_doctor_an
                                 "AND table_schema NOT LIKE '%staging%'").fetchall()
         copied = duck.sql(f"SELECT id, v FROM {schema}.app__t ORDER BY id").fetchall()
     assert copied == cdc.source("SELECT id, v FROM app.t ORDER BY id")
+
+
+def test_a_publication_created_meanwhile_by_a_killed_tasks_backend_is_taken_as_it_is(cdc: Harness) -> None:
+    """Race soak, land-merge seed 633: a setup killed inside CREATE PUBLICATION leaves its backend finishing it; the
+    replacement's setup saw no publication, created it too, and failed on the unique name (exit 2, telling an
+    administrator to create what already existed). Made deterministic: another session holds the same CREATE
+    uncommitted while `ensure_publication` runs, then commits."""
+    import threading
+
+    from sources.postgres.catalog import discover_tables
+    from sources.postgres.session import make_engine
+    from sources.replication.slot import connect, ensure_publication, publication_tables
+
+    cdc.sql("CREATE TABLE app.a (id int PRIMARY KEY)", "CREATE TABLE app.b (id int PRIMARY KEY)")
+    engine = make_engine(cdc.dsn, 60_000)
+    try:
+        specs = [s for s in discover_tables(engine, ["app"], ["*"], [], "updated_at", {}) if s.name in ("a", "b")]
+    finally:
+        engine.dispose()
+    other = psycopg2.connect(cdc.dsn)  # the dead task's backend, mid-CREATE: its name is taken, not yet committed
+    other.cursor().execute('CREATE PUBLICATION "raced" FOR TABLE app.a')
+    conn = connect(cdc.dsn, read_only=False)
+    outcome: list[object] = []
+
+    def replacement() -> None:
+        try:
+            outcome.append(ensure_publication(conn, "raced", specs))
+        except Exception as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=replacement)
+    thread.start()
+    time.sleep(1.0)  # the replacement's CREATE waits on the name the other transaction holds
+    other.commit()
+    other.close()
+    thread.join(30)
+    assert outcome and not isinstance(outcome[0], Exception), outcome
+    assert publication_tables(conn, "raced") == {"app.a", "app.b"}
+    conn.close()
