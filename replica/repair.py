@@ -115,31 +115,39 @@ def _recopy(pipeline: dlt.Pipeline, table: str, why: str) -> TableRepair:
                                          "again under the stream's watermarks")
 
 
-def _range_keys(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport) -> tuple[list[Chunk], list[Any]]:
-    """The drifting ranges as chunks, and every key either side holds in them (sorted)."""
+def _chunks(spec: Any, t: TableReport) -> list[Chunk]:
+    """The drifting ranges as chunks of the table's one integer key."""
+    return [Chunk(spec.qualified, index, "key", spec.primary_key[0], r.range.lo, r.range.hi)
+            for index, r in enumerate(t.ranges)]
+
+
+def _keys_in_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport,
+                    chunks: list[Chunk]) -> list[tuple[set[Any], list[Any]]]:
+    """Per range: the keys the source holds (exactly as a re-read of the chunk selects them), and the destination's."""
     key = spec.primary_key[0]
-    bounds = [(r.range.lo, r.range.hi) for r in t.ranges]
-    chunks = [Chunk(spec.qualified, index, "key", key, lo, hi) for index, (lo, hi) in enumerate(bounds)]
     quoted = '"' + key.replace('"', '""') + '"'
     table = f'"{spec.schema}"."{spec.name}"'.replace("%", "%%")  # psycopg2 interpolates the text
-    keys: set[Any] = set()
+    found = []
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(t.destination_table)
         column = client.escape_column_name(pipeline.default_schema.naming.normalize_identifier(key))
-        for chunk, (lo, hi) in zip(chunks, bounds, strict=True):
-            where_src, params = chunk.predicate()  # the range exactly as a re-read selects it
+        for chunk in chunks:
+            where_src, params = chunk.predicate()
             with engine.connect() as conn:
-                keys |= {row[0] for row in conn.exec_driver_sql(
+                present = {row[0] for row in conn.exec_driver_sql(
                     f"SELECT {quoted} FROM {table} WHERE {where_src}", tuple(params))}
-            where_dst, dst_params = _between(column, lo, hi)
-            keys |= {row[0] for row in client.execute_sql(f"SELECT {column} FROM {target} WHERE {where_dst}",
-                                                          *dst_params) or []}
-    return chunks, sorted(keys)
+            where_dst, params = _between(column, chunk.lo, chunk.hi)
+            held = [row[0] for row in client.execute_sql(f"SELECT {column} FROM {target} WHERE {where_dst}",
+                                                         *params) or []]
+            found.append((present, held))
+    return found
 
 
 def _request(pipeline: dlt.Pipeline, area: LandingArea, engine: Any, spec: Any, t: TableReport) -> TableRepair:
     """A CDC table's drifting ranges: their keys are asked of the follower (see the module docstring)."""
-    chunks, keys = _range_keys(pipeline, engine, spec, t)
+    chunks = _chunks(spec, t)
+    ranges = _keys_in_ranges(pipeline, engine, spec, t, chunks)
+    keys = sorted({k for present, held in ranges for k in (*present, *held)})
     name = area.request_reread(spec.resource_name, [[str(k)] for k in keys])
     return TableRepair(t.table, "requested", f"the follower reads {len(keys)} key(s) again under its watermarks",
                        [[c.lo, c.hi] for c in chunks], keys_requested=len(keys), request=name)
@@ -147,9 +155,7 @@ def _request(pipeline: dlt.Pipeline, area: LandingArea, engine: Any, spec: Any, 
 
 def _repair_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport,
                    dead_letter_url: str | None) -> TableRepair:
-    key = spec.primary_key[0]
-    bounds = [(r.range.lo, r.range.hi) for r in t.ranges]
-    chunks = [Chunk(spec.qualified, index, "key", key, lo, hi) for index, (lo, hi) in enumerate(bounds)]
+    chunks = _chunks(spec, t)
     source = postgres_replica(only_tables=[spec.qualified], chunks={spec.resource_name: chunks},
                               chunk_disposition=MERGE, dead_letter_url=dead_letter_url)  # type: ignore[arg-type]
     info = pipeline.run(source)
@@ -157,27 +163,15 @@ def _repair_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableRepor
     read = sum(n for name, n in (pipeline.last_trace.last_normalize_info.row_counts.items()
                                  if pipeline.last_trace and pipeline.last_trace.last_normalize_info else [])
                if name == spec.resource_name)
-    deleted = 0
-    quoted = '"' + key.replace('"', '""') + '"'
-    table = f'"{spec.schema}"."{spec.name}"'.replace("%", "%%")  # psycopg2 interpolates the text
+    gone = [k for present, held in _keys_in_ranges(pipeline, engine, spec, t, chunks) for k in held
+            if k not in present]
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(t.destination_table)
-        column = client.escape_column_name(pipeline.default_schema.naming.normalize_identifier(key))
-        for chunk, (lo, hi) in zip(chunks, bounds, strict=True):
-            where_src, params = chunk.predicate()  # the range exactly as the re-read selected it
-            with engine.connect() as conn:
-                present = {row[0] for row in conn.exec_driver_sql(
-                    f"SELECT {quoted} FROM {table} WHERE {where_src}", tuple(params))}
-            where_dst, params = _between(column, lo, hi)
-            held = [row[0] for row in client.execute_sql(f"SELECT {column} FROM {target} WHERE {where_dst}",
-                                                         *params) or []]
-            gone = [k for k in held if k not in present]
-            for start in range(0, len(gone), 1000):
-                part = gone[start:start + 1000]
-                client.execute_sql(f"DELETE FROM {target} WHERE {column} IN ({', '.join(['%s'] * len(part))})",
-                                   *part)
-            deleted += len(gone)
-    return TableRepair(t.table, "ranges", "", [[lo, hi] for lo, hi in bounds], read, deleted)
+        column = client.escape_column_name(pipeline.default_schema.naming.normalize_identifier(spec.primary_key[0]))
+        for start in range(0, len(gone), 1000):
+            part = gone[start:start + 1000]
+            client.execute_sql(f"DELETE FROM {target} WHERE {column} IN ({', '.join(['%s'] * len(part))})", *part)
+    return TableRepair(t.table, "ranges", "", [[c.lo, c.hi] for c in chunks], read, len(gone))
 
 
 def _between(column: str, lo: Any, hi: Any) -> tuple[str, list[Any]]:

@@ -32,6 +32,15 @@ def same(cdc: Harness, table: str, columns: str, key: str = "id") -> None:
     assert cdc.dest_table(f"app__{table}", columns, key) == [tuple(r) for r in source]
 
 
+def docs_set_up_and_merged(cdc: Harness, rows: int) -> None:
+    """`app.docs` with a TOASTed `body` (out of line, uncompressed), copied by `setup` and merged."""
+    cdc.sql("CREATE TABLE app.docs (id int PRIMARY KEY, body text, status text)",
+            "ALTER TABLE app.docs ALTER COLUMN body SET STORAGE EXTERNAL",
+            f"INSERT INTO app.docs SELECT g, repeat(md5(g::text), 200), 'new' FROM generate_series(1, {rows}) g")
+    cdc.setup()
+    merge(cdc)
+
+
 def test_changes_land_first_and_merge_later_exactly(landed: Harness) -> None:
     cdc = landed
     cdc.sql("CREATE TABLE app.items (id int PRIMARY KEY, name text, qty int, note text)",
@@ -71,11 +80,7 @@ def test_changes_land_first_and_merge_later_exactly(landed: Harness) -> None:
 
 def test_unchanged_toast_values_come_from_earlier_batches_or_the_warehouse(landed: Harness) -> None:
     cdc = landed
-    cdc.sql("CREATE TABLE app.docs (id int PRIMARY KEY, body text, status text)",
-            "ALTER TABLE app.docs ALTER COLUMN body SET STORAGE EXTERNAL",  # out of line, uncompressed: TOASTed
-            "INSERT INTO app.docs SELECT g, repeat(md5(g::text), 200), 'new' FROM generate_series(1, 20) g")
-    cdc.setup()
-    merge(cdc)
+    docs_set_up_and_merged(cdc, rows=20)
     # body unchanged in each update: pgoutput sends it as "unchanged TOAST"; some keys get a new body first
     cdc.sql("UPDATE app.docs SET status = 'a' WHERE id <= 10",
             "UPDATE app.docs SET body = repeat('x', 5000) || id WHERE id IN (3, 4)",
@@ -166,11 +171,7 @@ def test_a_version_known_nowhere_is_read_again_by_a_follower_on_an_empty_disk(la
     from pipelines.landing_area import LandingArea
 
     cdc = landed
-    cdc.sql("CREATE TABLE app.docs (id int PRIMARY KEY, body text, status text)",
-            "ALTER TABLE app.docs ALTER COLUMN body SET STORAGE EXTERNAL",  # out of line, uncompressed: TOASTed
-            "INSERT INTO app.docs SELECT g, repeat(md5(g::text), 200), 'new' FROM generate_series(1, 6) g")
-    cdc.setup()
-    merge(cdc)
+    docs_set_up_and_merged(cdc, rows=6)
     with duckdb.connect(cdc.duck) as conn:
         conn.execute(f"DELETE FROM {DATASET}.app__docs WHERE id IN (2, 5)")
     cdc.sql("UPDATE app.docs SET status = 'changed' WHERE id IN (2, 3, 5)")  # body unchanged: not in the WAL
