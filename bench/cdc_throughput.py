@@ -14,6 +14,10 @@ Target (issue 3): the 1M-row transaction syncs with bounded memory (batches of `
 With `--land` the drains land their batches in a bucket folder (`merge_interval_seconds` > 0) and confirm them
 there; after each drain a `merge` (own process) applies what landed to DuckDB, timed and measured the same way.
 Target (issue 12): landing >= 50k changes/s; RSS bounded by the batch size.
+
+Each line also gives the drain's CPU seconds (user + system of its process): on a shared machine wall time varies
+with the load, CPU time much less. `BENCH_PROFILE=<prefix>` writes a cProfile of each measured child to
+`<prefix>.<mode>.<pid>.prof`.
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ def child(mode: str) -> None:
 
     pipeline = dlt.pipeline(pipeline_name=PIPELINE, destination="duckdb", dataset_name="bench_mirror",
                             pipelines_dir=os.environ["BENCH_PIPELINES_DIR"], progress=None)
+    profile = os.environ.get("BENCH_PROFILE")
+    profiler = None
+    if profile and mode != "setup":
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     started = time.monotonic()
     if mode == "setup":
         report = setup(pipeline)
@@ -66,6 +77,11 @@ def child(mode: str) -> None:
         summary = run_cdc(pipeline)
         result = {"changes": summary.total_changes, "batches": summary.batches}
     result["seconds"] = round(time.monotonic() - started, 2)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{profile}.{mode}.{os.getpid()}.prof")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 2)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
 
@@ -108,7 +124,8 @@ def main() -> None:
         execute(dsn, "INSERT INTO bench.orders SELECT g, 1, 'new', 1, 'x', NULL, now(), now() "
                      "FROM generate_series(20000001, 20000010) g")
         baseline = run_child("drain", env)
-        print(f"baseline (10 changes): {baseline['seconds']} s, peak RSS {baseline['peak_rss_mb']} MB")
+        print(f"baseline (10 changes): {baseline['seconds']} s, peak RSS {baseline['peak_rss_mb']} MB, "
+              f"CPU {baseline['cpu_seconds']} s")
 
         inserts = args.changes // 2
         step = args.transaction_size
@@ -126,7 +143,7 @@ def main() -> None:
         verb = "landed" if args.land else "loaded"
         print(f"small transactions {verb}: {small['changes']} changes in {small['seconds']} s = "
               f"{small['changes'] / small['seconds']:,.0f} changes/s, {small['batches']} batches, "
-              f"peak RSS {small['peak_rss_mb']} MB")
+              f"peak RSS {small['peak_rss_mb']} MB, {cpu(small)}")
         if args.land:
             report_merge(run_child("merge", env))
 
@@ -135,7 +152,7 @@ def main() -> None:
         big = run_child("drain", env)
         print(f"one {args.big_transaction:,}-row transaction {verb}: {big['seconds']} s = "
               f"{big['changes'] / big['seconds']:,.0f} changes/s, {big['batches']} batches, "
-              f"peak RSS {big['peak_rss_mb']} MB")
+              f"peak RSS {big['peak_rss_mb']} MB, {cpu(big)}")
         if args.land:
             report_merge(run_child("merge", env))
 
@@ -143,7 +160,12 @@ def main() -> None:
 def report_merge(merged: dict[str, float]) -> None:
     print(f"  merge of what landed: {merged['changes']} changes ({merged['batches']} batches) -> {merged['rows']} rows "
           f"in {merged['seconds']} s = {merged['changes'] / max(merged['seconds'], 0.001):,.0f} changes/s, "
-          f"peak RSS {merged['peak_rss_mb']} MB")
+          f"peak RSS {merged['peak_rss_mb']} MB, {cpu(merged)}")
+
+
+def cpu(result: dict[str, float]) -> str:
+    """CPU time of the whole child process (imports and setup included), steadier than wall time on a busy host."""
+    return f"CPU {result['cpu_seconds']} s = {result['changes'] / max(result['cpu_seconds'], 0.001):,.0f} changes/CPU-s"
 
 
 if __name__ == "__main__":
