@@ -12,9 +12,10 @@ converges: versions already in are skipped, a key that moved is not filled from 
 deleted twice. dlt's delete-insert merge has no such guard, so it is applied here, before the load:
 
 1. fold each table's changes into one version per key (`fold_keyed`), dropping replays among them;
-2. for versions at or before the newest position the table holds (`newest_lsn`, read once per table), read the
-   warehouse's positions of those keys and drop what it already has; complete unchanged (TOASTed) values from the
-   warehouse's row of the lookup key, unless that row is already past the version (a replay: dropped);
+2. for versions at or before the newest position the table holds (`newest_lsn`, read once per table, then advanced
+   by what this process writes), read the warehouse's positions of those keys and drop what it already has;
+   complete unchanged (TOASTed) values from the warehouse's row of the lookup key, unless that row is already past
+   the version (a replay: dropped);
 3. a version whose value is known nowhere is never written half: it becomes a tombstone, and its key is reported
    (`Applied.unresolved`) for a re-read from the source;
 4. one dlt package loads every table's merge together with the caller's state update.
@@ -53,16 +54,20 @@ from sources.replication.changes import (
     UNCHANGED_COLUMN,
     UNRESOLVED_COLUMN,
     Position,
+    at_or_before,
     drop_working_columns,
     fold_keyed,
     fold_keyless,
     lookup_columns,
+    newest_position,
     positions,
 )
 from sources.replication.multiset import ROW_KEY_COLUMN
 
 log = logging.getLogger("aurora_sync.apply")
 
+# the ordinal a table's newest `_lsn` read from the warehouse counts as: any, since only the LSN is read
+ANY_ORDINAL = (1 << 63) - 1
 PENDING_DELETES_KEY = "pending_deletes"  # state: table -> {"delete_mode", "deletes": [[row key, at, lsn, ordinal]]}
 ACTIONS = ("merge", "replace", "truncate", "columns")
 StateUpdate = Callable[[dict[str, Any]], None]
@@ -115,7 +120,10 @@ class Applier:
         self.pipeline, self.schema_name, self.make_source, self.pending = pipeline, schema_name, make_source, pending
         # the name a marker's column has in the rows: the source's (direct), or dlt's normalized one (landed files)
         self.normalize = normalize
-        self._newest: dict[str, int | None] = {}  # table -> newest `_lsn` it holds (None: empty or missing)
+        # table -> newest position it holds (None: empty or missing). Read from the warehouse as an LSN (any ordinal at
+        # it), then advanced to the exact positions this process writes: the later batches of a transaction cut into
+        # several share its commit LSN, but their ordinals are past everything written before, so they need no read
+        self._newest: dict[str, Position | None] = {}
 
     # -- before and after a package ------------------------------------------------------------------
     def finish_pending(self) -> int:
@@ -129,14 +137,15 @@ class Applier:
             log.info("keyless deletes recorded before a restart applied", extra={"fields": {"rows": done}})
         return done
 
-    def newest(self, table: str) -> int | None:
+    def newest(self, table: str) -> Position | None:
         if table not in self._newest:
-            self._newest[table] = warehouse.newest_lsn(self.pipeline, self.schema_name, table)
+            lsn = warehouse.newest_lsn(self.pipeline, self.schema_name, table)
+            self._newest[table] = None if lsn is None else (lsn, ANY_ORDINAL)
         return self._newest[table]
 
-    def _advance(self, table: str, lsn: int) -> None:
+    def _advance(self, table: str, position: Position) -> None:
         current = self._newest.get(table)
-        self._newest[table] = lsn if current is None else max(current, lsn)
+        self._newest[table] = position if current is None else max(current, position)
 
     # -- one package ---------------------------------------------------------------------------------
     def apply(self, parts: list[Part], update: StateUpdate | None = None, *, refresh: str | None = None,
@@ -153,9 +162,11 @@ class Applier:
             if part.action == "truncate" and warehouse.truncate(
                     self.pipeline, self.schema_name, part.table, part.delete_mode, part.position, part.commit_time):
                 applied.truncated.append(part.table)
+                if part.table in self._newest:  # soft deletes move the rows it marks to its position
+                    self._advance(part.table, part.position)
         resources: list[DltResource] = []
         deletes: dict[str, dict[str, Any]] = {}
-        written: dict[str, int] = {}
+        written: dict[str, Position] = {}
         for part in parts:
             if part.action == "truncate":
                 continue
@@ -190,11 +201,11 @@ class Applier:
         info.raise_on_failed_jobs()
         if self.pipeline.has_pending_data:  # never report success for a package that did not load
             raise RuntimeError("dlt left a load package pending after a successful run.")
-        for table, lsn in written.items():
-            self._advance(table, lsn)
+        for table, position in written.items():
+            self._advance(table, position)
         for part in parts:
             if part.action == "replace":
-                self._newest[part.table] = part.position[0] or None
+                self._newest[part.table] = (part.position[0], ANY_ORDINAL) if part.position[0] else None
         for table, entry in deletes.items():
             warehouse.delete_copies(self.pipeline, self.schema_name, table, entry["delete_mode"], entry["deletes"])
         return applied
@@ -210,7 +221,7 @@ class Applier:
         return destination_table
 
     def _resource(self, part: Part, applied: Applied,
-                  deletes: dict[str, dict[str, Any]]) -> tuple[DltResource | None, int | None]:
+                  deletes: dict[str, dict[str, Any]]) -> tuple[DltResource | None, Position | None]:
         name = part.table
         if part.action == "replace":
             hints = {column: {k: v for k, v in hint.items() if k not in ("hard_delete", "dedup_sort")}
@@ -244,7 +255,7 @@ class Applier:
             if unresolved is not None:
                 applied.unresolved[name] = unresolved
             applied.rows[name] = rows.num_rows
-        newest = max((p[0] for p in positions(rows)), default=None) if rows.num_rows else None
+        newest = newest_position(rows)
         if not rows.num_rows and not rows.num_columns:
             return None, None
         return dlt.resource([rows], name=name, table_name=name, write_disposition=MERGE,
@@ -256,11 +267,15 @@ class Applier:
         n = rows.num_rows
         if n == 0:
             return drop_working_columns(rows), 0, None
+        newest = self.newest(part.table)
+        guarded = at_or_before(rows, newest) if newest is not None else []
+        has_markers = UNCHANGED_COLUMN in rows.column_names and rows[UNCHANGED_COLUMN].null_count < n
+        has_unresolved = UNRESOLVED_COLUMN in rows.column_names and pc.any(rows[UNRESOLVED_COLUMN]).as_py()
+        if not guarded and not has_markers and not has_unresolved:
+            return drop_working_columns(rows), 0, None  # all past the warehouse, nothing to complete: no reads
         key_names = list(part.primary_key)
         keys = list(zip(*(rows[k].to_pylist() for k in key_names), strict=True))
         pos = positions(rows)
-        newest = self.newest(part.table)
-        guarded = [i for i in range(n) if newest is not None and pos[i][0] <= newest]
         markers = rows[UNCHANGED_COLUMN].to_pylist() if UNCHANGED_COLUMN in rows.column_names else [None] * n
         unresolved = set(i for i, flag in enumerate(rows[UNRESOLVED_COLUMN].to_pylist()) if flag) \
             if UNRESOLVED_COLUMN in rows.column_names else set()
