@@ -37,7 +37,6 @@ import dlt
 from dlt.common.destination.client import PreparedTableSchema, StateInfo
 from dlt.common.time import ensure_datetime_in_tz
 from dlt.destinations.exceptions import DatabaseUndefinedRelation
-from dlt.destinations.impl.duckdb.duck import DuckDbClient
 from dlt.destinations.sql_jobs import SqlMergeFollowupJob, SqlStagingReplaceFollowupJob
 
 from pipelines.transactions import transactional
@@ -88,6 +87,10 @@ def _fenced_job(base: type, role: str, token: str, serialise: bool) -> type:
 
 
 def _fenced_client(base: type, role: str, token: str) -> type:
+    # the destinations' clients are imported here, for the destination in use: importing this module (every
+    # command does, through `runner.errors`) loads neither duckdb nor the Snowflake connector
+    from dlt.destinations.impl.duckdb.duck import DuckDbClient
+
     merge_job = SqlMergeFollowupJob
     serialise = not issubclass(base, DuckDbClient)
     try:

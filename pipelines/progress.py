@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlt.common.runtime.collector import Collector
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 FAILPOINT_ENV = "AURORA_SYNC_FAILPOINT"
 FAILPOINT_STEP_RUN_ENV = "AURORA_SYNC_FAILPOINT_STEP_RUN"
@@ -84,6 +85,10 @@ class TableProgress(Collector):
         self.tasks: dict[str, Any] = {}
 
     def _start(self, step: str) -> None:
+        # rich only on a terminal: ECS tasks and scripted runs never draw it, so they do not import it
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                                  TextColumn("{task.completed:>12,.0f} rows"), TimeElapsedColumn(),
                                  console=Console(stderr=True), transient=False)
