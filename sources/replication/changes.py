@@ -136,11 +136,14 @@ def fold_keyed(ops_rows: Sequence[pa.Table], primary_key: Sequence[str],
     n = combined.num_rows
     if n == 0:
         return Folded(combined, 0)
+    has_markers = UNCHANGED_COLUMN in combined.column_names and combined[UNCHANGED_COLUMN].null_count < n
+    if not has_markers and sum(1 for size in sizes if size) == 1 and _unique(combined, primary_key):
+        # one op, keys unique, nothing to complete (a direct CDC batch): every version is kept, in order
+        return Folded(drop_working_columns(combined), n)
     keys = list(zip(*(combined[k].to_pylist() for k in primary_key), strict=True))
     pos = positions(combined)
     deleted = (combined[DELETED_COLUMN].to_pylist() if DELETED_COLUMN in combined.column_names
                else [None] * n)
-    has_markers = UNCHANGED_COLUMN in combined.column_names and combined[UNCHANGED_COLUMN].null_count < n
     unchanged = combined[UNCHANGED_COLUMN].to_pylist() if has_markers else [None] * n
     lookups = (list(zip(*(combined[c].to_pylist() for c in lookup_columns(combined)), strict=True))
                if has_markers else [()] * n)
@@ -214,6 +217,27 @@ def fold_keyed(ops_rows: Sequence[pa.Table], primary_key: Sequence[str],
         out = out.append_column(UNRESOLVED_COLUMN, pa.array([j in unresolved for j in range(len(keep))],
                                                             pa.bool_()))
     return Folded(out, n, len(dropped))
+
+
+def _exact_key_type(type_: pa.DataType) -> bool:
+    """Key types whose Arrow equality is Python's (floats are not: 0.0 == -0.0, NaN != NaN)."""
+    return (pa.types.is_integer(type_) or pa.types.is_string(type_) or pa.types.is_large_string(type_)
+            or pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_temporal(type_)
+            or pa.types.is_decimal(type_) or pa.types.is_boolean(type_))
+
+
+def _unique(table: pa.Table, key: Sequence[str]) -> bool:
+    """No key occurs twice, checked in Arrow; False whenever that cannot be told exactly."""
+    if not key or not all(_exact_key_type(table.schema.field(k).type) for k in key):
+        return False
+    try:
+        if len(key) == 1:
+            distinct = pc.count_distinct(table[key[0]], mode="all").as_py()
+        else:
+            distinct = table.select(list(key)).group_by(list(key)).aggregate([]).num_rows
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    return bool(distinct == table.num_rows)
 
 
 @dataclass
