@@ -19,8 +19,7 @@ from ..settings import load_settings
 from .run import PIPELINES, load_pipeline_module
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("dlq", help="list or replay dead-lettered rows")
+def register(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="dlq_action", required=True)
     for action, help_text in (("list", "list dead-letter files and their rows"),
                               ("replay", "re-read the dead-lettered rows from the source and load them")):

@@ -7,7 +7,6 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
 
 import dlt
 import sqlalchemy as sa
@@ -28,8 +27,7 @@ from .run import PIPELINES, load_pipeline_module, source_dsn
 from .status import pipeline_state, slot
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("doctor", help="check every prerequisite and how to fix it")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=main)

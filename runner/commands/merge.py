@@ -27,8 +27,7 @@ from .run import PIPELINES, load_pipeline_module, report_outcome, source_dsn
 LOCK_SUFFIX = ":merge"
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("merge", help="apply the CDC batches landed in S3 to the warehouse")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--follow", action="store_true",
                         help="merge every merge_interval_seconds until SIGTERM instead of once")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 import dlt
 
@@ -17,12 +16,11 @@ from ..errors import RunnerError
 from ..exit_codes import ExitCode
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "restore", help="rebuild a table (or --all) as of a point in time from the archived files in S3",
-        description="Rebuild <schema.table>, or with --all every archived table, from the pipeline's archive (the "
-                    "staged parquet files) as it was at --as-of, into PostgreSQL or DuckDB. Reads only the bucket: "
-                    "the disaster-recovery path when Aurora and Snowflake are gone (docs/operations.md).",
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Rebuild <schema.table>, or with --all every archived table, from the pipeline's archive (the "
+        "staged parquet files) as it was at --as-of, into PostgreSQL or DuckDB. Reads only the bucket: "
+        "the disaster-recovery path when Aurora and Snowflake are gone (docs/operations.md)."
     )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--table", metavar="SCHEMA.TABLE", help="source table, e.g. orders.orders")

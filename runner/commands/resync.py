@@ -8,7 +8,6 @@ changed since then are merged again on the next run, which the primary-key merge
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from .. import logs
 from ..exit_codes import ExitCode
@@ -18,8 +17,7 @@ from ..settings import load_settings
 from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("resync", help="re-snapshot one table")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--table", required=True, metavar="SCHEMA.TABLE")
     parser.set_defaults(func=main)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from typing import Any
 
 from ..errors import RunnerError
 from ..exit_codes import ExitCode
 from .run import PIPELINES, load_pipeline_module
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("rollback", help="Snowflake Time Travel rollback of one table")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--table", required=True, metavar="SCHEMA.TABLE")
     parser.add_argument("--at", required=True, help="timestamp to return to, e.g. 2026-11-27T09:00:00Z")

@@ -40,8 +40,7 @@ class ConfiguredNames:
 PIPELINES = ConfiguredNames()
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("run", help="run one sync of a pipeline")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--mode", default=None, choices=list(registry.MODES),
                         help="incremental: merge rows changed since the cursor; snapshot: re-read and replace; "

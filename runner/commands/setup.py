@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from typing import Any
 
 from pipelines import cdc
 
@@ -22,8 +21,7 @@ from ..settings import load_settings
 from .run import PIPELINES, load_pipeline_module, report_outcome, source_dsn
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("setup", help="prepare logical replication (publication, slot) and copy tables")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--check", action="store_true", help="only check the prerequisites; change nothing")
     parser.add_argument("--resnapshot", action="store_true",

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from typing import Any
 
 from pipelines.snapshot_helper import HelperConfigError
 
@@ -23,9 +22,7 @@ from ..settings import load_settings
 from .run import PIPELINES, load_pipeline_module
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("snapshot-helper",
-                                   help="help the pipeline's run read the chunks of its large-table snapshots")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--idle-seconds", type=float, default=300.0,
                         help="exit 0 once there was no chunk to load for this long (default 300)")

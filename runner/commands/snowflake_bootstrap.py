@@ -22,11 +22,10 @@ from ..errors import RunnerError
 from ..exit_codes import ExitCode
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "snowflake-bootstrap", help="create the Snowflake database, warehouse, role, user, integration and stage",
-        description="Generate idempotent SQL from the dlt config and run it as the admin in "
-                    "[snowflake_bootstrap.credentials] (or only print it with --print).",
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Generate idempotent SQL from the dlt config and run it as the admin in "
+        "[snowflake_bootstrap.credentials] (or only print it with --print)."
     )
     parser.add_argument("--print", dest="print_only", action="store_true", help="print the SQL, run nothing")
     parser.add_argument("--terraform-outputs", metavar="FILE",

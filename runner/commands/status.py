@@ -24,9 +24,7 @@ from ..exit_codes import ExitCode
 from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "status", help="show last runs, the last verify per table, pending packages, cursors and lag")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=main)

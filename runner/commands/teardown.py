@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 from pipelines import cdc
 
@@ -19,8 +18,7 @@ from ..lock import pipeline_lock
 from .run import PIPELINES, load_pipeline_module, source_dsn
 
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("teardown", help="drop the replication slot and publication of a pipeline")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--keep-publication", action="store_true", help="drop only the slot")
     parser.add_argument("--yes", action="store_true", help="confirm: the CDC position is lost for good")

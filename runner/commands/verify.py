@@ -52,12 +52,12 @@ def seconds(text: str) -> float:
     return value
 
 
-def register(subparsers: Any) -> None:
+def register(parser: argparse.ArgumentParser) -> None:
     defaults = VerifyOptions()
-    parser = subparsers.add_parser(
-        "verify", help="reconcile source and destination: row counts, checksums, drifting key ranges",
-        description="Compare every replicated table in the source and the destination. Exit 0 when all match, "
-                    "4 when any drift is found, 1 when a table could not be verified.")
+    parser.description = (
+        "Compare every replicated table in the source and the destination. Exit 0 when all match, "
+        "4 when any drift is found, 1 when a table could not be verified."
+    )
     parser.add_argument("--pipeline", default="customers_orders", choices=sorted(PIPELINES))
     parser.add_argument("--tables", nargs="+", metavar="SCHEMA.TABLE", help="only these tables (patterns allowed)")
     parser.add_argument("--checksum", action="store_true",
