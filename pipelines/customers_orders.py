@@ -28,6 +28,7 @@ from pipelines.transactions import transactional
 from sources.postgres import SOURCE_NAME, postgres_replica
 from sources.postgres.chunking import Chunk, snapshot_settings
 from sources.postgres.session import close_idle_sessions, writer_dsn
+from sources.postgres.settings import discovered
 from sources.postgres.shapes import detect_schema_changes
 from sources.postgres.snapshot_plan import plan_snapshots
 
@@ -70,17 +71,18 @@ def run(
         read whole this run, chunk by chunk (resuming a snapshot an earlier run left unfinished)."""
         if only_keys is not None:
             return RunPlan()
-        changes = detect_schema_changes(pipeline.pipeline_name, pipeline.state, SOURCE_NAME, tables)
-        for table, change in sorted(changes.items()):
-            log.warning(f"{table}: {change.reason}: " + ("the table is loaded anew" if change.kind == "reload" else
-                        "its rows are read again in full"), extra={"fields": {"table": table, "phase": "extract"}})
-        reread.extend(t for t, c in changes.items() if c.kind == "reread")
-        pacing = snapshot_settings()  # type: ignore[call-arg]
-        progress = chunked.in_progress(pipeline)
-        if full_refresh:
-            progress = {}
-        planned = plan_snapshots(pipeline.pipeline_name, mode, pipeline.state, SOURCE_NAME, progress, pacing,
-                                 tables, reread)
+        with discovered(pipeline.pipeline_name) as found:  # one connection and discovery for both checks
+            changes = detect_schema_changes(pipeline.pipeline_name, pipeline.state, SOURCE_NAME, tables, found=found)
+            for table, change in sorted(changes.items()):
+                log.warning(f"{table}: {change.reason}: " + ("the table is loaded anew" if change.kind == "reload" else
+                            "its rows are read again in full"), extra={"fields": {"table": table, "phase": "extract"}})
+            reread.extend(t for t, c in changes.items() if c.kind == "reread")
+            pacing = snapshot_settings()  # type: ignore[call-arg]
+            progress = chunked.in_progress(pipeline)
+            if full_refresh:
+                progress = {}
+            planned = plan_snapshots(pipeline.pipeline_name, mode, pipeline.state, SOURCE_NAME, progress, pacing,
+                                     tables, reread, found=found)
         separately = {}
         for resource, snapshot_plan in planned.items():
             current = progress.get(resource)
@@ -93,9 +95,18 @@ def run(
                                                    claims[0] if claims else None)
         return RunPlan(reload={t for t, c in changes.items() if c.kind == "reload"}, separately=separately)
 
+    # the source `run_isolated` lists the tables with, handed on to the first load when the plan re-reads nothing:
+    # building it again would resolve its settings, discover and reflect every table a second time (about a
+    # tenth of a second before the first COPY); `with_resources` copies it, and it is used once, never re-extracted
+    listed: list[DltSource] = []
+
     def make_source(names: list[str] | None) -> DltSource:
-        source = postgres_replica(mode=mode, only_tables=tables, only_keys=only_keys, dead_letter_url=dead_letter_url,
-                                  reread_tables=reread)
+        if listed and names is not None and not reread:
+            source = listed.pop()
+        else:
+            source = postgres_replica(mode=mode, only_tables=tables, only_keys=only_keys,
+                                      dead_letter_url=dead_letter_url, reread_tables=reread)
+            listed[:] = [source] if names is None else []
         return source if names is None else source.with_resources(*names)
 
     try:

@@ -150,6 +150,10 @@ def _discard_pending(pipeline: dlt.Pipeline) -> None:
 def recover_pending(pipeline: dlt.Pipeline, result: IsolatedRun) -> None:
     """Finish packages an interrupted run left; one that cannot load is aborted, never retried forever."""
     pipeline.sync_destination()
+    # dlt's `run` syncs once per pipeline object, while `_state_restored` is unset: this sync is that one. The
+    # run holds the pipeline's lock (`runner.lock`; helper tasks write other pipelines), so the destination's state
+    # cannot change before its loads, and reading it again would only delay the first read from the source
+    pipeline._state_restored = True
     if not pipeline.has_pending_data:
         return
     try:

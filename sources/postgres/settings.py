@@ -6,6 +6,8 @@ Other parts that must see the same tables as the source (schema-change detection
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from dlt.common.configuration.specs.config_section_context import ConfigSectionC
 
 from .catalog import TableSpec, discover_tables
 from .errors import SourceConfigError, describe_url, explain_connection_error
+from .session import make_engine
 
 # the source function's config sections: `sources.postgres.<key>` (and `sources.postgres.postgres_replica.<key>`)
 SOURCE_SECTIONS = ("sources", "postgres", "postgres_replica")
@@ -65,3 +68,23 @@ def load_source_settings(pipeline_name: str) -> SourceSettings:
     """Resolve in the sections the source itself uses, so every key (and env var) means the same thing."""
     with inject_section(ConfigSectionContext(pipeline_name=pipeline_name, sections=SOURCE_SECTIONS)):
         return _source_settings()  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The replicated tables as one connection to the writer saw them (`discovered`)."""
+
+    engine: sa.Engine
+    specs: list[TableSpec]
+
+
+@contextmanager
+def discovered(pipeline_name: str, statement_timeout_ms: int = 60_000) -> Iterator[Discovery]:
+    """The settings resolved, an engine on the writer and its tables discovered, once for the checks a run makes
+    before its first read (schema changes, snapshot plans): each alone would do all three again."""
+    settings = load_source_settings(pipeline_name)
+    engine = make_engine(settings.credentials, statement_timeout_ms)
+    try:
+        yield Discovery(engine, settings.discover(engine))
+    finally:
+        engine.dispose()

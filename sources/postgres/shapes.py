@@ -30,6 +30,7 @@ element and are compared as before, never reported as a change for lacking it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,8 +39,7 @@ from dlt.sources.sql_database.schema_types import sqla_col_to_column_schema
 
 from .catalog import TableSpec, matches
 from .pg_types import PgTypes
-from .session import make_engine
-from .settings import load_source_settings
+from .settings import Discovery, discovered
 from .type_mapping import adapt_sqlalchemy_type, override_type
 
 SHAPES_SQL = """
@@ -185,20 +185,17 @@ def classify(previous: Shape | None, current: Shape, compare_storage: bool = Tru
 
 def detect_schema_changes(pipeline_name: str, state: dict[str, Any], source_name: str,
                           only_tables: list[str] | None = None,
-                          compare_storage: bool = True) -> dict[str, SchemaChange]:
-    """Changes since the shapes the last sync recorded in `state` (dlt pipeline state), by destination table."""
+                          compare_storage: bool = True, found: Discovery | None = None) -> dict[str, SchemaChange]:
+    """Changes since the shapes the last sync recorded in `state` (dlt pipeline state), by destination table.
+    `found`: the tables already discovered (`settings.discovered`), else they are discovered here."""
     resources = state.get("sources", {}).get(source_name, {}).get("resources", {})
-    settings = load_source_settings(pipeline_name)
-    engine = make_engine(settings.credentials, 60_000)
-    try:
-        specs = [s for s in settings.discover(engine) if not only_tables or matches(s.qualified, only_tables)]
-        raw = engine.raw_connection()
+    with nullcontext(found) if found is not None else discovered(pipeline_name) as seen:
+        specs = [s for s in seen.specs if not only_tables or matches(s.qualified, only_tables)]
+        raw = seen.engine.raw_connection()
         try:
             current = read_shapes(raw, specs)
         finally:
             raw.close()
-    finally:
-        engine.dispose()
     changes = {}
     for spec in specs:
         change = classify(resources.get(spec.resource_name, {}).get("shape"), current.get(spec.qualified, []),

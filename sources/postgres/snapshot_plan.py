@@ -8,6 +8,7 @@ resumes with its recorded chunks. Smaller tables stay in the run's shared packag
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,8 +19,7 @@ import sqlalchemy as sa
 from .catalog import TableSpec, matches
 from .chunking import Chunk, SnapshotSettings, plan_chunks
 from .late_commits import oldest_open_transaction
-from .session import make_engine
-from .settings import load_source_settings
+from .settings import Discovery, discovered
 
 TIME_TYPES = ("timestamp without time zone", "timestamp with time zone", "date")
 
@@ -35,14 +35,15 @@ class PlannedSnapshot:
 def plan_snapshots(pipeline_name: str, mode: str, state: dict[str, Any], source_name: str,
                    in_progress: dict[str, dict[str, Any]], settings: SnapshotSettings,
                    only_tables: list[str] | None = None, reread: list[str] | None = None,
-                   lookback_seconds: float = 60.0, cursor_timezone: str = "UTC") -> dict[str, PlannedSnapshot]:
-    """Tables of this run to be read in more than one chunk, with their chunks (resumed or newly planned)."""
+                   lookback_seconds: float = 60.0, cursor_timezone: str = "UTC",
+                   found: Discovery | None = None) -> dict[str, PlannedSnapshot]:
+    """Tables of this run to be read in more than one chunk, with their chunks (resumed or newly planned).
+    `found`: the tables already discovered (`settings.discovered`), else they are discovered here."""
     resources = state.get("sources", {}).get(source_name, {}).get("resources", {})
-    source = load_source_settings(pipeline_name)
-    engine = make_engine(source.credentials, 60_000)
     planned: dict[str, PlannedSnapshot] = {}
-    try:
-        specs = [s for s in source.discover(engine) if not only_tables or matches(s.qualified, only_tables)]
+    with nullcontext(found) if found is not None else discovered(pipeline_name) as seen:
+        engine = seen.engine
+        specs = [s for s in seen.specs if not only_tables or matches(s.qualified, only_tables)]
         raw = engine.raw_connection()
         try:
             for spec in specs:
@@ -66,8 +67,6 @@ def plan_snapshots(pipeline_name: str, mode: str, state: dict[str, Any], source_
                                                               floor)
         finally:
             raw.close()
-    finally:
-        engine.dispose()
     return planned
 
 
