@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 _I8, _I16, _I32, _U32, _I64 = (struct.Struct(f) for f in ("!b", "!h", "!i", "!I", "!q"))
 _U64 = struct.Struct("!Q")
@@ -130,44 +130,63 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _tuple(data: bytes, pos: int) -> tuple[list[Value], int]:
+def _tuple(data: bytes, pos: int, _length: Any = _I32.unpack_from) -> tuple[list[Value], int]:
+    """The values of a TupleData at `pos`, and the position after it (the per-change hot loop: text first)."""
     (count,) = _I16.unpack_from(data, pos)
     pos += 2
-    values: list[Value] = [None] * count
-    unpack_len = _I32.unpack_from
-    for i in range(count):
+    values: list[Value] = []
+    append = values.append
+    for _ in range(count):
         kind = data[pos]
-        pos += 1
         if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary (never requested)
-            (length,) = unpack_len(data, pos)
-            pos += 4
-            values[i] = data[pos:pos + length]
+            (length,) = _length(data, pos + 1)
+            pos += 5
+            append(data[pos:pos + length])
             pos += length
+        elif kind == 0x6E:  # 'n' NULL
+            append(None)
+            pos += 1
         elif kind == 0x75:  # 'u' unchanged TOAST
-            values[i] = UNCHANGED
-        elif kind != 0x6E:  # 'n' NULL
+            append(UNCHANGED)
+            pos += 1
+        else:
             raise ProtocolError(f"unknown tuple value kind {chr(kind)!r}")
     return values, pos
 
 
-def decode(data: bytes) -> Decoded:
+ROW_KINDS: Final = frozenset(b"IUD")  # first byte of Insert, Update, Delete
+
+
+def decode_row(data: bytes) -> tuple[str, int, list[Value] | None, list[Value] | None]:
+    """`(op, relid, old, new)` of an Insert, Update or Delete (op I, U, D): what `decode` returns as a message
+    object, without one. The stream decodes one of these per change, so the object is worth avoiding."""
     kind = data[0]
+    (relid,) = _U32.unpack_from(data, 1)
     if kind == 0x49:  # 'I'
-        (relid,) = _U32.unpack_from(data, 1)
         if data[5] != 0x4E:
             raise ProtocolError("Insert without a new tuple")
-        return Insert(relid, _tuple(data, 6)[0])
+        return "I", relid, None, _tuple(data, 6)[0]
     if kind == 0x55:  # 'U'
-        (relid,) = _U32.unpack_from(data, 1)
         pos, old = 5, None
         if data[pos] in (0x4B, 0x4F):  # 'K' key, 'O' old row
             old, pos = _tuple(data, pos + 1)
         if data[pos] != 0x4E:
             raise ProtocolError("Update without a new tuple")
-        return Update(relid, old, _tuple(data, pos + 1)[0])
+        return "U", relid, old, _tuple(data, pos + 1)[0]
     if kind == 0x44:  # 'D'
-        (relid,) = _U32.unpack_from(data, 1)
-        return Delete(relid, _tuple(data, 6)[0])
+        return "D", relid, _tuple(data, 6)[0], None
+    raise ProtocolError(f"not a row change: {chr(kind)!r}")
+
+
+def decode(data: bytes) -> Decoded:
+    kind = data[0]
+    if kind in ROW_KINDS:
+        op, relid, old, new = decode_row(data)
+        if op == "I":
+            return Insert(relid, new)  # type: ignore[arg-type]
+        if op == "U":
+            return Update(relid, old, new)  # type: ignore[arg-type]
+        return Delete(relid, old)  # type: ignore[arg-type]
     if kind == 0x42:  # 'B'
         final_lsn, ts, xid = _BEGIN.unpack_from(data, 1)
         return Begin(final_lsn, pg_timestamp(ts), xid)

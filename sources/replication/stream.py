@@ -30,16 +30,15 @@ from .ddl import DdlEvent, ddl_event
 from .errors import ReplicationError, TruncateRefused
 from .lsn import format_lsn
 from .pgoutput import (
+    ROW_KINDS,
     Begin,
     Commit,
-    Delete,
-    Insert,
     Message,
     Relation,
     Truncate,
-    Update,
     Value,
     decode,
+    decode_row,
 )
 from .slot import MARKER_PREFIX
 from .walstream import WalStream
@@ -266,28 +265,28 @@ class ChangeStream:
                 continue
 
             self.messages_seen += 1
-            message = decode(item[1])
-            if isinstance(message, Insert | Update | Delete):
+            data = item[1]
+            if data[0] in ROW_KINDS:  # nearly every message: decoded to plain values, no message object
+                kind, relid, old, new = decode_row(data)
                 if txn is None:
                     continue
                 txn_changes += 1
                 if skipping:
                     skipping -= 1
                     continue
-                table = self._live_table(message.relid)
+                live = self._live
+                table = live[relid] if relid in live else self._live_table(relid)
                 if table is None or txn.final_lsn < self.tracked[table.qualified].snapshot_lsn:
                     continue
-                size = len(item[1])
-                if isinstance(message, Insert):
-                    batch.insert(table, message.new, txn.final_lsn, txn.commit_time, now, size, txn_changes)
-                    kind, old, new = "I", None, message.new
-                elif isinstance(message, Update):
-                    batch.update(table, message.old, message.new, txn.final_lsn, txn.commit_time, now, size,
+                if kind == "I":
+                    batch.insert(table, new, txn.final_lsn, txn.commit_time, now, len(data),  # type: ignore[arg-type]
                                  txn_changes)
-                    kind, old, new = "U", message.old, message.new
+                elif kind == "U":
+                    batch.update(table, old, new, txn.final_lsn, txn.commit_time, now, len(data),  # type: ignore[arg-type]
+                                 txn_changes)
                 else:
-                    batch.delete(table, message.old, txn.final_lsn, txn.commit_time, now, size, txn_changes)
-                    kind, old, new = "D", message.old, None
+                    batch.delete(table, old, txn.final_lsn, txn.commit_time, now, len(data),  # type: ignore[arg-type]
+                                 txn_changes)
                 if self.windows:
                     self._windowed(WindowChange(kind, table, old, new, txn.final_lsn, txn_changes, txn.commit_time,
                                                 txn.xid))
@@ -295,7 +294,9 @@ class ChangeStream:
                     yield BatchReady(self._mark(batch, txn, txn_changes),
                                      "rows" if batch.changes >= limits.max_batch_rows else "bytes")
                     batch = ChangeBatch()
-            elif isinstance(message, Begin):
+                continue
+            message = decode(data)
+            if isinstance(message, Begin):
                 txn = message
                 txn_changes = 0
                 skipping = self.skip[1] if self.skip and self.skip[0] == message.final_lsn else 0
