@@ -396,6 +396,8 @@ def test_verify_paces_its_source_reads_like_a_snapshot(seeded: str, monkeypatch:
 
     monkeypatch.setenv("SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_ACTIVE_SESSIONS_ABOVE", "1")
     monkeypatch.setenv("SOURCES__POSTGRES__SNAPSHOT__MAX_PAUSE_SECONDS", "1")
+    # the sessions guard is under test: on a busy test machine the CPU probe's reason would come first
+    monkeypatch.setenv("SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_CPU_PROBE_SLOWDOWN_ABOVE", "0")
     busy = [psycopg2.connect(seeded) for _ in range(3)]
 
     def sleep(conn: Any) -> None:

@@ -104,7 +104,9 @@ def test_failed_renewal_fetches_new_credentials_and_the_next_run_reconnects_with
     bao: LocalOpenBao, root: hvac.Client, vault_db: VaultDb, approle: dict[str, str], tmp_path: Path,
     in_process_env, short_ttl,
 ) -> None:
-    short_ttl("3s", "60s")
+    # 6 s: renewal at 4 s leaves 2 s of slack; with 3 s a loaded machine let the second lease expire unrenewed, and
+    # the run that follows found its role dropped
+    short_ttl("6s", "60s")
     duck = tmp_path / "reconnect.duckdb"
     kv_put(root, DUCKDB_KV, database=str(duck))
     in_process_env(vault_env(bao, vault_db, approle, tmp_path))
@@ -119,7 +121,7 @@ def test_failed_renewal_fetches_new_credentials_and_the_next_run_reconnects_with
         # someone revokes our lease (or Vault lost it): the role is dropped, renewal fails
         root.adapter.put(f"/v1/sys/leases/revoke/{first.lease_id}")
         assert not pg_role_exists(vault_db.dsn, first.data["username"])
-        assert session.credentials_changed.wait(10), "renewal failure should fetch new credentials"
+        assert session.credentials_changed.wait(20), "renewal failure should fetch new credentials"
         session.credentials_changed.clear()
         second = session.leases.get(CREDS_PATH)
         assert second is not None and second.generation == 2
