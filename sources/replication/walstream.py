@@ -45,6 +45,9 @@ _STATUS = struct.Struct("!cQQQq?")
 _XLOG_HEADER = struct.Struct("!QQq")
 _KEEPALIVE = struct.Struct("!Qq?")
 
+# `ctypes.string_at` without its Python wrapper (a message's bytes are copied once per message)
+_string_at = getattr(ctypes, "_string_at", ctypes.string_at)
+
 # Text formats the walsender's output functions use: the same as our snapshot sessions (session.py),
 # so a value reads identically whether it came from COPY or from the WAL.
 WALSENDER_OPTIONS = (
@@ -102,6 +105,11 @@ class _LibPQ:
             for name, (args, restype) in signatures.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, restype
+            # called once per message, never blocking (async PQgetCopyData reads libpq's buffer): without releasing
+            # and retaking the GIL, which the CDLL functions above do on every call
+            lib.get_copy_data_gil = ctypes.PYFUNCTYPE(ctypes.c_int, vp, ctypes.POINTER(vp), ctypes.c_int)(
+                ("PQgetCopyData", lib))
+            lib.freemem_gil = ctypes.PYFUNCTYPE(None, vp)(("PQfreemem", lib))
             cls._lib = lib
         return cls._lib
 
@@ -171,6 +179,8 @@ class WalStream:
         self._lock = threading.Lock()
         self._pgconn: ctypes.c_void_p | None = None
         self._lib = _LibPQ.get()
+        self._buffer = ctypes.c_void_p()  # where PQgetCopyData puts its message
+        self._buffer_ref = ctypes.byref(self._buffer)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, start_lsn: int = 0) -> None:
@@ -225,14 +235,14 @@ class WalStream:
 
     def read(self, timeout: float) -> tuple[int, bytes] | None:
         """The next XLogData as `(data_start, payload)`, or None when nothing arrived within `timeout`."""
-        deadline = time.monotonic() + timeout
-        buffer = ctypes.c_void_p()
+        deadline = None  # from the first time nothing is buffered: a message waiting costs no clock read
+        lib, buffer, buffer_ref = self._lib, self._buffer, self._buffer_ref
         while True:
             with self._lock:
-                size = self._lib.PQgetCopyData(self._pgconn, ctypes.byref(buffer), 1)
+                size = lib.get_copy_data_gil(self._pgconn, buffer_ref, 1)
                 if size > 0:
-                    data = ctypes.string_at(buffer, size)
-                    self._lib.PQfreemem(buffer)
+                    data = _string_at(buffer, size)
+                    lib.freemem_gil(buffer)
             if size > 0:
                 kind = data[:1]
                 if kind == b"w":
@@ -250,6 +260,8 @@ class WalStream:
             if size == -2:
                 raise classify_start_error(self._error(), self.slot)
             now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
             if now - self.last_status >= self.status_interval:
                 self.send_status()
             remaining = deadline - now
