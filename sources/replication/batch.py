@@ -9,7 +9,6 @@ change, in order, and become inserts and deletes of row copies (`multiset`).
 
 from __future__ import annotations
 
-import io
 import json
 import operator
 from collections.abc import Callable
@@ -274,25 +273,29 @@ def _columns(rows: list[list[Value]]) -> list[Column] | None:
     return columns
 
 
-def _csv(rows: list[list[Value]], columns: list[Column] | None = None) -> bytes:
+def _csv(rows: list[list[Value]], columns: list[Column] | None = None) -> pa.Buffer:
     """PostgreSQL text values as CSV: NULL/UNCHANGED unquoted-empty, everything else quoted, then the row's index.
 
     Built a column at a time in Arrow (escape, quote, join): the same bytes as `_csv_rows`, which took a third of
-    a batch's preparation quoting value by value. `columns`: `_columns(rows)`, if the caller has them."""
+    a batch's preparation quoting value by value. The lines, each ending in its newline, are one Arrow array whose
+    data buffer is the text: no copy of it is made. `columns`: `_columns(rows)`, if the caller has them."""
     if columns is None:
         columns = _columns(rows)
     if not rows or columns is None:
-        return _csv_rows(rows)
+        return pa.py_buffer(_csv_rows(rows))
     fields = []
     for column, types in columns:
         if not types <= {bytes, _NONE}:  # UNCHANGED (or any other marker) is written as NULL
             column = [v if isinstance(v, bytes) else None for v in column]
         escaped = pc.replace_substring(pa.array(column, _TEXT), b'"', b'""')
         fields.append(pc.fill_null(pc.binary_join_element_wise(_QUOTE, escaped, _QUOTE, _NOTHING), _NOTHING))
-    fields.append(pa.array(range(len(rows)), pa.int64()).cast(pa.large_string()).cast(_TEXT))
+    index = pa.array(range(len(rows)), pa.int64()).cast(pa.large_string()).cast(_TEXT)
+    fields.append(pc.binary_join_element_wise(index, _NEWLINE, _NOTHING))
     lines = pc.binary_join_element_wise(*fields, _COMMA)
-    text = pc.binary_join(pa.LargeListArray.from_arrays(pa.array([0, len(rows)], pa.int64()), lines), _NEWLINE)
-    return text[0].as_py() + b"\n"  # type: ignore[no-any-return]
+    del fields
+    offsets = pa.Array.from_buffers(pa.int64(), len(lines) + 1, [None, lines.buffers()[1]], offset=lines.offset)
+    start, end = offsets[0].as_py(), offsets[len(lines)].as_py()
+    return lines.buffers()[2].slice(start, end - start)
 
 
 def _csv_rows(rows: list[list[Value]]) -> bytes:
@@ -309,8 +312,8 @@ def _parse(plans: list[ColumnPlan], rows: list[list[Value]], not_null: frozenset
            columns: list[Column] | None = None) -> tuple[pa.Table, list[RejectedRow]]:
     data = _csv(rows, columns)
     tables, rejected = [], []
-    block = max(1 << 20, min(len(data) + 1, 1 << 30))
-    for table, bad in csv_to_arrow(io.BytesIO(data), [*plans, _ROW], block, not_null):
+    block = max(1 << 20, min(data.size + 1, 1 << 30))
+    for table, bad in csv_to_arrow(pa.BufferReader(data), [*plans, _ROW], block, not_null):  # type: ignore[arg-type]
         tables.append(table)
         rejected += bad
     return pa.concat_tables(tables), rejected
