@@ -72,3 +72,21 @@ def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(extra)
     return env
+
+
+# Long tests first, so that the two xdist workers of `make test` finish together instead of one running a 2-minute
+# scenario alone at the end (longest-processing-time-first). Whole modules move, in their own order, so that
+# module-scoped fixtures stay set up once per worker. The weights are rough seconds; `--durations` shows the real ones.
+LONG_MARKS = {"race": 90.0, "slow": 45.0}
+DEFAULT_SECONDS = 8.0
+
+
+def _estimated_seconds(item: pytest.Item) -> float:
+    return max((s for mark, s in LONG_MARKS.items() if item.get_closest_marker(mark)), default=DEFAULT_SECONDS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    weights: dict[str, float] = {}
+    for item in items:
+        weights[item.module.__name__] = weights.get(item.module.__name__, 0.0) + _estimated_seconds(item)
+    items.sort(key=lambda item: -weights[item.module.__name__])  # stable: a module's tests keep their order

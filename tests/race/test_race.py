@@ -1,9 +1,10 @@
 """Seeded race-and-crash scenarios of the CDC paths (see tests/race/scenario.py for what one does), and a check
 that the independent comparator they rely on reports each kind of difference.
 
-The default selection is small: 13 scenarios of ~30-110 s, 3 seeds per CDC mode and 1 for `snapshot-helpers`
-(fakesnow and moto: slower). Seeds decide the outages too (follow 8: warehouse; land-merge 10 and 12: S3, 11:
-warehouse). For a soak:
+The default selection is small: 10 scenarios of ~30-130 s, 2 seeds per CDC mode (3 for land + merge, the mode with
+both kinds of outage) and 1 for `snapshot-helpers` (fakesnow and moto: slower). Seeds decide the outages too
+(follow 8: warehouse; land-merge 10 and 12: S3, 11: warehouse) and the DDL (every third seed: 3, 6, 9 and 12 are
+in the selection). For a soak:
 
     RACE_SEEDS=200 .venv/bin/pytest -m race tests/race        # seeds 1..200 for every mode (make soak SEEDS=200)
     RACE_SEED_START=1000 RACE_SEEDS=50 RACE_MODES=follow,land-merge RACE_DDL=1 .venv/bin/pytest -m race tests/race
@@ -32,11 +33,12 @@ from tests.race.scenario import MODES, SNAPSHOT_HELPERS, Plan, env_flag, report_
 
 pytestmark = [pytest.mark.race, pytest.mark.timeout(900)]
 
-# mode -> seeds of the default (make test) selection
+# mode -> seeds of the default (make test) selection: each mode with and without DDL, every outage kind; seeds 1, 4
+# and 7 (no DDL, no outage; what 2, 5 and the soak also cover) left make test for its 20-minute budget (issue 17)
 DEFAULT_SEEDS = {
-    "setup-chunked-1": (1, 2, 3),
-    "setup-chunked-N": (4, 5, 6),
-    "follow": (7, 8, 9),
+    "setup-chunked-1": (2, 3),
+    "setup-chunked-N": (5, 6),
+    "follow": (8, 9),
     "land-merge": (10, 11, 12),
     SNAPSHOT_HELPERS: (13,),
 }
