@@ -28,10 +28,11 @@ demo-snowflake: venv
 lint: venv
 	$(BIN)/ruff check .
 
-# Two workers, each with its own PostgreSQL cluster (tests/conftest.py), then the timing-sensitive tests alone; the
-# slowest tests are listed at the end (where the suite's time goes: issue 17).
+# Three workers on two cores, each with its own PostgreSQL cluster (tests/conftest.py): a good part of the suite waits
+# (Terraform's provider polling moto, followers and workloads that run for seconds), so a third worker fills the idle
+# CPU. Then the timing-sensitive tests alone; the slowest tests are listed at the end (where the time goes: issue 17).
 # TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: venv tools lint
 	@status=0; \
 	$(BIN)/pytest -q -m "not serial and not live" --durations=30 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) || status=$$?; \
