@@ -330,12 +330,16 @@ def prepare(changes: TableChanges, delete_mode: DeleteMode, convert_arrays: Arra
     table = changes.table
     rows = list(changes.rows.values())
     keyset = set(table.key_positions)
+    # the rows' own value lists where nothing below changes them in place (no generated, bytea or array column):
+    # copying every row cost more than the rest of this loop
+    copy = bool(table.generated) or any(c.is_bytea or c.is_array for c in table.columns)
+    hard_keyed = delete_mode == "hard" and not table.keyless
     values_rows: list[list[Value]] = []
     for row in rows:
-        if row.op == "D" and delete_mode == "hard" and not table.keyless:
+        if hard_keyed and row.op == "D":  # a new list: its non-key values become placeholders below
             values_rows.append([v if i in keyset else None for i, v in enumerate(row.values)])
         else:
-            values_rows.append(list(row.values))
+            values_rows.append(list(row.values) if copy else row.values)
     if table.generated:
         assert generated is not None, "a table with generated columns needs their values"
         for values, extra in zip(values_rows, generated(table, rows, values_rows), strict=True):
