@@ -14,6 +14,16 @@ import pytest
 from local.postgres import LocalPostgres, PostgresNotAvailable, execute  # noqa: F401 - re-exported for tests
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The source guard's CPU probe (`sources.postgres.chunking`, on by default) pauses every chunk while the source has no
+# idle core, up to 300 s each. Every test cluster shares this machine with the whole suite, which keeps both cores
+# busy: a 13 s test took 115 s under load, waiting on the guard. Tests read as on a quiet source; the guard's own
+# tests (tests/test_chunked_snapshot.py, alone on the machine) turn it on. Set for this process and its children.
+QUIET_SOURCE = {"SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_CPU_PROBE_SLOWDOWN_ABOVE": "0"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for key, value in QUIET_SOURCE.items():
+        os.environ.setdefault(key, value)
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +80,7 @@ def dlt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database: str) -> d
 def subprocess_env(extra: dict[str, str]) -> dict[str, str]:
     prefixes = ("SOURCES__", "DESTINATION__", "CUSTOMERS_ORDERS__")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env.update(QUIET_SOURCE)
     env.update(extra)
     return env
 
