@@ -36,7 +36,8 @@ TEST_WORKERS ?= 3
 test: venv tools lint
 	@status=0; \
 	$(BIN)/pytest -q -m "not serial and not live" --durations=30 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) || status=$$?; \
-	$(BIN)/pytest -q -m "serial and not live" --durations=10 || status=$$?; \
+	$(BIN)/pytest -q -m "serial and not alone and not live" --durations=5 $(if $(filter 0,$(TEST_WORKERS)),,-n 2) || status=$$?; \
+	$(BIN)/pytest -q -m "alone and not live" --durations=5 || status=$$?; \
 	exit $$status
 
 test-fast: venv

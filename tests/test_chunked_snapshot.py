@@ -23,8 +23,9 @@ from tests.conftest import PROJECT_ROOT, execute, subprocess_env
 from tests.helpers import DATASET, duck_rows
 from tests.test_run_operations import AURORA_SYNC, aurora_sync, events
 
-# serial: the source guard measures the machine's CPU and the tests time transactions (make test runs these alone)
-pytestmark = pytest.mark.serial
+# serial and alone: the source guard measures the machine's CPU (and one test saturates it on purpose), and the tests
+# time transactions: make test runs these last, one at a time, with nothing else on the machine
+pytestmark = [pytest.mark.serial, pytest.mark.alone]
 
 ROWS = 120_000
 

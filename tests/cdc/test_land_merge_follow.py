@@ -37,7 +37,8 @@ from tests.snowflake.conftest import (  # noqa: F401  (fixtures)
     snowflake_env,
 )
 
-# serial: landing lag and retained WAL are measured against wall-clock bounds, alone on the machine (make test)
+# serial: landing lag and retained WAL are measured against wall-clock bounds, after the parallel part (make test),
+# two at a time: each keeps about a third of one core busy
 pytestmark = [pytest.mark.slow, pytest.mark.serial,
               pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")]
 
