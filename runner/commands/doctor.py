@@ -61,9 +61,11 @@ def source_checks(dsn: str, pipeline_name: str) -> list[Check]:
             checks.append(Check("source: max_slot_wal_keep_size", "ok" if keep not in (None, "-1") else "warn",
                                 f"max_slot_wal_keep_size={keep}", "" if keep not in (None, "-1") else
                                 "unlimited: a stalled consumer can fill the disk; set a cap (see docs/aurora.md)"))
+            # membership of rds_replication counts on RDS only: a role of that name elsewhere confers nothing
+            rds = rds_logical is not None and _role_exists(conn, "rds_replication")
             replication = conn.execute(sa.text(
                 "SELECT rolreplication OR rolsuper OR pg_has_role(current_user, 'rds_replication', 'member') "
-                "FROM pg_roles WHERE rolname = current_user") if _role_exists(conn, "rds_replication") else sa.text(
+                "FROM pg_roles WHERE rolname = current_user") if rds else sa.text(
                 "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")).scalar()
             checks.append(Check("source: replication privilege", "ok" if replication else "warn",
                                 "granted" if replication else "missing",

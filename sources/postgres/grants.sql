@@ -35,8 +35,10 @@ BEGIN
     --    (The sync's own sessions set their own timeouts; this covers anything else logged in as the role.)
     EXECUTE format('ALTER ROLE %I SET idle_in_transaction_session_timeout = %L', sync_role, '10min');
     EXECUTE format('ALTER ROLE %I SET statement_timeout = %L', sync_role, '6h');
-    -- 3. Logical replication: the rds_replication role on Aurora/RDS, the REPLICATION attribute elsewhere.
-    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') THEN
+    -- 3. Logical replication: the rds_replication role on Aurora/RDS, the REPLICATION attribute elsewhere. A role of
+    --    that name on a server that is not RDS (no rds.logical_replication parameter) confers nothing there.
+    IF current_setting('rds.logical_replication', true) IS NOT NULL
+            AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') THEN
         EXECUTE format('GRANT rds_replication TO %I', sync_role);
     ELSE
         EXECUTE format('ALTER ROLE %I REPLICATION', sync_role);

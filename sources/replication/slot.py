@@ -169,7 +169,7 @@ def check_prerequisites(conn: Any, tables: Iterable[TableSpec], slot: str, slot_
                EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_replication'
                        AND pg_has_role(current_user, g.oid, 'member')), current_user
         FROM pg_roles r WHERE r.rolname = current_user""")[0]
-    if not (role[0] or role[1] or role[2]):
+    if not (role[0] or role[1] or (aurora and role[2])):  # off RDS, a role named rds_replication confers nothing
         problems.append(f"Role {role[3]!r} may not use replication: "
                         + (f"GRANT rds_replication TO {role[3]}" if aurora else f"ALTER ROLE {role[3]} REPLICATION"))
     if slot_needed:
