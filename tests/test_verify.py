@@ -367,6 +367,7 @@ def test_repair_makes_the_destination_exact_while_the_application_writes(
         stop.set()
         writer.join()
     captured = capsys.readouterr()
+    assert captured.out, f"verify printed no report (exit {code}):\n{captured.err[-4000:]}"  # once in make test
     report = json.loads(captured.out)
     emitted = [json.loads(line) for line in captured.err.splitlines() if '"CloudWatchMetrics"' in line]
     [found] = [e for e in emitted if "Table" not in e and "DriftRows" in e]  # what the scheduled run reports
