@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 from . import logs
 from .exit_codes import ExitCode
@@ -52,13 +51,6 @@ SUBCOMMANDS = (
 
 def command_module(command: Subcommand) -> ModuleType:
     return importlib.import_module(f"runner.commands.{command.module}")
-
-
-def __getattr__(name: str) -> Any:
-    """`COMMANDS`: every command module, imported when asked for (the runner itself never needs them all)."""
-    if name == "COMMANDS":
-        return [command_module(command) for command in SUBCOMMANDS]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -135,13 +135,9 @@ def sf_rows(sql: str, **connect: Any) -> list[tuple[Any, ...]]:
 def bootstrap(*extra: str) -> int:
     """`aurora-sync snowflake-bootstrap` for the objects fakesnow can create (database, schema, format, stage)."""
     from runner import cli
-    from runner.commands import snowflake_bootstrap as command
 
-    commands = cli.COMMANDS if command in cli.COMMANDS else [*cli.COMMANDS, command]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "COMMANDS", commands)
-        return cli.main(["--no-json-logs", "snowflake-bootstrap", "--only", "database", "schema", "file_format",
-                         "stage", *extra])
+    return cli.main(["--no-json-logs", "snowflake-bootstrap", "--only", "database", "schema", "file_format", "stage",
+                     *extra])
 
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

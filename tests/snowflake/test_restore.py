@@ -21,7 +21,6 @@ from pipelines import customers_orders
 from pipelines.destinations import archive_filesystem
 from replica.restore import RestoreError, restore
 from runner import cli
-from runner.commands import restore as restore_command
 from tests.conftest import execute, fresh_database
 from tests.helpers import pg_rows
 from tests.snowflake.conftest import Bucket, bootstrap
@@ -40,10 +39,7 @@ def target_db(pg: LocalPostgres) -> Iterator[str]:
 
 
 def aurora_sync(*args: str) -> int:
-    commands = cli.COMMANDS if restore_command in cli.COMMANDS else [*cli.COMMANDS, restore_command]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "COMMANDS", commands)
-        return cli.main(["--no-json-logs", *args])
+    return cli.main(["--no-json-logs", *args])
 
 
 def source_orders(dsn: str) -> list[tuple[Any, ...]]:
