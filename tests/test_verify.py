@@ -5,6 +5,7 @@ Drift is made by tampering with the DuckDB file only, so the source stays the tr
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import subprocess
 import sys
@@ -360,14 +361,19 @@ def test_repair_makes_the_destination_exact_while_the_application_writes(
 
     writer = threading.Thread(target=application)
     writer.start()
+    # it hung for 300 s once in make test and printed nothing: if it hangs again, every thread's stack says where
+    stacks = (tmp_path / "stacks.txt").open("w+")
+    faulthandler.dump_traceback_later(120, file=stacks)
     try:
         code = cli.main(["--json-logs", "verify", "--json", "--checksum", "--chunk-rows", "100", "--narrow-rows", "10",
                          "--max-ranges", "50", "--repair"])
     finally:
+        faulthandler.cancel_dump_traceback_later()
         stop.set()
         writer.join()
     captured = capsys.readouterr()
-    assert captured.out, f"verify printed no report (exit {code}):\n{captured.err[-4000:]}"  # once in make test
+    stacks.seek(0)
+    assert captured.out, f"verify printed no report (exit {code}):\n{captured.err[-4000:]}\n{stacks.read()[-6000:]}"
     report = json.loads(captured.out)
     emitted = [json.loads(line) for line in captured.err.splitlines() if '"CloudWatchMetrics"' in line]
     [found] = [e for e in emitted if "Table" not in e and "DriftRows" in e]  # what the scheduled run reports
