@@ -7,12 +7,21 @@ demo only; production runs `aurora-sync` itself.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from local.fakesnow_adapter import client_capabilities
 from runner import cli
 
-if __name__ == "__main__":
+
+def main(argv: list[str]) -> int:
     with client_capabilities():
-        code = cli.main(sys.argv[1:])
-    sys.exit(code)
+        return cli.main(argv)
+
+
+if __name__ == "__main__":
+    code = None
+    if os.environ.get("AURORA_SYNC_FORK_SERVER"):  # the test suite's (runner.fork_server)
+        from runner.fork_server import delegate
+        code = delegate(sys.argv, entry="local.fakesnow_client:main")
+    sys.exit(main(sys.argv[1:]) if code is None else code)

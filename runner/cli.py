@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +80,11 @@ def chosen_command(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and os.environ.get("AURORA_SYNC_FORK_SERVER"):  # the test suite's only (runner.fork_server)
+        from .fork_server import delegate
+        code = delegate(sys.argv)
+        if code is not None:
+            return code
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=chosen_command(argv)).parse_args(argv)
     logs.setup(debug=args.debug, json_lines=args.json_logs)

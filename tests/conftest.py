@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -21,9 +26,39 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 QUIET_SOURCE = {"SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_CPU_PROBE_SLOWDOWN_ABOVE": "0"}
 
 
+# Each test process (each xdist worker) forks its `aurora-sync` subprocesses from one server that has imported
+# everything (runner.fork_server): the imports cost ~1 s of CPU per process, and the suite starts hundreds of them
+# on a CPU-bound machine. AURORA_SYNC_TEST_FORK_SERVER=0 starts every one cold.
+_FORK_SERVER: dict[str, Any] = {}
+# imported before the server forks, beside the commands: the Snowflake tests' `python -m local.fakesnow_client` and
+# the Snowflake destination (seconds of imports each)
+FORK_SERVER_PRELOAD = ("local.fakesnow_client", "snowflake.connector", "dlt.destinations.impl.snowflake.snowflake")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for key, value in QUIET_SOURCE.items():
         os.environ.setdefault(key, value)
+    xdist_controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+    if os.environ.get("AURORA_SYNC_TEST_FORK_SERVER", "1") != "0" and not xdist_controller:
+        directory = tempfile.mkdtemp(prefix="afs-")
+        path = os.path.join(directory, "socket")
+        # stdin is how it knows this process ended: it stops when the pipe closes
+        _FORK_SERVER.update(directory=directory, process=subprocess.Popen(
+            [sys.executable, "-m", "runner.fork_server", path, *FORK_SERVER_PRELOAD], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, cwd=PROJECT_ROOT))
+        os.environ["AURORA_SYNC_FORK_SERVER"] = path  # until it listens, the script runs the command itself
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    process = _FORK_SERVER.pop("process", None)
+    if process is not None:
+        os.environ.pop("AURORA_SYNC_FORK_SERVER", None)
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(_FORK_SERVER.pop("directory"), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -124,6 +124,7 @@ def snapshot_failpoints() -> tuple[str, ...]:
 SUCCESS, FAILURE, CONFIG_ERROR, LOCK_HELD, DRIFT_FOUND = 0, 1, 2, 3, 4
 STRIPPED_ENV = ("SOURCES__", "DESTINATION__", "CUSTOMERS_ORDERS__", "RUNNER__", "AURORA_SYNC_", "VAULT_", "NORMALIZE__",
                 "LOAD__", "EXTRACT__", "DATA_WRITER__", "RUNTIME__", "DLT_")
+FORK_SERVER_ENV = "AURORA_SYNC_FORK_SERVER"  # kept: the test process's fork server (tests/conftest.py)
 
 # what the harness itself puts in the work directory (anything else there was written by the product)
 HARNESS_FILES = {"logs", "journal.txt", "result.json", "diff.json", "source", "replica.duckdb", "replica.duckdb.wal",
@@ -462,7 +463,7 @@ class Scenario:
         return self.disks[role], fresh
 
     def env(self, disk: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_ENV) or k == FORK_SERVER_ENV}
         plan = self.plan
         env.update({
             "SOURCES__POSTGRES__CREDENTIALS": self.dsn,
