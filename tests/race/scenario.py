@@ -124,6 +124,8 @@ def snapshot_failpoints() -> tuple[str, ...]:
 SUCCESS, FAILURE, CONFIG_ERROR, LOCK_HELD, DRIFT_FOUND = 0, 1, 2, 3, 4
 STRIPPED_ENV = ("SOURCES__", "DESTINATION__", "CUSTOMERS_ORDERS__", "RUNNER__", "AURORA_SYNC_", "VAULT_", "NORMALIZE__",
                 "LOAD__", "EXTRACT__", "DATA_WRITER__", "RUNTIME__", "DLT_")
+# between a failed attempt and the next: 9 attempts span more than the longest transaction of the workload (8 s)
+RETRY_PAUSE_S = 1.5
 FORK_SERVER_ENV = "AURORA_SYNC_FORK_SERVER"  # kept: the test process's fork server (tests/conftest.py)
 
 # what the harness itself puts in the work directory (anything else there was written by the product)
@@ -605,7 +607,7 @@ class Scenario:
             proc, code = self.run_once(role, args, fresh=False)
             if code == SUCCESS:
                 return proc
-            time.sleep(1.0 if code == LOCK_HELD else 0.3)
+            time.sleep(RETRY_PAUSE_S)
         self.fail(f"{what}: `aurora-sync {' '.join(args)}` did not exit 0 in {attempts} attempts "
                   f"(exit codes {dict(self.exit_codes.get(role, {}))})")
         return None
@@ -675,8 +677,11 @@ class Scenario:
                                     fresh=None if attempt > 1 else True)
             if code == SUCCESS:
                 return True
-            if code == LOCK_HELD:
-                time.sleep(1)
+            if code is not None and code > 0:
+                # a killed setup's slot stays active until its walsender ends, which waits for the transactions
+                # open when the slot was created (the workload's long ones hold up to 8 s): retry as a scheduler
+                # would, not at once (forked from the fork server, an attempt that fails takes 0.4 s)
+                time.sleep(RETRY_PAUSE_S)
         self.fail("setup never succeeded in 9 attempts")
         return False
 
