@@ -366,118 +366,92 @@ run "verify_schedule_paused" {
 }
 
 # --------------------------------------------------------------------------------------------------
-# One expect_failures run per validation rule.
+# Every validation rule is expected to fail at least once: rules of different variables share a plan where
+# they read no other variable; the rest get one run each.
 # --------------------------------------------------------------------------------------------------
-run "invalid_aws_region" {
+run "invalid_single_rule_variables" {
+  # One plan for every variable that has one validation rule which reads no other variable: each value
+  # below breaks its own variable's rule, and expect_failures fails the run if any of them is accepted
+  # (one plan each cost ~1.75 CPU-s; issue 17).
   command = plan
   variables {
-    aws_region = "Europe"
-  }
-  expect_failures = [var.aws_region]
-}
-
-run "invalid_allowed_account_ids" {
-  command = plan
-  variables {
-    allowed_account_ids = ["1234"]
-  }
-  expect_failures = [var.allowed_account_ids]
-}
-
-run "invalid_project_name" {
-  command = plan
-  variables {
-    project_name = "Aurora_Sync"
-  }
-  expect_failures = [var.project_name]
-}
-
-run "invalid_environment" {
-  command = plan
-  variables {
-    environment = "production"
-  }
-  expect_failures = [var.environment]
-}
-
-run "invalid_tags" {
-  command = plan
-  variables {
-    tags = { for i in range(41) : "k${i}" => "v" }
-  }
-  expect_failures = [var.tags]
-}
-
-run "invalid_vpc_id" {
-  command = plan
-  variables {
-    vpc_id = "vpc-xyz"
-  }
-  expect_failures = [var.vpc_id]
-}
-
-run "invalid_private_subnet_ids" {
-  command = plan
-  variables {
-    private_subnet_ids = ["subnet-0123456789abcdef0"]
-  }
-  expect_failures = [var.private_subnet_ids]
-}
-
-run "invalid_private_route_table_ids" {
-  command = plan
-  variables {
-    private_route_table_ids = []
-  }
-  expect_failures = [var.private_route_table_ids]
-}
-
-run "invalid_https_egress_cidr_blocks" {
-  command = plan
-  variables {
-    https_egress_cidr_blocks = ["snowflake.example.com"]
-  }
-  expect_failures = [var.https_egress_cidr_blocks]
-}
-
-run "invalid_aurora_cluster_identifier" {
-  command = plan
-  variables {
-    aurora_cluster_identifier = "orders--db-"
-  }
-  expect_failures = [var.aurora_cluster_identifier]
-}
-
-run "invalid_aurora_security_group_id" {
-  command = plan
-  variables {
-    aurora_security_group_id = "aurora-sg"
-  }
-  expect_failures = [var.aurora_security_group_id]
-}
-
-run "invalid_aurora_port" {
-  command = plan
-  variables {
-    aurora_port = 80
-  }
-  expect_failures = [var.aurora_port]
-}
-
-run "invalid_aurora_parameter_group_family" {
-  command = plan
-  variables {
-    aurora_parameter_group_family = "postgres16"
-  }
-  expect_failures = [var.aurora_parameter_group_family]
-}
-
-run "invalid_aurora_max_slot_wal_keep_size_mb" {
-  command = plan
-  variables {
+    aws_region                       = "Europe"
+    allowed_account_ids              = ["1234"]
+    project_name                     = "Aurora_Sync"
+    environment                      = "production"
+    tags                             = { for i in range(41) : "k${i}" => "v" }
+    vpc_id                           = "vpc-xyz"
+    private_subnet_ids               = ["subnet-0123456789abcdef0"]
+    private_route_table_ids          = []
+    https_egress_cidr_blocks         = ["snowflake.example.com"]
+    aurora_cluster_identifier        = "orders--db-"
+    aurora_security_group_id         = "aurora-sg"
+    aurora_port                      = 80
+    aurora_parameter_group_family    = "postgres16"
     aurora_max_slot_wal_keep_size_mb = 10
+    image_tag                        = "latest"
+    canary_image_tag                 = "latest"
+    canary_environment               = { "DESTINATION__SNOWFLAKE__CREDENTIALS__PASSWORD" = "not-allowed" }
+    pipeline_environment             = { "SOURCES__POSTGRES__CREDENTIALS__PASSWORD" = "not-allowed" }
+    task_sizes = {
+      incremental = { cpu = 1000, memory = 4096 }
+      snapshot    = { cpu = 2048, memory = 8192 }
+      cdc         = { cpu = 512, memory = 2048 }
+    }
+    cpu_architecture            = "arm64"
+    stop_timeout_seconds        = 30
+    schedule_retry              = { maximum_event_age_in_seconds = 30, maximum_retry_attempts = 3 }
+    vault_addr                  = "http://vault.example.com:8200"
+    vault_role                  = "role with spaces"
+    snowflake_iam_user_arn      = "arn:aws:iam::999988887777:role/not-a-user"
+    snowflake_external_id       = "x"
+    bucket_name                 = "Invalid_Bucket"
+    dead_letter_expiration_days = 1
+    alert_subscriptions         = [{ protocol = "sms", endpoint = "+15555550100" }]
+    staleness_minutes           = 2
+    slot_wal_alarm_bytes        = 1024
+    lag_alarm_seconds           = 10
+    landing_lag_alarm_seconds   = 5
+    log_retention_days          = 100
+    aurora_reader_endpoint      = "postgresql://orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com:5432"
   }
-  expect_failures = [var.aurora_max_slot_wal_keep_size_mb]
+  expect_failures = [
+    var.aws_region,
+    var.allowed_account_ids,
+    var.project_name,
+    var.environment,
+    var.tags,
+    var.vpc_id,
+    var.private_subnet_ids,
+    var.private_route_table_ids,
+    var.https_egress_cidr_blocks,
+    var.aurora_cluster_identifier,
+    var.aurora_security_group_id,
+    var.aurora_port,
+    var.aurora_parameter_group_family,
+    var.aurora_max_slot_wal_keep_size_mb,
+    var.image_tag,
+    var.canary_image_tag,
+    var.canary_environment,
+    var.pipeline_environment,
+    var.task_sizes,
+    var.cpu_architecture,
+    var.stop_timeout_seconds,
+    var.schedule_retry,
+    var.vault_addr,
+    var.vault_role,
+    var.snowflake_iam_user_arn,
+    var.snowflake_external_id,
+    var.bucket_name,
+    var.dead_letter_expiration_days,
+    var.alert_subscriptions,
+    var.staleness_minutes,
+    var.slot_wal_alarm_bytes,
+    var.lag_alarm_seconds,
+    var.landing_lag_alarm_seconds,
+    var.log_retention_days,
+    var.aurora_reader_endpoint,
+  ]
 }
 
 run "invalid_pipelines" {
@@ -490,66 +464,6 @@ run "invalid_pipelines" {
     }
   }
   expect_failures = [var.pipelines]
-}
-
-run "invalid_image_tag_latest" {
-  command = plan
-  variables {
-    image_tag = "latest"
-  }
-  expect_failures = [var.image_tag]
-}
-
-run "invalid_canary_image_tag" {
-  command = plan
-  variables {
-    canary_image_tag = "latest"
-  }
-  expect_failures = [var.canary_image_tag]
-}
-
-run "invalid_canary_environment_secret" {
-  command = plan
-  variables {
-    canary_environment = { "DESTINATION__SNOWFLAKE__CREDENTIALS__PASSWORD" = "not-allowed" }
-  }
-  expect_failures = [var.canary_environment]
-}
-
-run "invalid_pipeline_environment_secret" {
-  command = plan
-  variables {
-    pipeline_environment = { "SOURCES__POSTGRES__CREDENTIALS__PASSWORD" = "not-allowed" }
-  }
-  expect_failures = [var.pipeline_environment]
-}
-
-run "invalid_task_sizes" {
-  command = plan
-  variables {
-    task_sizes = {
-      incremental = { cpu = 1000, memory = 4096 }
-      snapshot    = { cpu = 2048, memory = 8192 }
-      cdc         = { cpu = 512, memory = 2048 }
-    }
-  }
-  expect_failures = [var.task_sizes]
-}
-
-run "invalid_cpu_architecture" {
-  command = plan
-  variables {
-    cpu_architecture = "arm64"
-  }
-  expect_failures = [var.cpu_architecture]
-}
-
-run "invalid_stop_timeout_seconds" {
-  command = plan
-  variables {
-    stop_timeout_seconds = 30
-  }
-  expect_failures = [var.stop_timeout_seconds]
 }
 
 run "invalid_cdc_follow_pipeline" {
@@ -689,54 +603,6 @@ run "invalid_schedule_snapshot_helper_name_too_long" {
   expect_failures = [var.schedules]
 }
 
-run "invalid_schedule_retry" {
-  command = plan
-  variables {
-    schedule_retry = { maximum_event_age_in_seconds = 30, maximum_retry_attempts = 3 }
-  }
-  expect_failures = [var.schedule_retry]
-}
-
-run "invalid_vault_addr" {
-  command = plan
-  variables {
-    vault_addr = "http://vault.example.com:8200"
-  }
-  expect_failures = [var.vault_addr]
-}
-
-run "invalid_vault_role" {
-  command = plan
-  variables {
-    vault_role = "role with spaces"
-  }
-  expect_failures = [var.vault_role]
-}
-
-run "invalid_snowflake_iam_user_arn" {
-  command = plan
-  variables {
-    snowflake_iam_user_arn = "arn:aws:iam::999988887777:role/not-a-user"
-  }
-  expect_failures = [var.snowflake_iam_user_arn]
-}
-
-run "invalid_snowflake_external_id" {
-  command = plan
-  variables {
-    snowflake_external_id = "x"
-  }
-  expect_failures = [var.snowflake_external_id]
-}
-
-run "invalid_bucket_name" {
-  command = plan
-  variables {
-    bucket_name = "Invalid_Bucket"
-  }
-  expect_failures = [var.bucket_name]
-}
-
 run "invalid_archive_storage_class" {
   command = plan
   variables {
@@ -753,54 +619,6 @@ run "invalid_archive_days" {
   expect_failures = [var.archive_lifecycle]
 }
 
-run "invalid_dead_letter_expiration_days" {
-  command = plan
-  variables {
-    dead_letter_expiration_days = 1
-  }
-  expect_failures = [var.dead_letter_expiration_days]
-}
-
-run "invalid_alert_subscriptions" {
-  command = plan
-  variables {
-    alert_subscriptions = [{ protocol = "sms", endpoint = "+15555550100" }]
-  }
-  expect_failures = [var.alert_subscriptions]
-}
-
-run "invalid_staleness_minutes" {
-  command = plan
-  variables {
-    staleness_minutes = 2
-  }
-  expect_failures = [var.staleness_minutes]
-}
-
-run "invalid_slot_wal_alarm_bytes" {
-  command = plan
-  variables {
-    slot_wal_alarm_bytes = 1024
-  }
-  expect_failures = [var.slot_wal_alarm_bytes]
-}
-
-run "invalid_lag_alarm_seconds" {
-  command = plan
-  variables {
-    lag_alarm_seconds = 10
-  }
-  expect_failures = [var.lag_alarm_seconds]
-}
-
-run "invalid_landing_lag_alarm_seconds" {
-  command = plan
-  variables {
-    landing_lag_alarm_seconds = 5
-  }
-  expect_failures = [var.landing_lag_alarm_seconds]
-}
-
 # Below two merge intervals (600 s at the default 5 minutes) a healthy merge would page.
 run "invalid_merge_lag_alarm_seconds" {
   command = plan
@@ -808,14 +626,6 @@ run "invalid_merge_lag_alarm_seconds" {
     merge_lag_alarm_seconds = 300
   }
   expect_failures = [var.merge_lag_alarm_seconds]
-}
-
-run "invalid_log_retention_days" {
-  command = plan
-  variables {
-    log_retention_days = 100
-  }
-  expect_failures = [var.log_retention_days]
 }
 
 run "invalid_github_repository" {
@@ -841,14 +651,6 @@ run "missing_github_oidc_provider_arn" {
     github_repository = "example-org/aurora-snowflake-sync"
   }
   expect_failures = [var.github_oidc_provider_arn]
-}
-
-run "invalid_aurora_reader_endpoint" {
-  command = plan
-  variables {
-    aurora_reader_endpoint = "postgresql://orders-db.cluster-ro-abc123.eu-west-1.rds.amazonaws.com:5432"
-  }
-  expect_failures = [var.aurora_reader_endpoint]
 }
 
 run "invalid_schedule_name_taken_by_verify" {

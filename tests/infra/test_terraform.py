@@ -1,6 +1,6 @@
 """Offline checks of terraform/: fmt, validate, `terraform test`, checkov, and an apply against moto.
 
-`terraform test` (about 65 runs under the mock provider) is started in the background as soon as this module
+`terraform test` (67 runs under the mock provider) is started in the background as soon as this module
 runs, so that it overlaps with the moto apply, which spends most of its time in the provider's polling.
 """
 
