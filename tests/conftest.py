@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 
 from local.postgres import LocalPostgres, PostgresNotAvailable, execute  # noqa: F401 - re-exported for tests
+from runner.fork_server import ENV as FORK_SERVER_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The source guard's CPU probe (`sources.postgres.chunking`, on by default) pauses every chunk while the source has no
@@ -46,13 +47,13 @@ def pytest_configure(config: pytest.Config) -> None:
         _FORK_SERVER.update(directory=directory, process=subprocess.Popen(
             [sys.executable, "-m", "runner.fork_server", path, *FORK_SERVER_PRELOAD], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, cwd=PROJECT_ROOT))
-        os.environ["AURORA_SYNC_FORK_SERVER"] = path  # until it listens, the script runs the command itself
+        os.environ[FORK_SERVER_ENV] = path  # until it listens, the script runs the command itself
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     process = _FORK_SERVER.pop("process", None)
     if process is not None:
-        os.environ.pop("AURORA_SYNC_FORK_SERVER", None)
+        os.environ.pop(FORK_SERVER_ENV, None)
         process.stdin.close()
         try:
             process.wait(10)

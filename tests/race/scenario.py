@@ -76,6 +76,7 @@ from typing import Any, TextIO
 
 import psycopg2
 
+from runner.fork_server import ENV as FORK_SERVER_ENV
 from tests.race import comparator
 from tests.race.stand_ins import DuckDBLockHolder, FakeSnowflakeWarehouse, S3Landing
 from tests.race.workload import Workload, create_schema, seed_rows
@@ -126,7 +127,6 @@ STRIPPED_ENV = ("SOURCES__", "DESTINATION__", "CUSTOMERS_ORDERS__", "RUNNER__", 
                 "LOAD__", "EXTRACT__", "DATA_WRITER__", "RUNTIME__", "DLT_")
 # between a failed attempt and the next: 9 attempts span more than the longest transaction of the workload (8 s)
 RETRY_PAUSE_S = 1.5
-FORK_SERVER_ENV = "AURORA_SYNC_FORK_SERVER"  # kept: the test process's fork server (tests/conftest.py)
 
 # what the harness itself puts in the work directory (anything else there was written by the product)
 HARNESS_FILES = {"logs", "journal.txt", "result.json", "diff.json", "source", "replica.duckdb", "replica.duckdb.wal",
