@@ -23,9 +23,10 @@ from tests.conftest import PROJECT_ROOT, execute, subprocess_env
 from tests.helpers import DATASET, duck_rows
 from tests.test_run_operations import AURORA_SYNC, aurora_sync, events
 
-# serial and alone: the source guard measures the machine's CPU (and one test saturates it on purpose), and the tests
-# time transactions: make test runs these last, one at a time, with nothing else on the machine
-pytestmark = [pytest.mark.serial, pytest.mark.alone]
+pytestmark = [pytest.mark.slow]
+# The two guard tests time the source's load (sessions that must still be busy when the sync's first chunk starts;
+# a CPU probe that one test saturates on purpose): make test runs them last, one at a time, with nothing else on the
+# machine. The others read their own worker's cluster with the guards off and hold on a loaded machine.
 
 ROWS = 120_000
 
@@ -170,6 +171,8 @@ def test_the_first_incremental_load_in_chunks_then_merges_only_changes(env: dict
     verify_exact(env, "big.orders")
 
 
+@pytest.mark.serial
+@pytest.mark.alone
 def test_the_guard_pauses_while_the_source_is_busy_but_never_stalls(env: dict[str, str]) -> None:
     busy = [psycopg2.connect(env["SOURCES__POSTGRES__CREDENTIALS"]) for _ in range(3)]
     threads = [threading.Thread(target=lambda c=c: c.cursor().execute("SELECT pg_sleep(4)"), daemon=True)
@@ -193,6 +196,8 @@ def test_the_guard_pauses_while_the_source_is_busy_but_never_stalls(env: dict[st
     verify_exact(env, "big.orders")
 
 
+@pytest.mark.serial
+@pytest.mark.alone
 def test_the_cpu_guard_waits_while_the_source_has_no_idle_core(env: dict[str, str]) -> None:
     """Sessions burning every core of the server (twice over) for a few seconds: the snapshot's first chunks
     wait for them to end (the CPU probe runs several times slower), then the snapshot reads on, exact."""
