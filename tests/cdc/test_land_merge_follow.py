@@ -38,7 +38,10 @@ from tests.snowflake.conftest import (  # noqa: F401  (fixtures)
 )
 
 # serial: landing lag and retained WAL are measured against wall-clock bounds, after the parallel part (make test),
-# two at a time: each keeps about a third of one core busy
+# two at a time: each keeps about a third of one core busy. make test's serial part runs them with --dist loadgroup,
+# one pair per worker: each outage test (60-66 s) beside a follow test (35 s into fakesnow, 18 s into DuckDB). Left
+# to xdist's load scheduling, the two outage tests, adjacent in this file, went to one worker (126 s, the other 54 s).
+LAG_PAIR_1, LAG_PAIR_2 = pytest.mark.xdist_group("lag_pair_1"), pytest.mark.xdist_group("lag_pair_2")
 pytestmark = [pytest.mark.slow, pytest.mark.serial,
               pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")]
 
@@ -248,7 +251,7 @@ def snowflake(s3: LocalS3, bucket: Bucket, key_pair: KeyPair, tmp_path: Path,  #
                 proxy.pause()
 
 
-@pytest.fixture(params=["duckdb", "snowflake"])
+@pytest.fixture(params=[pytest.param("duckdb", marks=LAG_PAIR_2), pytest.param("snowflake", marks=LAG_PAIR_1)])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path, database: str) -> Warehouse:
     if request.param == "snowflake":
         return request.getfixturevalue("snowflake")
@@ -337,6 +340,7 @@ def marker_lsn(dsn: str) -> int:
         conn.close()
 
 
+@LAG_PAIR_1
 def test_snowflake_outage_keeps_retained_wal_flat_and_one_merge_catches_up(snowflake: Warehouse,
                                                                             database: str) -> None:
     warehouse, proxy = snowflake, snowflake.proxy
@@ -382,6 +386,7 @@ def test_snowflake_outage_keeps_retained_wal_flat_and_one_merge_catches_up(snowf
     assert not [e for e in follower.events if e.get("level") == "ERROR"], "the outage must not reach the follower"
 
 
+@LAG_PAIR_2
 def test_s3_outage_stops_landing_cleanly_then_it_catches_up(s3: LocalS3, bucket: Bucket,  # noqa: F811
                                                            tmp_path: Path, database: str) -> None:
     proxy = TcpProxy(int(s3.endpoint_url.rsplit(":", 1)[1])).resume()
