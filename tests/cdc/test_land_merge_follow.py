@@ -39,8 +39,9 @@ from tests.snowflake.conftest import (  # noqa: F401  (fixtures)
 
 # serial: landing lag and retained WAL are measured against wall-clock bounds, after the parallel part (make test),
 # two at a time: each keeps about a third of one core busy. make test's serial part runs them with --dist loadgroup,
-# one pair per worker: each outage test (60-66 s) beside a follow test (35 s into fakesnow, 18 s into DuckDB). Left
-# to xdist's load scheduling, the two outage tests, adjacent in this file, went to one worker (126 s, the other 54 s).
+# one pair per worker, balanced on three runs' times: the Snowflake outage (~66 s) with the follow test into DuckDB
+# (~24 s), the S3 outage (~58 s) with the follow test into fakesnow (~40 s). Left to xdist's load scheduling, the
+# two outage tests, adjacent in this file, went to one worker (126 s, the other 54 s).
 LAG_PAIR_1, LAG_PAIR_2 = pytest.mark.xdist_group("lag_pair_1"), pytest.mark.xdist_group("lag_pair_2")
 pytestmark = [pytest.mark.slow, pytest.mark.serial,
               pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")]
@@ -251,7 +252,7 @@ def snowflake(s3: LocalS3, bucket: Bucket, key_pair: KeyPair, tmp_path: Path,  #
                 proxy.pause()
 
 
-@pytest.fixture(params=[pytest.param("duckdb", marks=LAG_PAIR_2), pytest.param("snowflake", marks=LAG_PAIR_1)])
+@pytest.fixture(params=[pytest.param("duckdb", marks=LAG_PAIR_1), pytest.param("snowflake", marks=LAG_PAIR_2)])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path, database: str) -> Warehouse:
     if request.param == "snowflake":
         return request.getfixturevalue("snowflake")
