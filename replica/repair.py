@@ -29,6 +29,7 @@ from pipelines.landing_area import LandingArea, rereads_area
 from replica.verify import TableReport, VerifyReport
 from sources.postgres import MERGE, postgres_replica
 from sources.postgres.chunking import Chunk
+from sources.postgres.limits import snapshot_workers
 from sources.postgres.session import make_engine
 from sources.postgres.settings import load_source_settings
 from sources.replication import SOURCE_NAME as CDC_SOURCE
@@ -156,13 +157,21 @@ def _request(pipeline: dlt.Pipeline, area: LandingArea, engine: Any, spec: Any, 
 def _repair_ranges(pipeline: dlt.Pipeline, engine: Any, spec: Any, t: TableReport,
                    dead_letter_url: str | None) -> TableRepair:
     chunks = _chunks(spec, t)
-    source = postgres_replica(only_tables=[spec.qualified], chunks={spec.resource_name: chunks},
-                              chunk_disposition=MERGE, dead_letter_url=dead_letter_url)  # type: ignore[arg-type]
-    info = pipeline.run(source)
-    info.raise_on_failed_jobs()
-    read = sum(n for name, n in (pipeline.last_trace.last_normalize_info.row_counts.items()
-                                 if pipeline.last_trace and pipeline.last_trace.last_normalize_info else [])
-               if name == spec.resource_name)
+    # At most `workers` ranges per package, as a chunked snapshot loads them (`pipelines.chunked`): each range is a
+    # parallelized resource whose COPY keeps a pooled connection until dlt resumes it, and the pool holds `workers`
+    # + 1. With every range in one package, dlt's extract threads all waited for a connection while the holders
+    # waited for a thread: the repair hung for the pool's 300 s timeout (seen in make test).
+    per_package = snapshot_workers()  # type: ignore[call-arg]
+    read = 0
+    for first in range(0, len(chunks), per_package):
+        group = chunks[first:first + per_package]
+        source = postgres_replica(only_tables=[spec.qualified], chunks={spec.resource_name: group},
+                                  chunk_disposition=MERGE, dead_letter_url=dead_letter_url)  # type: ignore[arg-type]
+        info = pipeline.run(source)
+        info.raise_on_failed_jobs()
+        read += sum(n for name, n in (pipeline.last_trace.last_normalize_info.row_counts.items()
+                                      if pipeline.last_trace and pipeline.last_trace.last_normalize_info else [])
+                    if name == spec.resource_name)
     gone = [k for present, held in _keys_in_ranges(pipeline, engine, spec, t, chunks) for k in held
             if k not in present]
     with pipeline.sql_client() as client:

@@ -391,6 +391,27 @@ def test_repair_makes_the_destination_exact_while_the_application_writes(
     assert code == ExitCode.SUCCESS, [t for t in report["tables"] if t["status"] != "ok"]
 
 
+def test_a_repair_of_more_ranges_than_the_pool_has_connections_does_not_hang(
+        seeded: str, dlt_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Twenty drifting ranges of one table and one worker (a pool of two connections): each range's COPY keeps a
+    connection until dlt resumes it. With every range in one package, dlt's extract threads all waited for a
+    connection while the holders waited for a thread, until the pool's timeout (300 s; 10 s here) failed the repair.
+    The repair now loads `workers` ranges per package, as a chunked snapshot does."""
+    import sources.postgres.limits
+
+    monkeypatch.setattr(sources.postgres.limits, "POOL_TIMEOUT_SECONDS", 10)
+    ids = [50 * k + 7 for k in range(20)]
+    tamper(dlt_env["DESTINATION__DUCKDB__CREDENTIALS"],
+           f"UPDATE {DATASET}.orders__orders SET total = total + 1000 WHERE id IN ({', '.join(map(str, ids))})")
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "100", "--narrow-rows", "10", "--max-ranges", "50",
+                          "--repair")
+    [orders] = [r for r in report["repairs"] if r["table"] == "orders.orders"]
+    assert orders["action"] == "ranges" and len(orders["ranges"]) >= 12, orders  # more ranges than connections
+    code, report = verify(capsys, "--checksum", "--chunk-rows", "100")
+    assert code == ExitCode.SUCCESS, [t for t in report["tables"] if t["status"] != "ok"]
+
+
 def test_verify_paces_its_source_reads_like_a_snapshot(seeded: str, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The chunked snapshot's guard holds the checksums back too: with other sessions busy on the source, each chunk
