@@ -361,7 +361,8 @@ def test_repair_makes_the_destination_exact_while_the_application_writes(
 
     writer = threading.Thread(target=application)
     writer.start()
-    # it hung for 300 s once in make test and printed nothing: if it hangs again, every thread's stack says where
+    # it hung for 300 s in make test twice (the repair starved its own pool: see the test after this one); if it ever
+    # hangs again, every thread's stack says where
     stacks = (tmp_path / "stacks.txt").open("w+")
     faulthandler.dump_traceback_later(120, file=stacks)
     try:
