@@ -407,6 +407,7 @@ def test_a_repair_of_more_ranges_than_the_pool_has_connections_does_not_hang(
            f"UPDATE {DATASET}.orders__orders SET total = total + 1000 WHERE id IN ({', '.join(map(str, ids))})")
     code, report = verify(capsys, "--checksum", "--chunk-rows", "100", "--narrow-rows", "10", "--max-ranges", "50",
                           "--repair")
+    assert code == ExitCode.SUCCESS, report  # the repaired tables verified again
     [orders] = [r for r in report["repairs"] if r["table"] == "orders.orders"]
     assert orders["action"] == "ranges" and len(orders["ranges"]) >= 12, orders  # more ranges than connections
     code, report = verify(capsys, "--checksum", "--chunk-rows", "100")
