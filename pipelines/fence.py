@@ -93,13 +93,12 @@ def _fenced_client(base: type, role: str, token: str) -> type:
 
     merge_job = SqlMergeFollowupJob
     serialise = not issubclass(base, DuckDbClient)
-    try:
+    if any(c.__module__.startswith("dlt.destinations.impl.snowflake.") for c in base.__mro__):
+        # only then: importing the Snowflake connector costs a DuckDB run a third of a second of CPU
         from dlt.destinations.impl.snowflake.snowflake import SnowflakeClient, SnowflakeMergeJob
 
         if issubclass(base, SnowflakeClient):
             merge_job = SnowflakeMergeJob
-    except ImportError:  # pragma: no cover - snowflake extras are a core dependency here
-        pass
     merge = _fenced_job(merge_job, role, token, serialise)
     replace = _fenced_job(SqlStagingReplaceFollowupJob, role, token, serialise)
 
