@@ -1,0 +1,56 @@
+"""Two of dlt's pure functions, memoized (what dlt 1.31 lacks; docs/performance.md#dlts-configuration-cpu).
+
+dlt resolves a destination's whole configuration again each time a run asks for its capabilities or a client:
+about 20 times per `pipeline.run`, 2,145 times in one test of the suite. A profile put most of that CPU in
+`is_secret_hint`, the typing introspection of the same few field hints (a quarter of a million calls in that test),
+and 188 decodings of the same encrypted Snowflake private key at ~40 ms each, one per connection.
+
+Both answers depend only on their arguments: a field's hint is a type, and the key is decoded from the same text
+and passphrase. So the results are kept; errors are not (a wrong passphrase fails every time). dlt imports these
+functions by name into other modules, so each module that already holds the original gets the memoized one too.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+_installed = False
+
+
+def install() -> None:
+    """Idempotent; `sources` runs it on import, before any configuration is resolved."""
+    global _installed
+    if _installed:
+        return
+    from dlt.common.configuration.specs import base_configuration
+    from dlt.common.libs import cryptography
+
+    _replace(base_configuration, "is_secret_hint", _memoized(base_configuration.is_secret_hint))
+    # a handful of keys per process at most: the decoded key is what every connection dlt opens holds anyway
+    _replace(cryptography, "decode_private_key", functools.lru_cache(maxsize=8)(cryptography.decode_private_key))
+    _installed = True
+
+
+def _memoized(function: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    cached = functools.lru_cache(maxsize=None)(function)
+
+    @functools.wraps(function)
+    def memoized(hint: Any) -> bool:
+        try:
+            return cached(hint)
+        except TypeError:  # an unhashable hint: asked directly
+            return function(hint)
+
+    return memoized
+
+
+def _replace(module: ModuleType, name: str, new: Callable[..., Any]) -> None:
+    original = getattr(module, name)
+    setattr(module, name, new)  # modules imported from now on bind the new one
+    for other in list(sys.modules.values()):  # and those that bound the original already
+        if getattr(other, "__name__", "").startswith("dlt") and vars(other).get(name) is original:
+            setattr(other, name, new)

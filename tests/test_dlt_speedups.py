@@ -1,0 +1,62 @@
+"""The memoized dlt functions (`sources.dlt_speedups`) answer exactly as dlt's own, and are the ones dlt calls."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from dlt.common.configuration.specs import ConnectionStringCredentials, CredentialsConfiguration, base_configuration
+from dlt.common.typing import TSecretStrValue, TSecretValue
+
+import sources  # noqa: F401 - installs the memos, as every command does
+
+
+def test_dlt_resolves_configuration_through_the_memoized_functions() -> None:
+    from dlt.common.configuration import resolve
+    from dlt.common.configuration.providers import environ
+    from dlt.common.libs import cryptography
+    from dlt.destinations.impl.snowflake import configuration as snowflake
+
+    memoized = base_configuration.is_secret_hint
+    assert memoized is not memoized.__wrapped__  # type: ignore[attr-defined]
+    # where dlt 1.31 calls it from, per lookup: a dlt upgrade that binds it elsewhere would lose the speed-up here
+    assert resolve.is_secret_hint is memoized and environ.is_secret_hint is memoized
+    assert snowflake.decode_private_key is cryptography.decode_private_key
+    assert hasattr(snowflake.decode_private_key, "cache_info")
+
+
+@pytest.mark.parametrize("hint", [
+    str, int, TSecretStrValue, TSecretValue, list[str], dict[str, Any], TSecretStrValue | None, str | None,
+    # typing.Optional, as dlt's own specs write it: a different object from `X | None`
+    Optional[TSecretStrValue], Optional[str], Optional[ConnectionStringCredentials],  # noqa: UP045
+    ConnectionStringCredentials, CredentialsConfiguration, Annotated[str, "not a secret"],
+])
+def test_secret_hints_are_answered_as_dlt_answers_them(hint: Any) -> None:
+    memoized = base_configuration.is_secret_hint
+    original = memoized.__wrapped__  # type: ignore[attr-defined]
+    assert memoized(hint) == original(hint)
+    assert memoized(hint) == original(hint)  # and again, from the memo
+
+
+def test_an_unhashable_hint_is_asked_directly() -> None:
+    hint = Annotated[str, {"unhashable": []}]
+    with pytest.raises(TypeError):
+        hash(hint)
+    memoized = base_configuration.is_secret_hint
+    assert memoized(hint) == memoized.__wrapped__(hint) is False  # type: ignore[attr-defined]
+
+
+def test_a_private_key_decodes_as_before_and_a_wrong_passphrase_fails_every_time() -> None:
+    from dlt.common.libs import cryptography
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.BestAvailableEncryption(b"right")).decode()
+    decoded = cryptography.decode_private_key(pem, "right")
+    assert decoded == cryptography.decode_private_key.__wrapped__(pem, "right")  # type: ignore[attr-defined]
+    assert cryptography.decode_private_key(pem, "right") == decoded
+    for _ in range(2):  # a failure is not remembered as an answer
+        with pytest.raises(Exception, match=r"(?i)passphrase|password|decrypt"):
+            cryptography.decode_private_key(pem, "wrong")
