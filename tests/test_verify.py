@@ -414,6 +414,18 @@ def test_a_repair_of_more_ranges_than_the_pool_has_connections_does_not_hang(
     assert code == ExitCode.SUCCESS, [t for t in report["tables"] if t["status"] != "ok"]
 
 
+def test_a_source_of_more_chunks_than_its_pool_serves_is_refused_before_it_reads(dlt_env: dict[str, str]) -> None:
+    """The hang above, for any caller: `postgres_replica(chunks=...)` refuses more chunks than `workers` at once,
+    naming the setting, instead of starving its own pool for five minutes."""
+    from sources.postgres import postgres_replica
+    from sources.postgres.chunking import Chunk
+
+    two = [Chunk("orders.orders", index, "key", "id", 100 * index, 100 * index + 100) for index in range(2)]
+    with pytest.raises(Exception, match=r"2 chunks in one source.*serve 1 readers.*snapshot\.workers") as raised:
+        postgres_replica(schemas=["orders"], only_tables=["orders.orders"], chunks={"orders__orders": two})
+    assert "2 chunks in one source" in str(raised.value)
+
+
 def test_verify_paces_its_source_reads_like_a_snapshot(seeded: str, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """The chunked snapshot's guard holds the checksums back too: with other sessions busy on the source, each chunk

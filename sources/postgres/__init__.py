@@ -106,6 +106,15 @@ def postgres_replica(
     if mode not in ("incremental", "snapshot"):
         raise SourceConfigError(f"`mode` must be 'incremental' or 'snapshot', got {mode!r}.")
     overrides = {str(k): dict(v) for k, v in (tables or {}).items()}
+    pacing = snapshot_settings() if chunks is not None else None  # type: ignore[call-arg]
+    chunk_count = sum(len(parts) for parts in (chunks or {}).values())
+    if pacing is not None and chunk_count > pacing.workers:
+        # each chunk's COPY keeps its pooled connection until dlt resumes its generator: more chunks than the pool's
+        # `workers` connections leave dlt's extract threads waiting on the pool until it times out (a repair once
+        # hung 300 s this way). Callers put at most `workers` chunks in one source (`pipelines.chunked`, `repair`).
+        raise ValueError(f"{chunk_count} chunks in one source, but the source's pools "
+                         f"serve {pacing.workers} readers (`sources.postgres.snapshot.workers`): pass at most that "
+                         "many chunks per source.")
 
     writer = make_engine(credentials, statement_timeout_ms)
     reader = make_engine(reader_credentials, statement_timeout_ms) if reader_credentials else writer
@@ -127,7 +136,6 @@ def postgres_replica(
         raw.close()
 
     if chunks is not None:
-        pacing = snapshot_settings()  # type: ignore[call-arg]
         for spec in [s for s in specs if s.resource_name in chunks]:
             parts = chunks[spec.resource_name]
             for chunk in parts:
