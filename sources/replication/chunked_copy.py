@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -160,6 +161,32 @@ class CopyJob:
     start_lsn: int = 0  # the stream applies the table's changes from here
 
 
+SPILL_PREFIX = "aurora-sync-chunks-"  # then the pid of the process whose chunks these are
+
+
+def remove_stale_spill_dirs(parent: str | None = None) -> list[str]:
+    """Remove the spill directories of processes that are gone: `close` never ran for a process killed with
+    `kill -9`, and a task restarted on the same disk would otherwise keep their chunks (megabytes each) for good.
+    A live process's directory, or one whose owner cannot be told from its name, is left alone."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            owner = entry.name[len(SPILL_PREFIX):].split("-", 1)[0]
+            if not (entry.name.startswith(SPILL_PREFIX) and owner.isdigit() and entry.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                os.kill(int(owner), 0)
+                continue  # alive (or a process of another user): not ours to judge
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
 class ChunkReaders:
     """`workers` threads that read pending chunks between watermarks, ahead of the stream.
 
@@ -178,7 +205,8 @@ class ChunkReaders:
         self.cancelled: set[str] = set()  # generations of copies begun again since: their chunks are dropped
         self.lock = threading.Condition()
         self.stop = threading.Event()
-        self.spill_dir = tempfile.mkdtemp(prefix="aurora-sync-chunks-")
+        remove_stale_spill_dirs()
+        self.spill_dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         self.threads = [threading.Thread(target=self._work, name=f"chunk-reader-{i}", daemon=True)
                         for i in range(settings.workers)]
         self.in_flight = 0

@@ -168,3 +168,22 @@ def test_chunks_are_read_from_the_reader_only_once_it_replayed_past_their_low_wa
         assert_exact(cdc)
     finally:
         reader.cleanup()
+
+
+def test_spill_directories_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A CDC process killed with kill -9 never closes its chunk readers: the next one on the same disk removes what
+    they spilled, and nothing of a process still alive (or of an owner it cannot tell)."""
+    import sys
+
+    from sources.replication.chunked_copy import SPILL_PREFIX, remove_stale_spill_dirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{SPILL_PREFIX}{gone.pid}-a1b2"
+    live = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-c3d4"
+    unknown = tmp_path / f"{SPILL_PREFIX}x7y8z9"  # the name before pids were in it
+    for directory in (stale, live, unknown, tmp_path / "unrelated"):
+        directory.mkdir()
+        (directory / "generation-0-0.arrow").write_bytes(b"spilled chunk")
+    assert remove_stale_spill_dirs(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and unknown.exists() and (tmp_path / "unrelated").exists()
