@@ -11,7 +11,9 @@ The script stays the process the test sees:
 - its exit status is the command's, and it dies of the signal that killed the command;
 - signals sent to it (TERM, INT, HUP, QUIT, USR1, USR2) are passed on to the command;
 - when it dies (`kill -9`), the command kills itself at once (a thread waits for the socket to close);
-- without a server (or with other `PYTHON*` settings than the server's) it runs the command itself.
+- without a server (or with other `PYTHON*` settings than the server's, or a PYTHONPATH naming a directory the
+  server does not import from) it runs the command itself; a PYTHONPATH of directories the server has on its path
+  (the race harness's project root) is served, with the sys.path a cold start would have.
 
 What is shared with the server, and not with a fresh interpreter: the imported modules and the hash seed. No
 command reads its environment at import (the server checks that no dlt context exists before it forks). Outside
@@ -43,8 +45,21 @@ _STATUS = struct.Struct("!i")
 
 
 def _python_settings(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"} | \
-        {"PYTHONPATH": env.get("PYTHONPATH", "")}
+    return {k: v for k, v in env.items() if k.startswith("PYTHON") and k != "PYTHONPATH"}
+
+
+def _pythonpath(env: dict[str, str], cwd: str) -> list[str] | None:
+    """PYTHONPATH's entries as the interpreter puts them on sys.path (absolute), or None for one it would not
+    (an empty entry)."""
+    entries = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
+    if not all(entries):
+        return None
+    return [os.path.abspath(os.path.join(cwd, entry)) for entry in entries]
+
+
+# sys.path as this interpreter started: [its directory, *its PYTHONPATH, *the standard library and site-packages]
+_STARTED_PATH = list(sys.path)
+_STARTED_PYTHONPATH = _pythonpath(dict(os.environ), os.getcwd()) or []
 
 
 # the script's side
@@ -180,7 +195,8 @@ def _start(conn: socket.socket, listener: socket.socket, running: dict[int, sock
         return 0
     try:
         request = json.loads(body)
-        if _python_settings(request["env"]) != _python_settings(dict(os.environ)):
+        if _python_settings(request["env"]) != _python_settings(dict(os.environ)) or \
+                _sys_path_for(request) is None:
             conn.sendall(b"-")
             return 0
         conn.sendall(b"+")
@@ -237,7 +253,7 @@ def _become(request: dict[str, Any], fds: list[int], conn: socket.socket) -> Non
     os.environ.clear()
     os.environ.update(request["env"])
     sys.argv = list(request["argv"])
-    sys.path[0] = request["path0"]  # the script's directory (or `-m`'s working directory), not the server's
+    sys.path[:] = _sys_path_for(request) or sys.path
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
     sys.stdout = _writer(1, line_buffering=os.isatty(1))
     sys.stderr = _writer(2, errors="backslashreplace", line_buffering=True)
@@ -262,6 +278,16 @@ def _become(request: dict[str, Any], fds: list[int], conn: socket.socket) -> Non
         with contextlib.suppress(OSError):
             stream.flush()
     os._exit(code & 0xFF)
+
+
+def _sys_path_for(request: dict[str, Any]) -> list[str] | None:
+    """The sys.path a cold start of the request would have: its directory and PYTHONPATH, then the server's
+    standard library and site-packages. None when its PYTHONPATH names a directory that is not on the server's
+    path: modules the server imported could then resolve elsewhere for a cold start (run it cold instead)."""
+    wanted = _pythonpath(request["env"], request["cwd"])
+    if wanted is None or not set(wanted) <= set(_STARTED_PATH):
+        return None
+    return [request["path0"], *wanted, *_STARTED_PATH[1 + len(_STARTED_PYTHONPATH):]]
 
 
 def _writer(fd: int, **options: Any) -> io.TextIOWrapper:

@@ -31,9 +31,10 @@ QUIET_SOURCE = {"SOURCES__POSTGRES__SNAPSHOT__PAUSE_WHEN_CPU_PROBE_SLOWDOWN_ABOV
 # everything (runner.fork_server): the imports cost ~1 s of CPU per process, and the suite starts hundreds of them
 # on a CPU-bound machine. AURORA_SYNC_TEST_FORK_SERVER=0 starts every one cold.
 _FORK_SERVER: dict[str, Any] = {}
-# imported before the server forks, beside the commands: the Snowflake tests' `python -m local.fakesnow_client` and
-# the Snowflake destination (seconds of imports each)
-FORK_SERVER_PRELOAD = ("local.fakesnow_client", "snowflake.connector", "dlt.destinations.impl.snowflake.snowflake")
+# imported before the server forks, beside the commands: the Snowflake tests' `python -m local.fakesnow_client`, the
+# Snowflake destination (seconds of imports each) and s3fs (dlt imports it for every S3 bucket: landing, chunk claims)
+FORK_SERVER_PRELOAD = ("local.fakesnow_client", "snowflake.connector", "dlt.destinations.impl.snowflake.snowflake",
+                       "s3fs")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -73,6 +73,41 @@ def test_output_and_exit_status_are_a_cold_starts(server: tuple[subprocess.Popen
         assert strip == [line for line in cold.stderr.splitlines() if '"ts"' not in line], args
 
 
+def print_sys_path(_argv: list[str]) -> int:
+    """An entry for `delegate`: what a command sees of sys.path."""
+    print("\n".join(sys.path))
+    return 0
+
+
+SHOW_PATH = ("import sys; from runner.fork_server import delegate; "
+             "code = delegate(sys.argv, entry='tests.test_fork_server:print_sys_path'); sys.exit(97 if code is None "
+             "else code)")
+COLD_PATH = "import sys; from tests.test_fork_server import print_sys_path; print_sys_path([])"
+
+
+def test_a_pythonpath_the_server_imports_from_is_served_with_a_cold_starts_sys_path(
+        server: tuple[subprocess.Popen[bytes], str], tmp_path: Path) -> None:
+    """The race harness starts `python -m local.fakesnow_client` from its work directory with the project root on
+    PYTHONPATH: served (97 would mean it was refused, and ran cold), with the same sys.path as a cold start."""
+    _, path = server
+    env = env_for(path, PYTHONPATH=str(PROJECT_ROOT))
+    forked = subprocess.run([sys.executable, "-c", SHOW_PATH], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    cold = subprocess.run([sys.executable, "-c", COLD_PATH], env=env_for(None, PYTHONPATH=str(PROJECT_ROOT)),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert forked.returncode == 0, forked.stderr
+    assert forked.stdout == cold.stdout and str(PROJECT_ROOT) in cold.stdout.splitlines()
+
+
+def test_a_pythonpath_with_a_directory_the_server_does_not_import_from_is_refused(
+        server: tuple[subprocess.Popen[bytes], str], tmp_path: Path) -> None:
+    _, path = server
+    for pythonpath in (f"{PROJECT_ROOT}{os.pathsep}{tmp_path}", f"{PROJECT_ROOT}{os.pathsep}"):
+        refused = subprocess.run([sys.executable, "-c", SHOW_PATH], env=env_for(path, PYTHONPATH=pythonpath),
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 97, (pythonpath, refused.stdout, refused.stderr)
+
+
 def test_kill_9_of_the_script_kills_the_command(server: tuple[subprocess.Popen[bytes], str], silent_port: int,
                                                 tmp_path: Path) -> None:
     process, path = server
