@@ -1,4 +1,5 @@
-"""Two of dlt's pure functions, memoized (what dlt 1.31 lacks; docs/performance.md#dlts-configuration-cpu).
+"""Two of dlt's pure functions memoized, and the Snowflake key loaded once (what dlt 1.31 lacks;
+docs/performance.md#dlts-configuration-cpu).
 
 dlt resolves a destination's whole configuration again each time a run asks for its capabilities or a client:
 about 20 times per `pipeline.run`, 2,145 times in one test of the suite. A profile put most of that CPU in
@@ -8,6 +9,10 @@ and 188 decodings of the same encrypted Snowflake private key at ~40 ms each, on
 Both answers depend only on their arguments: a field's hint is a type, and the key is decoded from the same text
 and passphrase. So the results are kept; errors are not (a wrong passphrase fails every time). dlt imports these
 functions by name into other modules, so each module that already holds the original gets the memoized one too.
+
+dlt then hands the Snowflake connector the decoded key as DER bytes, which the connector parses again for every
+connection it opens (~40 ms of RSA key checks each, hundreds of times in a test, several times per run). The
+connector also takes the parsed key object, so dlt's connection parameters carry the one parsed once.
 """
 
 from __future__ import annotations
@@ -32,7 +37,37 @@ def install() -> None:
     _replace(base_configuration, "is_secret_hint", _memoized(base_configuration.is_secret_hint))
     # a handful of keys per process at most: the decoded key is what every connection dlt opens holds anyway
     _replace(cryptography, "decode_private_key", functools.lru_cache(maxsize=8)(cryptography.decode_private_key))
+    _pass_parsed_snowflake_keys()
     _installed = True
+
+
+def _pass_parsed_snowflake_keys() -> None:
+    from dlt.destinations.impl.snowflake.configuration import SnowflakeCredentials
+
+    to_connector_params = SnowflakeCredentials.to_connector_params
+
+    @functools.wraps(to_connector_params)
+    def with_parsed_key(self: SnowflakeCredentials) -> dict[str, Any]:
+        params = to_connector_params(self)
+        if isinstance(params.get("private_key"), bytes):
+            params["private_key"] = parsed_rsa_key(params["private_key"])
+        return params
+
+    SnowflakeCredentials.to_connector_params = with_parsed_key  # type: ignore[method-assign]
+
+
+@functools.lru_cache(maxsize=8)
+def parsed_rsa_key(der: bytes) -> Any:
+    """The unencrypted DER key dlt decoded, parsed: an RSA key object (what the connector accepts besides bytes), or
+    the bytes as they came for any other kind of key."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+    from cryptography.hazmat.primitives.serialization import load_der_private_key
+
+    try:
+        key = load_der_private_key(der, password=None)
+    except ValueError:  # not what dlt decodes to: the connector reports it as it would have
+        return der
+    return key if isinstance(key, RSAPrivateKey) else der
 
 
 def _memoized(function: Callable[[Any], bool]) -> Callable[[Any], bool]:

@@ -60,3 +60,44 @@ def test_a_private_key_decodes_as_before_and_a_wrong_passphrase_fails_every_time
     for _ in range(2):  # a failure is not remembered as an answer
         with pytest.raises(Exception, match=r"(?i)passphrase|password|decrypt"):
             cryptography.decode_private_key(pem, "wrong")
+
+
+def test_the_snowflake_connector_gets_the_key_parsed_once_and_signs_with_it_as_with_the_bytes() -> None:
+    """dlt's connection parameters carry the parsed key (the connector parsed the DER bytes again for every
+    connection); the connector's key-pair login signs the same claims with it, verifiable with the public key."""
+    import jwt
+    from dlt.common.configuration import resolve_configuration
+    from dlt.destinations.impl.snowflake.configuration import SnowflakeCredentials
+    from snowflake.connector.auth.keypair import AuthByKeyPair
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.BestAvailableEncryption(b"right")).decode()
+    credentials = resolve_configuration(SnowflakeCredentials(), explicit_value={
+        "database": "DB", "username": "LOADER", "host": "xy12345", "private_key": pem,
+        "private_key_passphrase": "right"})
+    params = credentials.to_connector_params()
+    parsed = params["private_key"]
+    assert isinstance(parsed, rsa.RSAPrivateKey)
+    assert credentials.to_connector_params()["private_key"] is parsed  # parsed once, not per connection
+    der = parsed.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    assert der == key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+
+    claims = []
+    for given in (parsed, der):
+        token = AuthByKeyPair(given).prepare(account="xy12345", user="LOADER")
+        claims.append(jwt.decode(token, key.public_key(), algorithms=["RS256"]))
+    assert claims[0]["iss"] == claims[1]["iss"] and claims[0]["sub"] == claims[1]["sub"] == "XY12345.LOADER"
+
+
+def test_keys_the_connector_would_not_take_parsed_are_passed_as_they_came() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from sources.dlt_speedups import parsed_rsa_key
+
+    ec_der = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert parsed_rsa_key(ec_der) is ec_der
+    assert parsed_rsa_key(b"not a key") == b"not a key"

@@ -83,9 +83,14 @@ def key_pair(passphrase: bytes) -> tuple[str, bytes]:
 
 
 def resolved_snowflake_key() -> bytes:
-    """What dlt's own Snowflake credentials resolve to, through the provider chain: no pipeline code involved."""
+    """What dlt's own Snowflake credentials resolve to, through the provider chain: no pipeline code involved. As
+    DER bytes: the connector gets the key parsed (sources.dlt_speedups)."""
     credentials = resolve_configuration(SnowflakeCredentials(), sections=("destination", "snowflake"))
-    return credentials.to_connector_params()["private_key"]
+    key = credentials.to_connector_params()["private_key"]
+    if isinstance(key, bytes):
+        return key
+    return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def test_rotated_snowflake_key_is_picked_up_by_the_next_run(
