@@ -9,21 +9,27 @@ makes the process kill itself at that point.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-import dlt
 
-from pipelines.cdc import run_cdc
-from pipelines.progress import collector_for
+def main(argv: list[str]) -> int:
+    import dlt  # here, not above: a process the fork server runs has them imported already
 
+    from pipelines.cdc import run_cdc
+    from pipelines.progress import collector_for
 
-def main() -> None:
-    name, pipelines_dir, dataset = sys.argv[1:4]
+    name, pipelines_dir, dataset = argv[:3]
     pipeline = dlt.pipeline(pipeline_name=name, destination="duckdb", dataset_name=dataset,
                             pipelines_dir=pipelines_dir, progress=collector_for(interactive=False))
     summary = run_cdc(pipeline)
     print(json.dumps({"batches": summary.batches, "end_lsn": summary.end_lsn}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    code = None
+    if os.environ.get("AURORA_SYNC_FORK_SERVER"):  # forked from the test process's server (runner.fork_server)
+        from runner.fork_server import delegate
+        code = delegate(sys.argv, entry="tests.cdc.cdc_worker:main")
+    sys.exit(main(sys.argv[1:]) if code is None else code)
