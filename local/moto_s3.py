@@ -6,6 +6,7 @@ all talk HTTP to it exactly as they would to AWS, and it stops cleanly with the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -25,6 +26,21 @@ REGION = "us-east-1"
 
 class MotoNotAvailable(RuntimeError):
     """`moto_server` is not installed (it comes with the `moto[server]` test dependency)."""
+
+
+# moto's server finds each request's service by listing moto's package directory again (os.listdir and an isdir
+# per module: about a sixth of its CPU under the suite's S3 and Terraform traffic, in py-spy profiles). The listing
+# cannot change while the server runs, so the stand-ins start moto's own `main` with the listing made once.
+_MOTO_MAIN = ("import sys, moto.backends as b; modules = tuple(b.list_of_moto_modules()); "
+              "b.list_of_moto_modules = lambda: modules; from moto.server import main; sys.exit(main())")
+
+
+def moto_server_command(binary: str | None = None) -> list[str]:
+    """How to start moto's server (then `-H HOST -p PORT`): moto's `main` with its module listing made once when
+    this interpreter has moto, else the `moto_server` script as it is."""
+    if importlib.util.find_spec("moto") is not None:
+        return [sys.executable, "-c", _MOTO_MAIN]
+    return [binary or find_moto_server()]
 
 
 def find_moto_server() -> str:
@@ -60,7 +76,7 @@ class LocalS3:
         self._log = tempfile.TemporaryFile(prefix="moto-s3-")  # noqa: SIM115 - closed in stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._process = subprocess.Popen(
-            [find_moto_server(), "-H", "127.0.0.1", "-p", str(self.port)],
+            [*moto_server_command(), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from local.moto_s3 import moto_server_command
+
 from .conftest import REPO, TERRAFORM_DIR, Terraform, copy_config, wait_for
 
 # one worker runs them all: they share one initialised copy of terraform/ and a background `terraform test`
@@ -203,7 +205,7 @@ def moto_endpoint(moto_server_binary: Path, tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "moto.log").open("w")
     process = subprocess.Popen(
-        [str(moto_server_binary), "-H", "127.0.0.1", "-p", str(port)],
+        [*moto_server_command(str(moto_server_binary)), "-H", "127.0.0.1", "-p", str(port)],
         env={"PATH": "/usr/bin:/bin", "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
         stdout=log,
         stderr=subprocess.STDOUT,
