@@ -7,7 +7,6 @@ demo only; production runs `aurora-sync` itself.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from local.fakesnow_adapter import client_capabilities
@@ -20,8 +19,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = None
-    if os.environ.get("AURORA_SYNC_FORK_SERVER"):  # the test suite's (runner.fork_server)
-        from runner.fork_server import delegate
-        code = delegate(sys.argv, entry="local.fakesnow_client:main")
-    sys.exit(main(sys.argv[1:]) if code is None else code)
+    from runner.fork_server import delegate_or_run  # forked from the test suite's server when it runs one
+
+    sys.exit(delegate_or_run("local.fakesnow_client:main", main))

@@ -17,7 +17,8 @@ The script stays the process the test sees:
 
 What is shared with the server, and not with a fresh interpreter: the imported modules and the hash seed. No
 command reads its environment at import (the server checks that no dlt context exists before it forks). Outside
-the tests nothing sets the variable and nothing here is imported.
+the tests nothing sets the variable, and `aurora-sync` imports nothing here (the test-only scripts,
+`local.fakesnow_client` and `tests.cdc.cdc_worker`, ask through `delegate_or_run`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import struct
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 ENV = "AURORA_SYNC_FORK_SERVER"
@@ -97,6 +99,13 @@ def delegate(argv: list[str], entry: str = "runner.cli:main") -> int | None:
             signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
     return os.waitstatus_to_exitcode(wait_status)
+
+
+def delegate_or_run(entry: str, main: Callable[[list[str]], int]) -> int:
+    """A test script's exit status: `entry` (which names `main`) in a process the server forks, when
+    AURORA_SYNC_FORK_SERVER names one that will run it; else `main(sys.argv[1:])` here."""
+    code = delegate(sys.argv, entry) if os.environ.get(ENV) else None
+    return main(sys.argv[1:]) if code is None else code
 
 
 def _is_open(fd: int) -> bool:
@@ -195,8 +204,8 @@ def _start(conn: socket.socket, listener: socket.socket, running: dict[int, sock
         return 0
     try:
         request = json.loads(body)
-        if _python_settings(request["env"]) != _python_settings(dict(os.environ)) or \
-                _sys_path_for(request) is None:
+        path = _sys_path_for(request)
+        if path is None or _python_settings(request["env"]) != _python_settings(dict(os.environ)):
             conn.sendall(b"-")
             return 0
         conn.sendall(b"+")
@@ -214,7 +223,7 @@ def _start(conn: socket.socket, listener: socket.socket, running: dict[int, sock
             other.close()
         for fd in wake:
             os.close(fd)
-        _become(request, fds, conn)
+        _become(request, path, fds, conn)
     except BaseException:
         traceback.print_exc()
         os._exit(1)
@@ -235,7 +244,7 @@ def _close(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _become(request: dict[str, Any], fds: list[int], conn: socket.socket) -> None:
+def _become(request: dict[str, Any], path: list[str], fds: list[int], conn: socket.socket) -> None:
     """In the forked process: take on the script's streams, directory and environment, then run the command."""
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
@@ -253,7 +262,7 @@ def _become(request: dict[str, Any], fds: list[int], conn: socket.socket) -> Non
     os.environ.clear()
     os.environ.update(request["env"])
     sys.argv = list(request["argv"])
-    sys.path[:] = _sys_path_for(request) or sys.path
+    sys.path[:] = path
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
     sys.stdout = _writer(1, line_buffering=os.isatty(1))
     sys.stderr = _writer(2, errors="backslashreplace", line_buffering=True)

@@ -9,7 +9,6 @@ makes the process kill itself at that point.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 
@@ -28,8 +27,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    code = None
-    if os.environ.get("AURORA_SYNC_FORK_SERVER"):  # forked from the test process's server (runner.fork_server)
-        from runner.fork_server import delegate
-        code = delegate(sys.argv, entry="tests.cdc.cdc_worker:main")
-    sys.exit(main(sys.argv[1:]) if code is None else code)
+    from runner.fork_server import delegate_or_run  # forked from the test process's server when it runs one
+
+    sys.exit(delegate_or_run("tests.cdc.cdc_worker:main", main))
