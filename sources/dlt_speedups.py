@@ -13,6 +13,12 @@ functions by name into other modules, so each module that already holds the orig
 dlt then hands the Snowflake connector the decoded key as DER bytes, which the connector parses again for every
 connection it opens (~40 ms of RSA key checks each, hundreds of times in a test, several times per run). The
 connector also takes the parsed key object, so dlt's connection parameters carry the one parsed once.
+
+And a leak: a configuration resolved in part (the optional staging configuration of every destination client) keeps
+the `ConfigFieldMissingException` it met, traceback and all, and dlt keeps the configuration in its trace of resolved
+values until the next resolution of that key. The traceback holds every frame that was on the stack, with their
+locals: a merge asking for a client while it held a 1M-row Arrow table kept ~200 MB alive through its whole load.
+The error's message is what the trace needs, so once a resolution returns, the kept error lets go of the stack.
 """
 
 from __future__ import annotations
@@ -38,7 +44,27 @@ def install() -> None:
     # a handful of keys per process at most: the decoded key is what every connection dlt opens holds anyway
     _replace(cryptography, "decode_private_key", functools.lru_cache(maxsize=8)(cryptography.decode_private_key))
     _pass_parsed_snowflake_keys()
+    _keep_errors_without_stacks()
     _installed = True
+
+
+def _keep_errors_without_stacks() -> None:
+    from dlt.common.configuration import resolve
+
+    resolve_configuration = resolve._resolve_configuration
+
+    @functools.wraps(resolve_configuration)
+    def resolving(config: Any, *args: Any, **kwargs: Any) -> Any:
+        resolved = resolve_configuration(config, *args, **kwargs)
+        # returned, not raised: the kept error is no one's to re-raise with its traceback
+        error = getattr(resolved, "__exception__", None)
+        while error is not None:
+            error.__traceback__ = None
+            error = error.__cause__ or error.__context__
+        return resolved
+
+    # called by its module-level name inside `resolve` (embedded configurations too), so replacing it there is enough
+    resolve._resolve_configuration = resolving
 
 
 def _pass_parsed_snowflake_keys() -> None:

@@ -101,3 +101,30 @@ def test_keys_the_connector_would_not_take_parsed_are_passed_as_they_came() -> N
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     assert parsed_rsa_key(ec_der) is ec_der
     assert parsed_rsa_key(b"not a key") == b"not a key"
+
+
+def test_a_partly_resolved_configuration_does_not_keep_the_callers_data_alive() -> None:
+    """dlt keeps the error a partial resolution met in the configuration (and the configuration in its trace); that
+    error's traceback held every frame on the stack: a merge's 1M-row table stayed alive through its whole load."""
+    import gc
+    import weakref
+
+    from dlt.common.configuration import resolve_configuration
+    from dlt.common.configuration.specs import BaseConfiguration, configspec
+
+    @configspec
+    class Partial(BaseConfiguration):
+        never_configured_anywhere_xyz: str = None  # type: ignore[assignment]
+
+    class Rows:
+        """Stands for a large table a caller holds while dlt resolves a configuration."""
+
+    def caller() -> tuple[Any, weakref.ref[Rows]]:
+        rows = Rows()
+        config = resolve_configuration(Partial(), sections=("aurora_sync_test_partial",), accept_partial=True)
+        return config, weakref.ref(rows)
+
+    config, rows = caller()
+    gc.collect()
+    assert config.__exception__ is not None and "never_configured_anywhere_xyz" in str(config.__exception__)
+    assert rows() is None  # with dlt as is, the kept error's traceback still holds `caller`'s frame and `rows`
