@@ -18,6 +18,7 @@ key changes nothing, so a batch landed twice, or replayed after a crash, folds t
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +141,96 @@ def fold_keyed(ops_rows: Sequence[pa.Table], primary_key: Sequence[str],
     if not has_markers and sum(1 for size in sizes if size) == 1 and _unique(combined, primary_key):
         # one op, keys unique, nothing to complete (a direct CDC batch): every version is kept, in order
         return Folded(drop_working_columns(combined), n)
+    if not has_markers:
+        folded = _fold_newest(combined, sizes, primary_key)
+        if folded is not None:
+            return folded
+    return _fold_per_row(combined, sizes, primary_key, normalize, has_markers)
+
+
+def _fold_newest(combined: pa.Table, sizes: Sequence[int], primary_key: Sequence[str]) -> Folded | None:
+    """`fold_keyed` without markers, in Arrow: the same rows and replay count as the per-row fold.
+
+    Why: the per-row fold holds a Python tuple per key and per position, ~300 bytes a row; a merge of one landed
+    1M-row transaction peaked at 834 MB, most of it those objects. Without markers a key's versions are accepted
+    exactly when their position beats every earlier version of the key (keys are unique within an op), so the
+    accepted ones are the strict running maxima of the position per key, and the one kept is its first maximum.
+    None when that cannot be told exactly in Arrow (a NULL or inexact key, non-integer positions, a key twice in
+    one op): the caller then folds per row."""
+    newest = _newest_rows(combined, sizes, primary_key)
+    if newest is None:
+        return None
+    keep, accepted = newest  # the working arrays are gone by now: the take below can reuse their memory
+    n = combined.num_rows
+    return Folded(drop_working_columns(combined).take(keep), n, n - accepted)
+
+
+def _newest_rows(combined: pa.Table, sizes: Sequence[int], primary_key: Sequence[str]) -> tuple[pa.Array, int] | None:
+    """(the rows `_fold_newest` keeps, in stream order; how many versions were accepted), or None (see there)."""
+    n = combined.num_rows
+    if not primary_key or any(not _exact_key_type(combined.schema.field(k).type) or combined[k].null_count
+                              for k in primary_key):
+        return None
+    columns = _position_columns(combined)
+    if columns is None:
+        return None
+    ends = [end for end, size in zip(itertools.accumulate(sizes), sizes, strict=True) if size]
+    op = pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int64()),
+                                                            pa.array(range(len(ends)), pa.int64())))
+    # the position as one integer that orders like (`_lsn`, `_lsn_ordinal`): its dense rank
+    lsns, ordinals = columns
+    position_rank = _dense_rank(pa.table({"lsn": lsns, "ordinal": ordinals}), ["lsn", "ordinal"])
+    # each key's versions together, in stream order
+    key_names = [f"k{i}" for i in range(len(primary_key))]
+    keyed = pa.table({**{name: combined[k] for name, k in zip(key_names, primary_key, strict=True)},
+                      "row": _row_numbers(n)})
+    order = pc.sort_indices(keyed, sort_keys=[*((name, "ascending") for name in key_names), ("row", "ascending")])
+    new_key = _starts(keyed.select(key_names).take(order), key_names)
+    sorted_op = op.take(order)
+    same_op = pc.equal(sorted_op.slice(1), sorted_op.slice(0, n - 1))
+    if pc.any(pc.and_(pc.invert(new_key.slice(1)), same_op)).as_py():
+        return None  # a key twice in one op: the per-row fold's visibility rules apply
+    group = pc.subtract(pc.cumulative_sum(new_key.cast(pa.int64())), 1)
+    # key group and position in one ascending integer: a running maximum that starts afresh with each key
+    value = pc.add(pc.multiply(group, n + 1), position_rank.take(order))
+    running = pc.cumulative_max(value)
+    before = pa.concat_arrays([pa.array([-1], pa.int64()), running.slice(0, n - 1)])
+    accepted = pc.greater(value, before)
+    accepted_rows = pc.filter(order, accepted)
+    accepted_group = pc.filter(group, accepted)
+    count = len(accepted_rows)
+    last_of_key = pa.concat_arrays([pc.not_equal(accepted_group.slice(1), accepted_group.slice(0, count - 1)),
+                                    pa.array([True])])
+    return pc.filter(accepted_rows, last_of_key).sort(), count  # stream order, as the per-row fold keeps them
+
+
+def _row_numbers(n: int) -> pa.Array:
+    """0 … n-1 as int64, built in Arrow (a Python range would make n int objects first)."""
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n) if n else pa.array([], pa.int64())), 1)
+
+
+def _starts(table: pa.Table, names: Sequence[str]) -> pa.Array:
+    """Per row of a sorted table: True where `names` differ from the row before (the first row: True)."""
+    n = table.num_rows
+    differs: pa.Array | None = None
+    for name in names:
+        column = table[name].combine_chunks()
+        step = pc.not_equal(column.slice(1), column.slice(0, n - 1))
+        differs = step if differs is None else pc.or_(differs, step)
+    return pa.concat_arrays([pa.array([True]), differs if differs is not None else pa.array([], pa.bool_())])
+
+
+def _dense_rank(table: pa.Table, names: Sequence[str]) -> pa.Array:
+    """Per row: the rank of its `names` values among the distinct ones, in ascending order (0 first)."""
+    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in names])
+    ranks = pc.subtract(pc.cumulative_sum(_starts(table.take(order), names).cast(pa.int64())), 1)
+    return ranks.take(pc.sort_indices(order))
+
+
+def _fold_per_row(combined: pa.Table, sizes: Sequence[int], primary_key: Sequence[str],
+                  normalize: Callable[[str], str], has_markers: bool) -> Folded:
+    """`fold_keyed` one row at a time: any table, markers included."""
+    n = combined.num_rows
     keys = list(zip(*(combined[k].to_pylist() for k in primary_key), strict=True))
     pos = positions(combined)
     deleted = (combined[DELETED_COLUMN].to_pylist() if DELETED_COLUMN in combined.column_names
