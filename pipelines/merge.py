@@ -47,7 +47,10 @@ MERGE_SUFFIX = "_merge"
 MERGE_SOURCE = "aurora_merge"  # the merge pipeline's own dlt schema (and state namespace)
 POSITIONS_KEY = "merged"  # merge state: table -> {"seq": last merged landing seq, "load_id": its landing load}
 THROUGH_KEY = "merged_through"  # merge state: every landing load up to this seq is merged for every table
-MAX_MERGE_BYTES = 64 << 20  # landed parquet per table and merge: ~5x that in memory while folding
+# landed parquet per table and merge. The fold holds what it read and what it keeps as Arrow, ~9x the parquet at its
+# peak (a landed 1M-row transaction: 26 MB of files, ~240 MB of Arrow), above a ~190 MB process: 32 MB keeps a merge
+# within the 512 MB a task is sized for (docs/performance.md)
+MAX_MERGE_BYTES = 32 << 20
 
 
 @configspec
@@ -263,7 +266,8 @@ def _apply_part(area: LandingArea, part: Part) -> apply.Part:
     if part.action == "replace":
         return apply.Part(part.table, "replace", lambda: area.read(op), op.primary_key, op.hints, op.delete_mode,
                           position=(op.lsn, 0), reload=op.reload)
-    return apply.Part(part.table, "merge", [concat(list(area.read(o))) for o in part.ops], op.primary_key,
+    # read when the apply folds them, and let go of once folded (a list here would live through the load)
+    return apply.Part(part.table, "merge", lambda: [concat(list(area.read(o))) for o in part.ops], op.primary_key,
                       op.hints, op.delete_mode)
 
 
