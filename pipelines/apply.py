@@ -45,7 +45,6 @@ from dlt.pipeline.exceptions import PipelineStepFailed
 from pipelines import warehouse
 from pipelines.fence import raise_if_fenced_off
 from pipelines.isolation import TableLoadFailed, culprit, describe, is_about_no_table
-from sources import arrow_memory
 from sources.replication import MERGE
 from sources.replication.changes import (
     DELETED_AT_COLUMN,
@@ -256,8 +255,7 @@ class Applier:
             if unresolved is not None:
                 applied.unresolved[name] = unresolved
             applied.rows[name] = rows.num_rows
-        del tables  # read for the fold only (a merge's lazily): gone now, and their memory with them
-        arrow_memory.release()
+        del tables  # read for the fold only (a merge's lazily): gone before the package is extracted and loaded
         newest = newest_position(rows)
         if not rows.num_rows and not rows.num_columns:
             return None, None
@@ -344,8 +342,6 @@ def _handed_over(rows: pa.Table) -> Iterator[pa.Table]:
     """The folded rows, held only until dlt's extract has written them: a list would keep them through normalize
     and the load, beside the destination's own memory for the merge (~100 MB of Arrow per 1M-row merge)."""
     yield rows
-    del rows
-    arrow_memory.release()
 
 
 def key_texts(keys: pa.Table) -> list[list[str | None]]:

@@ -1,13 +1,14 @@
-"""Arrow's freed memory goes back to the system at once, so a process's peak RSS is what it holds, not what it held.
+"""Arrow's freed memory goes back to the system, so a process's peak RSS is what it holds, not what it once held.
 
-pyarrow's default allocator on Linux (mimalloc) keeps freed pages for reuse. A step that builds large Arrow tables
-and then hands over to a destination whose memory is its own (DuckDB's allocator, the Snowflake connector's buffers)
-carries those pages through the load: the merge of one landed 1M-row transaction peaked at 699 MB with them, after
-every table it had built was gone. jemalloc, which pyarrow ships too, returns freed pages at once with its decay
-set to 0: the same merge peaks at ~435 MB. The snapshot's speed moved within this machine's noise (docs/performance.md).
-
-`release()` marks the points where a step's Arrow tables are gone and a load comes next: with another pool (the
-operator's, or a pyarrow without jemalloc) it is what gives the memory back; with jemalloc at decay 0 it finds little.
+pyarrow's default allocator on Linux (mimalloc) keeps freed pages for reuse, and keeps those that Arrow's reader
+threads allocated and another thread freed. A step that builds large Arrow tables and then hands over to a
+destination whose memory is its own (DuckDB's allocator, the Snowflake connector's buffers) carried them through the
+load: the merge of one landed 1M-row transaction peaked at 699 MB with them, after every table it built was gone.
+jemalloc, which pyarrow ships too, gives them back after its decay (pyarrow's: 1 s, by a background thread): the
+same merge peaks at ~495 MB. A decay of 0 would save ~60 MB more but cost the snapshot 8-10 % (it frees and
+reallocates its 4 MiB CSV blocks all the time); at pyarrow's decay the snapshot is as fast as with mimalloc, with
+less memory (docs/performance.md). (`MemoryPool.release_unused` does not help here: jemalloc's purge only marks
+the pages free to the kernel, and they stay in the RSS until its decay has passed.)
 
 An operator's `ARROW_DEFAULT_MEMORY_POOL` (pyarrow's own switch) wins; a pyarrow built without jemalloc keeps its
 default.
@@ -31,13 +32,6 @@ def install() -> None:
         pool = pa.jemalloc_memory_pool()
     except NotImplementedError:
         return
-    pa.jemalloc_set_decay_ms(0)
     pa.set_memory_pool(pool)
     _installed = True
 
-
-def release() -> None:
-    """Give what Arrow freed back to the system now: the tables of a step are gone and a load comes next."""
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
