@@ -57,8 +57,9 @@ def _keep_errors_without_stacks() -> None:
     def resolving(config: Any, *args: Any, **kwargs: Any) -> Any:
         resolved = resolve_configuration(config, *args, **kwargs)
         # returned, not raised: the kept error is no one's to re-raise with its traceback
-        error = getattr(resolved, "__exception__", None)
-        while error is not None:
+        error, seen = getattr(resolved, "__exception__", None), set()
+        while error is not None and id(error) not in seen:  # a chain set by hand may loop
+            seen.add(id(error))
             error.__traceback__ = None
             error = error.__cause__ or error.__context__
         return resolved
