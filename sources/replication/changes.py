@@ -206,18 +206,17 @@ def _newest_rows(combined: pa.Table, sizes: Sequence[int], primary_key: Sequence
 
 def _row_numbers(n: int) -> pa.Array:
     """0 … n-1 as int64, built in Arrow (a Python range would make n int objects first)."""
-    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n) if n else pa.array([], pa.int64())), 1)
+    return pc.subtract(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), n)), 1)
 
 
 def _starts(table: pa.Table, names: Sequence[str]) -> pa.Array:
     """Per row of a sorted table: True where `names` differ from the row before (the first row: True)."""
     n = table.num_rows
-    differs: pa.Array | None = None
+    differs = pa.repeat(pa.scalar(False), n - 1)
     for name in names:
         column = table[name].combine_chunks()
-        step = pc.not_equal(column.slice(1), column.slice(0, n - 1))
-        differs = step if differs is None else pc.or_(differs, step)
-    return pa.concat_arrays([pa.array([True]), differs if differs is not None else pa.array([], pa.bool_())])
+        differs = pc.or_(differs, pc.not_equal(column.slice(1), column.slice(0, n - 1)))
+    return pa.concat_arrays([pa.array([True]), differs])
 
 
 def _dense_rank(table: pa.Table, names: Sequence[str]) -> pa.Array:
